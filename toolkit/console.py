@@ -1,0 +1,73 @@
+"""What the CLI shows: rich tables, progress bars and the Keras callback that feeds one. The library never prints."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def error(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+
+
+def progress_bar(transient: bool = False) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=transient,
+        disable=not err_console.is_terminal,
+    )
+
+
+def table(title: str | None, columns: list[str], rows: list[list], styles: list[str | None] | None = None) -> Table:
+    t = Table(title=title, title_justify="left", header_style="bold")
+    for i, col in enumerate(columns):
+        t.add_column(col, justify="left" if i == 0 else "right")
+    for i, row in enumerate(rows):
+        t.add_row(*[str(c) for c in row], style=(styles[i] if styles else None))
+    return t
+
+
+def keras_progress_callback(total_epochs: int):
+    """A Keras callback: one progress bar per epoch, then a one-line summary of that epoch."""
+    from toolkit.backend import keras as _keras
+
+    keras = _keras()
+
+    class RichEpochProgress(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self._t0 = time.perf_counter()
+            self._progress = progress_bar(transient=True)
+            self._progress.start()
+            steps = self.params.get("steps") or 0
+            self._task = self._progress.add_task(f"epoch {epoch + 1}/{total_epochs}", total=steps, status="")
+
+        def on_train_batch_end(self, batch, logs=None):
+            logs = logs or {}
+            status = f"loss {logs.get('loss', float('nan')):.4f}  acc {logs.get('accuracy', float('nan')):.4f}"
+            self._progress.update(self._task, completed=batch + 1, status=status)
+
+        def on_epoch_end(self, epoch, logs=None):
+            self._progress.stop()
+            logs = logs or {}
+            err_console.print(
+                f"epoch {epoch + 1:>3}/{total_epochs}  loss {logs.get('loss', 0):.4f}  acc {logs.get('accuracy', 0):.4f}"
+                f"  val_loss {logs.get('val_loss', 0):.4f}  val_acc {logs.get('val_accuracy', 0):.4f}"
+                f"  {time.perf_counter() - self._t0:.1f} s"
+            )
+            sys.stderr.flush()
+
+    return RichEpochProgress()

@@ -1,0 +1,75 @@
+"""The reference CNN (the architecture is fixed: see README) and its work per image in FLOPs."""
+
+from __future__ import annotations
+
+from toolkit.backend import keras as _keras
+
+INPUT_SHAPE = (28, 28, 1)
+NUM_CLASSES = 10
+LABELS = [str(d) for d in range(NUM_CLASSES)]
+MODEL_NAME = "mnist_cnn"
+
+
+def build_model(batch_size: int | None = None, output_dtype: str | None = None):
+    """Build the reference CNN: 471,914 parameters (471,786 trainable).
+
+    `batch_size` fixes the batch dimension (a web runtime that cannot resize needs 1); `output_dtype`
+    keeps the softmax in float32 under a mixed-precision policy.
+    """
+    keras = _keras()
+    layers = keras.layers
+    inputs = keras.Input(shape=INPUT_SHAPE, batch_size=batch_size, name="image")
+    x = layers.Conv2D(32, 3, activation="relu", padding="valid", name="conv1")(inputs)
+    x = layers.Conv2D(32, 3, activation="relu", padding="valid", name="conv2")(x)
+    x = layers.MaxPooling2D(2, name="pool1")(x)
+    x = layers.Dropout(0.25, name="dropout")(x)
+    x = layers.Conv2D(32, 3, activation="relu", padding="valid", name="conv3")(x)
+    x = layers.Conv2D(32, 3, activation="relu", padding="same", name="conv4")(x)
+    x = layers.MaxPooling2D(2, name="pool2")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(512, activation="relu", name="dense1")(x)
+    x = layers.Dense(64, activation="relu", name="dense2")(x)
+    x = layers.BatchNormalization(name="batchnorm")(x)
+    outputs = layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities", dtype=output_dtype)(x)
+    return keras.Model(inputs, outputs, name=MODEL_NAME)
+
+
+def count_params(model) -> dict[str, int]:
+    trainable = sum(int(w.numpy().size) if hasattr(w, "numpy") else int(w.size) for w in model.trainable_weights)
+    non_trainable = sum(int(w.numpy().size) if hasattr(w, "numpy") else int(w.size) for w in model.non_trainable_weights)
+    return {"total": trainable + non_trainable, "trainable": trainable, "non_trainable": non_trainable}
+
+
+def flops_per_image(model) -> int:
+    """Floating-point operations of one forward pass (a multiply-add counts as 2), from the layer shapes.
+
+    Convolutions and dense layers (the multiply-adds that dominate), plus bias adds, activations, pooling
+    comparisons and batch-norm scale/shift; dropout and flatten cost nothing at inference.
+    """
+    total = 0
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind == "InputLayer":
+            continue
+        out_shape = tuple(d for d in layer.output.shape[1:])
+        out_size = 1
+        for d in out_shape:
+            out_size *= int(d)
+        if kind == "Conv2D":
+            kh, kw = layer.kernel_size
+            cin = int(layer.input.shape[-1])
+            total += 2 * kh * kw * cin * out_size + out_size  # multiply-adds + bias
+            total += out_size if layer.activation.__name__ != "linear" else 0
+        elif kind == "Dense":
+            cin = int(layer.input.shape[-1])
+            total += 2 * cin * out_size + out_size
+            if layer.activation.__name__ == "softmax":
+                total += 3 * out_size  # exp, sum, divide
+            elif layer.activation.__name__ != "linear":
+                total += out_size
+        elif kind == "MaxPooling2D":
+            ph, pw = layer.pool_size
+            total += (ph * pw - 1) * out_size
+        elif kind == "BatchNormalization":
+            total += 2 * out_size  # folded into a scale and a shift at inference
+    return total

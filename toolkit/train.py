@@ -1,0 +1,351 @@
+"""Train the reference CNN with plain Keras 3 (TensorFlow, JAX or PyTorch backend), on a GPU when one is visible.
+
+Writes `DIR/model.keras` (the best epoch by validation accuracy, without optimizer state) and
+`DIR/metrics.json`; keeps `DIR/checkpoint/` (the last finished epoch with its optimizer state) so that an
+interrupted run continues with `resume=True`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from toolkit import __version__, fsio
+from toolkit.backend import keras as _keras
+from toolkit.data import Dataset, to_model_input
+from toolkit.errors import ToolkitError
+from toolkit.model import build_model, count_params, flops_per_image
+
+MODEL_FILE = "model.keras"
+METRICS_FILE = "metrics.json"
+CHECKPOINT_DIR = "checkpoint"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 15
+    batch_size: int = 128
+    learning_rate: float = 1e-3  # Adam, cosine-decayed to 1% over the run
+    seed: int = 42
+    limit: int | None = None  # train on the first N training images only
+    eval_limit: int | None = None  # evaluate on the first N images of each split only (tests)
+    augment: bool = True  # random shifts of up to 2 pixels; the architecture is unchanged
+    mixed_precision: bool = False
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ToolkitError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not (self.learning_rate > 0 and np.isfinite(self.learning_rate)):
+            raise ToolkitError(f"--learning-rate must be a positive number, got {self.learning_rate}")
+        for name in ("limit", "eval_limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ToolkitError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
+@dataclass
+class TrainResult:
+    model_path: Path
+    metrics_path: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------- devices
+
+
+def detect_devices() -> dict[str, Any]:
+    """The accelerators Keras' backend sees, and how training will use them."""
+    keras = _keras()
+    backend = keras.config.backend()
+    try:
+        gpus = list(keras.distribution.list_devices("gpu"))
+    except Exception:  # a backend without GPU support raises instead of returning []
+        gpus = []
+    return {"backend": backend, "gpus": gpus, "device": f"gpu x{len(gpus)}" if gpus else "cpu"}
+
+
+def _device_names(gpus: list[str]) -> str:
+    """Human-readable GPU names where the backend tells them."""
+    keras = _keras()
+    try:
+        if keras.config.backend() == "jax":
+            import jax
+
+            return ", ".join(sorted({d.device_kind for d in jax.devices("gpu")}))
+        if keras.config.backend() == "torch":
+            import torch
+
+            return torch.cuda.get_device_name(0)
+        if keras.config.backend() == "tensorflow":
+            import tensorflow as tf
+
+            details = tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0])
+            return details.get("device_name", "")
+    except Exception:
+        return ""
+    return ""
+
+
+def _distribution_scope(gpus: list[str]):
+    """Data parallel over all visible GPUs: Keras' distribution API on JAX, MirroredStrategy on TensorFlow."""
+    import contextlib
+
+    keras = _keras()
+    if len(gpus) < 2:
+        return contextlib.nullcontext(), "single device"
+    if keras.config.backend() == "jax":
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=gpus))
+        return contextlib.nullcontext(), f"keras DataParallel over {len(gpus)} GPUs"
+    if keras.config.backend() == "tensorflow":
+        import tensorflow as tf  # backend-specific: Keras' distribution API does not cover TensorFlow
+
+        return tf.distribute.MirroredStrategy().scope(), f"MirroredStrategy over {len(gpus)} GPUs"
+    return contextlib.nullcontext(), "single device (multi-GPU needs the jax or tensorflow backend)"
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def random_shift(images: np.ndarray, rng: np.random.Generator, max_shift: int = 2) -> np.ndarray:
+    """Shift each image by up to `max_shift` pixels in x and y, filling with black (images: N, 28, 28[, 1])."""
+    n, h, w = images.shape[:3]
+    padded = np.pad(images, ((0, 0), (max_shift, max_shift), (max_shift, max_shift)) + ((0, 0),) * (images.ndim - 3))
+    dy = rng.integers(-max_shift, max_shift + 1, size=n)
+    dx = rng.integers(-max_shift, max_shift + 1, size=n)
+    rows = (np.arange(h)[None, :] + max_shift - dy[:, None])[:, :, None]
+    cols = (np.arange(w)[None, :] + max_shift - dx[:, None])[:, None, :]
+    return padded[np.arange(n)[:, None, None], rows, cols]
+
+
+def _make_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, augment: bool, first_epoch: int):
+    keras = _keras()
+
+    class ShuffledBatches(keras.utils.PyDataset):
+        """Shuffled (and optionally shifted) batches; the order of epoch e depends only on (seed, e)."""
+
+        def __init__(self):
+            super().__init__()
+            self.epoch = first_epoch
+            self._order()
+
+        def _order(self):
+            self.rng = np.random.default_rng([seed, self.epoch])
+            self.perm = self.rng.permutation(len(x))
+
+        def __len__(self):
+            return int(np.ceil(len(x) / batch_size))
+
+        def __getitem__(self, i):
+            idx = self.perm[i * batch_size : (i + 1) * batch_size]
+            xb = x[idx]
+            if augment:
+                xb = random_shift(xb, np.random.default_rng([seed, self.epoch, i]))
+            return xb, y[idx]
+
+        def on_epoch_end(self):
+            self.epoch += 1
+            self._order()
+
+    return ShuffledBatches()
+
+
+# ---------------------------------------------------------------------------------------- checkpoints
+
+
+def _checkpoint_callback(workspace: Path, state: dict):
+    keras = _keras()
+    ckpt_dir = workspace / CHECKPOINT_DIR
+
+    class Checkpoint(keras.callbacks.Callback):
+        """After each epoch: the last state (for --resume) and, when validation accuracy improved, the best."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            state["epoch_seconds"].append(round(time.perf_counter() - self._t0, 2))
+            for key, value in logs.items():
+                state["history"].setdefault(key, []).append(float(value))
+            val_acc = float(logs.get("val_accuracy", -1.0))
+            if val_acc > state["best_val_accuracy"]:
+                state["best_val_accuracy"], state["best_epoch"] = val_acc, epoch + 1
+                with fsio.atomic_path(ckpt_dir / "best.keras") as tmp:
+                    self.model.save(tmp)
+            with fsio.atomic_path(ckpt_dir / "last.keras") as tmp:
+                self.model.save(tmp)
+            state["epoch"] = epoch + 1
+            fsio.write_json(ckpt_dir / "state.json", state)
+
+    return Checkpoint()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- train
+
+
+def train(
+    workspace: str | Path,
+    dataset: Dataset,
+    config: TrainConfig | None = None,
+    resume: bool = False,
+    callbacks: list | None = None,
+    verbose: int = 0,
+) -> TrainResult:
+    config = config or TrainConfig()
+    config.validate()
+    workspace = fsio.ensure_dir(Path(workspace))
+    keras = _keras()
+    ckpt_dir = workspace / CHECKPOINT_DIR
+
+    splits = dataset.splits()
+    x_train, y_train = splits.train
+    if config.limit is not None:
+        x_train, y_train = x_train[: config.limit], y_train[: config.limit]
+    x_train = to_model_input(x_train)
+    x_valid, y_valid = to_model_input(splits.valid[0]), splits.valid[1]
+
+    state: dict[str, Any] = {
+        "epoch": 0, "best_epoch": 0, "best_val_accuracy": -1.0, "history": {}, "epoch_seconds": [],
+        "config": asdict(config), "data_sha256": dataset.sha256,
+    }
+    if resume:
+        state_path = ckpt_dir / "state.json"
+        if not (state_path.is_file() and (ckpt_dir / "last.keras").is_file()):
+            raise ToolkitError(f"{ckpt_dir}: no checkpoint to resume from; start without --resume")
+        saved = fsio.read_json(state_path)
+        if saved.get("data_sha256") != dataset.sha256:
+            raise ToolkitError(f"{state_path}: the checkpoint was trained on other data; start without --resume")
+        state.update({k: saved[k] for k in ("epoch", "best_epoch", "best_val_accuracy", "history", "epoch_seconds")})
+        # the run's shape is the checkpoint's; only the number of epochs may grow
+        kept = {k: v for k, v in saved["config"].items() if k not in ("epochs", "eval_limit")}
+        config = TrainConfig(**{**kept, "epochs": max(config.epochs, saved["config"]["epochs"]), "eval_limit": config.eval_limit})
+        state["config"] = asdict(config)
+        if state["epoch"] >= config.epochs:
+            raise ToolkitError(f"{state_path}: the checkpoint already finished all {config.epochs} epochs; pass more --epochs to go on")
+
+    keras.utils.set_random_seed(config.seed)
+    if keras.config.backend() == "tensorflow":
+        import tensorflow as tf  # determinism switch of the TensorFlow backend; other backends are deterministic on CPU
+
+        tf.config.experimental.enable_op_determinism()
+    devices = detect_devices()
+    if config.mixed_precision:
+        if not devices["gpus"]:
+            raise ToolkitError("--mixed-precision needs a GPU and none is visible; train without it on the CPU")
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    scope, parallelism = _distribution_scope(devices["gpus"])
+
+    batches = _make_batches(x_train, y_train, config.batch_size, config.seed, config.augment, state["epoch"])
+    with scope:
+        if resume:
+            model = keras.saving.load_model(ckpt_dir / "last.keras", safe_mode=True)
+        else:
+            model = build_model(output_dtype="float32" if config.mixed_precision else None)
+            schedule = keras.optimizers.schedules.CosineDecay(
+                config.learning_rate, decay_steps=config.epochs * len(batches), alpha=0.01
+            )
+            model.compile(
+                optimizer=keras.optimizers.Adam(schedule),
+                loss="sparse_categorical_crossentropy",
+                metrics=["accuracy"],
+            )
+        started = time.perf_counter()
+        model.fit(
+            batches,
+            validation_data=(x_valid, y_valid),
+            epochs=config.epochs,
+            initial_epoch=state["epoch"],
+            callbacks=[_checkpoint_callback(workspace, state), *(callbacks or [])],
+            verbose=verbose,
+        )
+        train_seconds = time.perf_counter() - started
+
+    return finish(workspace, dataset, config, state, devices, parallelism, train_seconds)
+
+
+def finish(workspace: Path, dataset: Dataset, config: TrainConfig, state: dict, devices: dict, parallelism: str, train_seconds: float) -> TrainResult:
+    """Evaluate the best epoch on every split and write `model.keras` and `metrics.json`."""
+    keras = _keras()
+    best = keras.saving.load_model(workspace / CHECKPOINT_DIR / "best.keras", safe_mode=True)
+    # the shipped model carries no optimizer state: a fresh float32 model with the best weights
+    keras.mixed_precision.set_global_policy("float32")
+    model = build_model()
+    model.set_weights(best.get_weights())
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+    splits = dataset.splits()
+    accuracy, loss = {}, {}
+    for name, (x, y) in splits.items():
+        if name == "train" and config.limit is not None:
+            x, y = x[: config.limit], y[: config.limit]
+        if config.eval_limit is not None:
+            x, y = x[: config.eval_limit], y[: config.eval_limit]
+        result = model.evaluate(to_model_input(x), y, batch_size=500, verbose=0, return_dict=True)
+        accuracy[name], loss[name] = round(float(result["accuracy"]), 6), round(float(result["loss"]), 6)
+
+    model_path = workspace / MODEL_FILE
+    with fsio.atomic_path(model_path) as tmp:
+        model.save(tmp)
+    params = count_params(model)
+    seconds = state["epoch_seconds"]
+    metrics = {
+        "accuracy": accuracy,
+        "loss": loss,
+        "params": params["total"],
+        "params_detail": params,
+        "flops_per_image": flops_per_image(model),
+        "device": devices["device"] + (f" ({_device_names(devices['gpus'])})" if devices["gpus"] else f" ({platform.processor() or platform.machine()})"),
+        "parallelism": parallelism,
+        "backend": keras.config.backend(),
+        "epochs": state["epoch"],
+        "best_epoch": state["best_epoch"],
+        "seconds_per_epoch": round(float(np.mean(seconds)), 2) if seconds else None,
+        "epoch_seconds": seconds,
+        "train_seconds_this_run": round(train_seconds, 2),
+        "data_sha256": dataset.sha256,
+        "dataset": dataset.name,
+        "data_source": dataset.source,
+        "train_images": int(config.limit or len(splits.train[1])) if config.limit is None else min(config.limit, len(splits.train[1])),
+        "config": asdict(config),
+        "history": state["history"],
+        "model_sha256": file_sha256(model_path),
+        "versions": {"toolkit": __version__, "keras": keras.__version__, "python": platform.python_version(), "numpy": np.__version__},
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    metrics_path = fsio.write_json(workspace / METRICS_FILE, metrics)
+    return TrainResult(model_path=model_path, metrics_path=metrics_path, metrics=metrics)
+
+
+def load_keras_model(path: str | Path):
+    """Load a `.keras` file in safe mode (no code from the file runs), with a clear error for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise ToolkitError(f"{path}: model file not found; run `toolkit train` first or pass --model")
+    if path.stat().st_size == 0:
+        raise ToolkitError(f"{path}: empty file, not a Keras model")
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise ToolkitError(f"{path}: not a Keras .keras archive (not a zip file)")
+    keras = _keras()
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as e:  # Keras raises many types for malformed archives
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ToolkitError(f"{path}: cannot load as a Keras model ({msg[:200]})") from None
