@@ -153,6 +153,105 @@ def train(
     write_json_output(json_out, m)
 
 
+# -------------------------------------------------------------------------------------- export, verify
+
+
+def _split_list(value: Optional[str]) -> Optional[list[str]]:
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _show_parity(results, title: str) -> bool:
+    from toolkit.console import console, table
+
+    rows, styles = [], []
+    for r in results:
+        ok = r.passed
+        rows.append([
+            r.file, r.runtime, f"{r.images:,}",
+            "-" if r.accuracy is None else f"{r.accuracy:.4f}",
+            "-" if r.accuracy_delta_pp is None else f"{r.accuracy_delta_pp:+.2f}",
+            "-" if r.agreement is None else f"{r.agreement:.2%}",
+            "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.1e}",
+            r.criteria,
+            "PASS" if ok else "FAIL",
+        ])
+        styles.append("green" if ok else "bold red")
+    ref = next((r.reference_accuracy for r in results if r.reference_accuracy is not None), None)
+    console.print(table(
+        title + (f" (Keras reference accuracy {ref:.4f})" if ref is not None else ""),
+        ["artifact", "runtime", "images", "accuracy", "Δ pp", "agreement", "max |Δp|", "criteria", "result"], rows, styles,
+    ))
+    for r in results:
+        for problem in r.problems:
+            console.print(f"[bold red]{r.file}: {problem}[/]")
+    return all(r.passed for r in results)
+
+
+def _verify_and_report(workspace: Path, ds, files, limit, json_out) -> None:
+    from toolkit import verify as verify_lib
+    from toolkit.console import console
+
+    results = verify_lib.run_parity(workspace, ds, files=files, limit=limit, progress=lambda msg: console.print(f"[dim]{msg}[/]"))
+    ok = _show_parity(results, "Verification against the Keras model")
+    write_json_output(json_out, {"passed": ok, "results": [r.to_dict() for r in results]})
+    if not ok:
+        failed = [r.file for r in results if not r.passed]
+        raise ToolkitError(f"verification failed for {len(failed)} artifact(s): {', '.join(failed)}")
+
+
+@command
+def export(
+    fmt: str = typer.Option("all", "--format", "-f", help="tflite, onnx, c (int8 C array) or all."),
+    quantize: Optional[str] = typer.Option(
+        None, "--quantize", "--variant", help="Only these variants, comma-separated: float32, float16, dynamic, int8."
+    ),
+    model: Optional[Path] = typer.Option(None, "--model", help="The Keras model. Default: DIR/model.keras."),
+    calibration_size: int = typer.Option(1000, "--calibration-size", min=10, help="Training images used to calibrate int8."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Verify the new artifacts on the test split."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Verify on the first N test images only (default: all 10,000)."),
+    data_dir: Optional[Path] = DataDirOption,
+    dataset: str = DatasetOption,
+    workspace: Path = DirOption,
+    json_out: Optional[str] = JsonOption,
+):
+    """Export DIR/model.keras to TFLite/LiteRT and ONNX artifacts, record them in DIR/manifest.json, and verify them."""
+    from toolkit import data as data_lib
+    from toolkit import export as export_lib
+    from toolkit.console import console, table
+
+    plan = export_lib.parse_selection(fmt, _split_list(quantize))  # bad options fail before any slow work
+    ds = data_lib.load(data_dir, dataset, progress=lambda msg: console.print(msg))
+    records = export_lib.export(
+        workspace, ds, fmt, _split_list(quantize), model_path=model, calibration_size=calibration_size,
+        progress=lambda msg: console.print(f"[dim]{msg}[/]"),
+    )
+    rows = [[r.file, r.format, r.variant, r.runtime, f"{r.bytes:,}",
+             f"{r.input.dtype}{r.input.shape}", f"{r.output.dtype}{r.output.shape}"] for r in records]
+    console.print(table(f"Exported to {workspace} ({', '.join(f for f, _ in plan)})",
+                        ["artifact", "format", "variant", "runtime", "bytes", "input", "output"], rows))
+    if verify:
+        _verify_and_report(workspace, ds, [r.file for r in records], limit, json_out)
+    else:
+        write_json_output(json_out, {"artifacts": [r.to_dict() for r in records]})
+
+
+@command
+def verify(
+    model: Optional[list[Path]] = typer.Option(None, "--model", help="Only these artifacts (repeatable). Default: all in the manifest."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Verify on the first N test images only (default: all 10,000)."),
+    data_dir: Optional[Path] = DataDirOption,
+    dataset: str = DatasetOption,
+    workspace: Path = DirOption,
+    json_out: Optional[str] = JsonOption,
+):
+    """Check every artifact against the Keras model on the test split, in its own runtime; exit 1 on failure."""
+    from toolkit import data as data_lib
+    from toolkit.console import console
+
+    ds = data_lib.load(data_dir, dataset, progress=lambda msg: console.print(msg))
+    _verify_and_report(workspace, ds, [str(m) for m in model] if model else None, limit, json_out)
+
+
 def main() -> None:
     app()
 

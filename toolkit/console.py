@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 
@@ -9,8 +10,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+def _console(stderr: bool = False) -> Console:
+    probe = Console(stderr=stderr)
+    # in a pipe or a CI log there is no terminal width: use one wide enough for the result tables
+    return Console(stderr=stderr, highlight=False, width=None if probe.is_terminal else 160)
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 
 def error(message: str) -> None:
@@ -32,10 +39,15 @@ def progress_bar(transient: bool = False) -> Progress:
     )
 
 
+_NUMBER = re.compile(r"^[+-]?[\d,]*\.?\d+(e[+-]?\d+)?%?$")
+
+
 def table(title: str | None, columns: list[str], rows: list[list], styles: list[str | None] | None = None) -> Table:
     t = Table(title=title, title_justify="left", header_style="bold")
     for i, col in enumerate(columns):
-        t.add_column(col, justify="left" if i == 0 else "right")
+        values = [str(row[i]) for row in rows]
+        numeric = i > 0 and all(_NUMBER.match(v) or v == "-" for v in values)
+        t.add_column(col, justify="right" if numeric else "left")
     for i, row in enumerate(rows):
         t.add_row(*[str(c) for c in row], style=(styles[i] if styles else None))
     return t

@@ -39,6 +39,7 @@ def atomic_path(target: Path, suffix: str | None = None) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", suffix=suffix, dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode a plain open() would
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
@@ -48,6 +49,12 @@ def atomic_path(target: Path, suffix: str | None = None) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes(target: Path, data: bytes) -> Path:
@@ -84,3 +91,32 @@ def read_json(path: Path) -> Any:
         raise ToolkitError(f"{path}: file not found") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ToolkitError(f"{path}: not valid JSON ({e})") from None
+
+
+@contextlib.contextmanager
+def captured_output() -> Iterator[list[str]]:
+    """Capture what native libraries write to file descriptors 1 and 2 (TensorFlow's converter chatter).
+
+    Yields a list that holds the captured text once the block ends, for an error message that needs it.
+    """
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    sink = tempfile.TemporaryFile(mode="w+b")
+    captured: list[str] = []
+    try:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        yield captured
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        sink.seek(0)
+        captured.append(sink.read().decode("utf-8", errors="replace"))
+        sink.close()

@@ -218,7 +218,7 @@ def train(
     if config.limit is not None:
         x_train, y_train = x_train[: config.limit], y_train[: config.limit]
     x_train = to_model_input(x_train)
-    x_valid, y_valid = to_model_input(splits.valid[0]), splits.valid[1]
+    x_valid, y_valid = to_model_input(splits.valid[0][: config.eval_limit]), splits.valid[1][: config.eval_limit]
 
     state: dict[str, Any] = {
         "epoch": 0, "best_epoch": 0, "best_val_accuracy": -1.0, "history": {}, "epoch_seconds": [],

