@@ -77,10 +77,11 @@ def exported_workspace(tmp_path_factory, trained_workspace, mnist):
     """Every artifact of every format exported from the small model (calibration on 200 images)."""
     import shutil
 
-    from toolkit import export
+    from toolkit import export, verify
 
     source, _ = trained_workspace
     workspace = tmp_path_factory.mktemp("exported")
     shutil.copy(source / "model.keras", workspace / "model.keras")
     records = export.export(workspace, mnist, "all", calibration_size=200)
+    verify.run_parity(workspace, mnist, limit=VERIFY_IMAGES)  # as `toolkit export` does after writing
     return workspace, records

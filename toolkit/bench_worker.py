@@ -87,7 +87,7 @@ def _import_runtime(runtime: str, threads: int) -> str:
         from ai_edge_litert.interpreter import Interpreter  # noqa: F401
     else:
         import onnxruntime  # noqa: F401
-    return "cpu"
+    return "gpu" if runtime == "onnxruntime-cuda" else "cpu"
 
 
 def _make_call(spec: dict):
@@ -105,6 +105,11 @@ def _make_call(spec: dict):
         return lambda x: serve(tf.constant(x)).numpy()
     from toolkit import runtimes
 
+    if runtime == "onnxruntime-cuda":
+        runner = runtimes.load(path, threads=threads, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+        if runner.providers[0] != "CUDAExecutionProvider":
+            raise RuntimeError(f"onnxruntime fell back to {runner.providers[0]}")
+        return runner.run
     runner = runtimes.load(path, threads=threads)
     return runner.run
 

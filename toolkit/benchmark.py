@@ -194,7 +194,7 @@ def versions() -> dict[str, str]:
 # ------------------------------------------------------------------------------------------- targets
 
 
-def plan_targets(workspace: Path, models: list[Path] | None = None, include_keras: bool = True) -> list[Target]:
+def plan_targets(workspace: Path, models: list[Path] | None = None, include_keras: bool = True, gpu: dict | None = None) -> list[Target]:
     """The artifacts to measure: those named, or every runnable one in the manifest, plus the Keras baseline."""
     workspace = Path(workspace)
     recs = {r.file: r for r in manifest.records(workspace)} if (workspace / manifest.MANIFEST_FILE).exists() else {}
@@ -215,6 +215,8 @@ def plan_targets(workspace: Path, models: list[Path] | None = None, include_kera
         accuracy = (rec.verification or {}).get("accuracy") if rec else None
         runtime = "litert" if suffix == ".tflite" else "onnxruntime"
         targets.append(Target(path, suffix[1:], variant, runtime, path.stat().st_size, accuracy))
+        if runtime == "onnxruntime" and gpu and gpu["gpus"] and "CUDAExecutionProvider" in gpu["onnxruntime_providers"]:
+            targets.append(Target(path, "onnx", variant, "onnxruntime-cuda", path.stat().st_size, accuracy))
     keras_path = next((m for m in (models or []) if Path(m).suffix == ".keras"), None) or workspace / "model.keras"
     if (include_keras and not models) or (models and any(Path(m).suffix == ".keras" for m in models)):
         if Path(keras_path).is_file():
@@ -263,11 +265,11 @@ def benchmark(
         raise ToolkitError(f"--iterations must be at least 1 and --warmup at least 0, got {iterations} and {warmup}")
     batch_sizes = sorted(set(batch_sizes))
     threads = sorted(set(threads or sorted({1, usable_cpus()})))
-    targets = plan_targets(Path(workspace), models, include_keras)
+    info = machine_info()
+    targets = plan_targets(Path(workspace), models, include_keras, info["gpu"])
     from toolkit.model import build_model, flops_per_image
 
     flops = flops_per_image(build_model())
-    info = machine_info()
     say("measuring this machine's float32 peak (numpy matrix product)")
     peaks = {t: round(measure_peak_gflops(t), 2) for t in threads}
     info["peak_float32_gflops"] = {str(t): p for t, p in peaks.items()}
@@ -304,19 +306,28 @@ def benchmark(
                     rec.peak_gflops_per_second = peaks[t]
                     rec.fraction_of_peak = round(rec.gflops_per_second / peaks[t], 4)
                     report.results.append(rec)
-        report.results.extend(gpu_rows(info["gpu"]))
+        report.results.extend(gpu_rows(info["gpu"], report.results))
         report.harness_check = harness_check(report, targets, images_path, iterations, warmup, timeout, say)
     return report
 
 
-def gpu_rows(gpu: dict[str, Any]) -> list[BenchRecord]:
-    """Rows for the GPU runtimes: measured where a GPU is visible, otherwise a row saying why they were skipped."""
-    if gpu["gpus"] and "CUDAExecutionProvider" in gpu["onnxruntime_providers"]:
-        return []  # measured with the CPU rows' machinery is future work: see the benchmark README
-    reason = ("no GPU visible" if not gpu["gpus"]
-              else "a GPU is visible but onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu)")
-    return [BenchRecord(artifact="*", format="-", variant="-", runtime=r, device="gpu", batch_size=1, threads=0,
-                        status="skipped", note=reason) for r in ("onnxruntime-cuda", "tensorflow-gpu")]
+def gpu_rows(gpu: dict[str, Any], measured: list[BenchRecord]) -> list[BenchRecord]:
+    """A row for each GPU runtime that was not measured, saying why (never an error)."""
+    rows = []
+    on_gpu = {r.runtime for r in measured if r.device == "gpu"}
+    reasons = {
+        "onnxruntime-cuda": "no GPU visible" if not gpu["gpus"] else
+        "onnxruntime has no CUDAExecutionProvider here (pip install onnxruntime-gpu)",
+        "tensorflow-gpu": "no GPU visible" if not gpu["gpus"] else "TensorFlow sees no GPU (pip install -e .[gpu])",
+    }
+    for runtime, reason in reasons.items():
+        if runtime == "onnxruntime-cuda" and runtime in on_gpu:
+            continue
+        if runtime == "tensorflow-gpu" and ({"keras-predict", "keras-compiled"} & on_gpu or not any(r.format == "keras" for r in measured)):
+            continue
+        rows.append(BenchRecord(artifact="-", format="-", variant="-", runtime=runtime, device="gpu", batch_size=1,
+                                threads=0, status="skipped", note=reason))
+    return rows
 
 
 def harness_check(report, targets, images_path, iterations, warmup, timeout, say) -> dict[str, Any] | None:

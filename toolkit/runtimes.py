@@ -210,7 +210,7 @@ class KerasRunner:
 RUNNERS = {".tflite": LiteRTRunner, ".onnx": OnnxRunner, ".keras": KerasRunner}
 
 
-def load(path: str | Path, threads: int | None = None) -> Runner:
+def load(path: str | Path, threads: int | None = None, providers: list[str] | None = None) -> Runner:
     """Load an artifact in the runtime an edge app would use, after checking the file is what it claims."""
     path = Path(path)
     suffix = path.suffix.lower()
@@ -226,6 +226,10 @@ def load(path: str | Path, threads: int | None = None) -> Runner:
     if threads is not None and threads < 1:
         raise ToolkitError(f"threads must be at least 1, got {threads}")
     check_file_header(path)
+    if providers is not None:
+        if suffix != ".onnx":
+            raise ToolkitError(f"{path}: execution providers apply to .onnx files only")
+        return OnnxRunner(path, threads=threads, providers=providers)
     return RUNNERS[suffix](path, threads=threads)
 
 
