@@ -19,15 +19,15 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from toolkit import __version__, manifest
+from toolkit import manifest
 from toolkit.data import Dataset, to_model_input
 from toolkit.errors import ToolkitError
+from toolkit.versions import package_versions
 
 KERAS_RUNTIMES = ("keras-predict", "keras-compiled")
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "asimd", "asimddp", "i8mm")
@@ -181,16 +181,6 @@ def measure_peak_gflops(threads: int, n: int = 1024, seconds: float = 1.0) -> fl
     return 2 * n**3 / best / 1e9
 
 
-def versions() -> dict[str, str]:
-    out = {"toolkit": __version__, "python": platform.python_version()}
-    for dist in ("numpy", "ai-edge-litert", "onnxruntime", "tensorflow", "keras"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
-
-
 # ------------------------------------------------------------------------------------------- targets
 
 
@@ -274,7 +264,7 @@ def benchmark(
     peaks = {t: round(measure_peak_gflops(t), 2) for t in threads}
     info["peak_float32_gflops"] = {str(t): p for t, p in peaks.items()}
     report = BenchReport(
-        machine=info, versions=versions(),
+        machine=info, versions=package_versions(("numpy", "ai-edge-litert", "onnxruntime", "tensorflow", "keras")),
         settings={"batch_sizes": batch_sizes, "threads": threads, "iterations_batch1": iterations, "warmup": warmup,
                   "flops_per_image": flops, "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   "method": "fresh process per artifact/runtime/threads; per-call perf_counter_ns around the runner's run(); "

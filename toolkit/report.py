@@ -21,8 +21,8 @@ def benchmark_markdown(report: dict[str, Any]) -> str:
         "",
         f"- Machine: {m['cpu']} ({m['arch']}), {m['cpus_usable']} usable CPU(s), {m['memory_gb']} GB; ISA: {isa}",
         f"- GPU: {', '.join(m['gpu']['gpus']) or 'none visible'}",
-        f"- float32 peak (numpy matmul): " + ", ".join(f"{g} GFLOP/s on {t} thread(s)" for t, g in m["peak_float32_gflops"].items()),
-        f"- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+        "- float32 peak (numpy matmul): " + ", ".join(f"{g} GFLOP/s on {t} thread(s)" for t, g in m["peak_float32_gflops"].items()),
+        "- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
         f"- Started {s['started_at']}; warm-up {s['warmup']} calls; {s['iterations_batch1']} timed calls at batch 1; "
         f"{s['flops_per_image'] / 1e6:.2f} MFLOP per image",
         f"- Method: {s['method']}",

@@ -7,7 +7,6 @@ interrupted run continues with `resume=True`.
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,6 +20,7 @@ from toolkit import __version__, fsio
 from toolkit.backend import keras as _keras
 from toolkit.data import Dataset, to_model_input
 from toolkit.errors import ToolkitError
+from toolkit.manifest import file_sha256
 from toolkit.model import build_model, count_params, flops_per_image
 
 MODEL_FILE = "model.keras"
@@ -186,14 +186,6 @@ def _checkpoint_callback(workspace: Path, state: dict):
             fsio.write_json(ckpt_dir / "state.json", state)
 
     return Checkpoint()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- train

@@ -6,21 +6,20 @@ Each format module provides `VARIANTS` (its variant names, in export order) and
 
 from __future__ import annotations
 
-import platform
 from dataclasses import dataclass, field
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from toolkit import __version__, manifest
+from toolkit import manifest
 from toolkit.data import Dataset, to_model_input
 from toolkit.errors import ToolkitError
 from toolkit.manifest import ArtifactRecord, TensorSpec
 from toolkit.model import LABELS, MODEL_NAME
 from toolkit.runtimes import load as load_runner
+from toolkit.versions import package_versions
 
 # format name -> module (imported only when that format is exported)
 FORMATS: dict[str, str] = {
@@ -89,16 +88,6 @@ def describe_artifact(path: Path, fmt: str, variant: str, made_with: dict[str, A
     )
 
 
-def versions() -> dict[str, str]:
-    out = {"toolkit": __version__, "python": platform.python_version()}
-    for dist in ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert", "numpy"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
-
-
 def parse_selection(fmt: str, variants: list[str] | None) -> list[tuple[str, list[str]]]:
     """('all' | a format, variants or None) -> [(format, [variants])], in export order; errors name the choices."""
     formats = list(FORMATS) if fmt == "all" else [fmt]
@@ -144,7 +133,7 @@ def export(
         "model": {"name": MODEL_NAME, "file": model_path.name, "sha256": manifest.file_sha256(model_path)},
         "labels": LABELS,
         "preprocessing": manifest.PREPROCESSING,
-        "versions": versions(),
+        "versions": package_versions(),
     }
     written: list[ArtifactRecord] = []
     for f, chosen in plan:
