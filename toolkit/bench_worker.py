@@ -2,8 +2,8 @@
 
 A process per artifact, runtime and thread count keeps runs from disturbing each other, makes the cold
 start real, gives each its own peak memory, and keeps a crashing native runtime away from the caller.
-The timed loop is the runner's own `run` call and nothing else; `bare_litert_loop` times LiteRT's
-set_tensor/invoke/get_tensor with no harness at all, to show what the harness adds.
+The timed loop is the runner's own `run` call and nothing else; `harness_check` compares it with LiteRT's
+bare set_tensor/invoke/get_tensor calls, to show what the harness adds.
 """
 
 from __future__ import annotations
@@ -141,28 +141,40 @@ def measure(spec: dict) -> dict:
     }
 
 
-def bare_litert_loop(spec: dict) -> dict:
-    """LiteRT float32 at batch 1 with nothing but set_tensor/invoke/get_tensor: the harness' yardstick."""
+def harness_check(spec: dict) -> dict:
+    """The harness against a bare loop of LiteRT's own calls (set_tensor, invoke, get_tensor) on the same file.
+
+    Both run in this one process, interleaved over several rounds (A, B, B, A, ...), so that the drift of a
+    shared machine hits both alike; the medians of the per-round p50s are compared.
+    """
     from ai_edge_litert.interpreter import Interpreter
 
+    from toolkit import runtimes
+
     images = np.load(spec["images"], allow_pickle=False)[:64]
+    batches = [images[i : i + 1] for i in range(len(images))]
+    runner = runtimes.load(spec["path"], threads=spec["threads"])
     interp = Interpreter(model_path=spec["path"], num_threads=spec["threads"])
     interp.allocate_tensors()
     inp, out = interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"]
-    batches = [images[i : i + 1] for i in range(len(images))]
 
-    def call(x):
+    def bare(x):
         interp.set_tensor(inp, x)
         interp.invoke()
         return interp.get_tensor(out)
 
-    samples = time_calls(call, batches, spec["warmup"], spec["iterations"])
-    return stats_ms(samples)
+    harness_p50, bare_p50 = [], []
+    for r in range(spec.get("rounds", 5)):
+        order = [(runner.run, harness_p50), (bare, bare_p50)]
+        for fn, sink in order if r % 2 == 0 else order[::-1]:
+            sink.append(stats_ms(time_calls(fn, batches, spec["warmup"], spec["iterations"]))["p50_ms"])
+    return {"harness_p50_ms_rounds": harness_p50, "bare_p50_ms_rounds": bare_p50,
+            "harness_p50_ms": float(np.median(harness_p50)), "bare_loop_p50_ms": float(np.median(bare_p50))}
 
 
 def main() -> None:
     spec = json.loads(sys.argv[1])
-    result = bare_litert_loop(spec) if spec.get("mode") == "bare" else measure(spec)
+    result = harness_check(spec) if spec.get("mode") == "harness_check" else measure(spec)
     sys.stdout.write("\n@@RESULT@@" + json.dumps(result) + "\n")
 
 

@@ -307,7 +307,7 @@ def benchmark(
         styles.append(None)
     console.print(table(f"Benchmark on {result.machine['cpu']} ({result.machine['cpus_usable']} CPUs)",
                         ["artifact", "runtime", "device", "threads", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s",
-                         "GFLOP/s (of peak)", "cold ms", "RSS MB", "size"], rows, styles))
+                         "GFLOP/s (of fp32 peak)", "cold ms", "RSS MB", "size"], rows, styles))
     hc = result.harness_check
     if hc:
         console.print(f"Harness check: p50 {hc['harness_p50_ms']:.4f} ms vs bare LiteRT loop {hc['bare_loop_p50_ms']:.4f} ms ({hc['overhead_fraction']:+.1%})")

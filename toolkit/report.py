@@ -45,7 +45,7 @@ def benchmark_markdown(report: dict[str, Any]) -> str:
             f"| {r['mean_ms']:.3f} ± {r['std_ms']:.3f} | {r['load_ms']:.0f} ms | {r['peak_rss_mb']:.0f} | {r['bytes'] / 1024:.0f} | {acc} |"
         )
     lines += ["", "## Throughput (images/s) and achieved GFLOP/s", "",
-              "| artifact | runtime | threads | batch | images/s | GFLOP/s | of peak |", "|---|---|---:|---:|---:|---:|---:|"]
+              "| artifact | runtime | threads | batch | images/s | GFLOP/s | of float32 peak |", "|---|---|---:|---:|---:|---:|---:|"]
     for r in sorted(ok, key=lambda r: (r["artifact"], r["runtime"], r["threads"], r["batch_size"])):
         lines.append(
             f"| {r['artifact']} | {r['runtime']} | {r['threads']} | {r['batch_size']} | {r['images_per_second']:,.0f} "

@@ -52,6 +52,9 @@ class Runner(Protocol):
 
 def check_images(images: np.ndarray) -> np.ndarray:
     """The model's input contract: float32 (N, 28, 28, 1) (or (N, 28, 28)), finite, pixels / 255 in [0, 1]."""
+    if type(images) is np.ndarray and images.dtype == np.float32 and images.ndim == 4 and images.shape[1:] == INPUT_SHAPE \
+            and images.shape[0] > 0 and images.flags.c_contiguous and np.isfinite(images).all():
+        return images  # the common case, checked in about 3 microseconds
     if not isinstance(images, np.ndarray):
         raise ToolkitError(f"input must be a numpy array, got {type(images).__name__}")
     if images.ndim == 3 and images.shape[1:] == INPUT_SHAPE[:2]:
@@ -112,7 +115,7 @@ class LiteRTRunner:
 
     def run(self, images: np.ndarray) -> np.ndarray:
         images = check_images(images)
-        n = len(images)
+        n = images.shape[0]
         if n != self._batch:
             if self._fixed_batch:  # a fixed-batch model (the web one) runs image by image
                 return np.concatenate([self.run(images[i : i + self._batch]) for i in range(0, n, self._batch)])
@@ -126,8 +129,8 @@ class LiteRTRunner:
         self._interp.invoke()
         y = self._interp.get_tensor(self._out["index"])
         if self.output.scale is not None:
-            y = dequantize(y, self.output.scale, self.output.zero_point)
-        return y.astype(np.float32, copy=False)
+            return dequantize(y, self.output.scale, self.output.zero_point)
+        return y
 
 
 def _litert_spec(d: dict) -> IOSpec:
