@@ -164,21 +164,26 @@ def gpu_info() -> dict[str, Any]:
     return {"gpus": names, "onnxruntime_providers": providers}
 
 
-def measure_peak_gflops(threads: int, n: int = 1024, seconds: float = 1.0) -> float:
-    """This machine's float32 matrix-product rate on `threads` threads (numpy's BLAS), best of repeated runs."""
+def measure_peak_gflops(threads: int, sizes: tuple[int, ...] = (512, 1024, 2048), seconds: float = 1.0) -> float:
+    """This machine's float32 matrix-product rate on `threads` threads (numpy's BLAS): the best call over
+    `seconds` of repeated products at each size. On this project's machine it measured above the nominal
+    clock's AVX2 FMA peak (2.45 GHz x 32 FLOP/cycle = 78 GFLOP/s per core), so it is the ceiling that counts."""
     from threadpoolctl import threadpool_limits
 
     rng = np.random.default_rng(0)
-    a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
-    best = float("inf")
+    best_rate = 0.0
     with threadpool_limits(limits=threads):
-        a @ b
-        deadline = time.perf_counter() + seconds
-        while time.perf_counter() < deadline:
-            t0 = time.perf_counter()
+        for n in sizes:
+            a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
             a @ b
-            best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9
+            best = float("inf")
+            deadline = time.perf_counter() + seconds
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                a @ b
+                best = min(best, time.perf_counter() - t0)
+            best_rate = max(best_rate, 2 * n**3 / best / 1e9)
+    return best_rate
 
 
 # ------------------------------------------------------------------------------------------- targets

@@ -1,0 +1,118 @@
+"""Turn a photo or drawing of a digit into the model's input, the way MNIST's digits were made.
+
+1. grey: colour is averaged to luminance; where the image has real transparency, the alpha channel is the ink
+   (a drawing on a transparent canvas); 16-bit images are scaled to 8 bits;
+2. polarity: MNIST digits are white on black, so an image whose border is light is inverted;
+3. crop to the ink's bounding box (pixels above 25% of the brightest), fit it into 20x20 keeping its aspect;
+4. centre: place it in 28x28 so that its centre of mass is the centre of the image;
+5. scale to [0, 1] float32 (pixels / 255), shape (28, 28, 1).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.errors import ToolkitError
+
+MAX_PIXELS = 40_000_000  # larger images are refused before decoding (decompression bombs)
+INK_THRESHOLD = 0.25
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Decode an image file into a float grey array in [0, 255] with white ink on black."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ToolkitError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise ToolkitError(f"{path}: empty file, not an image")
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    try:
+        with Image.open(path) as img:
+            if img.width * img.height > MAX_PIXELS:
+                raise ToolkitError(f"{path}: image is {img.width}x{img.height}, larger than {MAX_PIXELS:,} pixels")
+            if img.width == 0 or img.height == 0:
+                raise ToolkitError(f"{path}: image has no pixels")
+            img.load()
+            return to_grey(img)
+    except ToolkitError:
+        raise
+    except UnidentifiedImageError:
+        raise ToolkitError(f"{path}: not an image file PIL can read (PNG, JPEG, ...)") from None
+    except Image.DecompressionBombError:
+        raise ToolkitError(f"{path}: image is larger than {MAX_PIXELS:,} pixels") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ToolkitError(f"{path}: damaged image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+
+def to_grey(img) -> np.ndarray:
+    """A PIL image -> float64 grey array in [0, 255] (ink polarity not yet fixed)."""
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or a.max() > 255 else 255.0
+        return np.clip(a / top * 255.0, 0, 255)
+    if mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        return np.clip(a * (255.0 if a.max() <= 1.0 else 1.0), 0, 255)
+    if "A" in img.getbands() or (mode == "P" and "transparency" in img.info):
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.float64)
+        alpha = rgba[..., 3]
+        if alpha.min() < 250:  # real transparency: the strokes are where the alpha is
+            return alpha
+        return np.asarray(img.convert("L"), dtype=np.float64)
+    return np.asarray(img.convert("L"), dtype=np.float64)
+
+
+def normalise(grey: np.ndarray, source: str = "image") -> np.ndarray:
+    """Grey array (any size) -> model input float32 (28, 28, 1) in [0, 1], MNIST-style."""
+    grey = np.asarray(grey, dtype=np.float64)
+    if grey.ndim != 2 or grey.size == 0:
+        raise ToolkitError(f"{source}: expected a 2-D grey image, got shape {grey.shape}")
+    if not np.isfinite(grey).all():
+        raise ToolkitError(f"{source}: image contains NaN or infinity")
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    if np.median(border) > 127:  # dark digit on a light background
+        grey = 255.0 - grey
+    grey = grey - np.median(border if np.median(border) <= 127 else 255.0 - border)
+    grey = np.clip(grey, 0, None)
+    peak = grey.max()
+    if peak <= 0:
+        raise ToolkitError(f"{source}: no digit found (the image is blank)")
+    ink = grey > INK_THRESHOLD * peak
+    rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
+    crop = grey[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] / peak * 255.0
+    box = _fit(crop, 20)
+    return _centre(box)[..., np.newaxis].astype(np.float32) / 255.0
+
+
+def _fit(crop: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    h, w = crop.shape
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    img = Image.fromarray(crop.astype(np.float32), mode="F").resize((nw, nh), Image.Resampling.LANCZOS)
+    return np.clip(np.asarray(img, dtype=np.float64), 0, 255)
+
+
+def _centre(box: np.ndarray, size: int = 28) -> np.ndarray:
+    """Place `box` in a size x size black image with its centre of mass at the centre."""
+    h, w = box.shape
+    total = box.sum()
+    ys, xs = np.indices(box.shape)
+    cy, cx = (ys * box).sum() / total, (xs * box).sum() / total
+    top = int(round(size / 2 - cy - 0.5 + 0.5))  # centre of mass -> pixel centre (size/2 - 0.5) ... rounded
+    left = int(round(size / 2 - cx - 0.5 + 0.5))
+    top, left = min(max(top, 0), size - h), min(max(left, 0), size - w)
+    out = np.zeros((size, size))
+    out[top : top + h, left : left + w] = box
+    return out
+
+
+def prepare(path: str | Path) -> np.ndarray:
+    """An image file -> the model's input (28, 28, 1) float32."""
+    return normalise(load_image(path), str(path))
