@@ -109,3 +109,103 @@ def write_benchmark_outputs(report: dict[str, Any], folder: Path) -> dict[str, P
         "markdown": fsio.write_text(folder / "SUMMARY.md", benchmark_markdown(report)),
         "plot": benchmark_plot(report, folder / "benchmark.png"),
     }
+
+
+# ------------------------------------------------------------------------------------ artifact reports
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, target: Path) -> Path:
+    with fsio.atomic_path(Path(target)) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    _plt().close(fig)
+    return Path(target)
+
+
+def confusion_matrix_png(matrix, labels: list[str], title: str, target: Path) -> Path:
+    import numpy as np
+
+    plt = _plt()
+    matrix = np.asarray(matrix)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    shown = np.where(matrix > 0, matrix, np.nan)
+    im = ax.imshow(np.log10(shown), cmap="Blues")
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            if matrix[i, j]:
+                ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if i == j else ("red" if matrix[i, j] else "black"))
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label="log10(count)")
+    fig.tight_layout()
+    return _save(fig, target)
+
+
+def image_grid_png(images, captions: list[str], title: str, target: Path, cols: int = 10, colours: list[str] | None = None) -> Path:
+    plt = _plt()
+    n = len(images)
+    rows = max(1, -(-n // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.45))
+    for k, ax in enumerate(getattr(axes, "flat", [axes])):
+        ax.axis("off")
+        if k < n:
+            ax.imshow(images[k], cmap="gray", vmin=0, vmax=255)
+            ax.set_title(captions[k], fontsize=7, color=(colours[k] if colours else "black"))
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, target)
+
+
+def report_artifact(workspace: Path, dataset, artifact: Path | None = None, out_dir: Path | None = None, hardest: int = 30) -> dict[str, Any]:
+    """Per-class precision/recall/F1, confusion matrix, the hardest test images and sample images of each class."""
+    import numpy as np
+    from sklearn.metrics import classification_report, confusion_matrix
+
+    from toolkit import runtimes
+    from toolkit.data import to_model_input
+    from toolkit.model import LABELS
+    from toolkit.predict import best_artifact
+
+    workspace = Path(workspace)
+    artifact = Path(artifact) if artifact else best_artifact(workspace)
+    out_dir = fsio.ensure_dir(Path(out_dir) if out_dir else workspace / "report")
+    x, y = dataset.splits().test
+    probabilities = runtimes.predict(runtimes.load(artifact), to_model_input(x))
+    predicted = probabilities.argmax(1)
+    per_class = classification_report(y, predicted, labels=list(range(10)), target_names=LABELS, output_dict=True, zero_division=0)
+    matrix = confusion_matrix(y, predicted, labels=list(range(10)))
+    stem = artifact.name.replace(".", "_")
+    files = {
+        "confusion_matrix": confusion_matrix_png(matrix, LABELS, f"{artifact.name}: confusion matrix (test split)", out_dir / f"{stem}.confusion.png"),
+    }
+    wrong = np.flatnonzero(predicted != y)
+    wrong = wrong[np.argsort(-probabilities[wrong, predicted[wrong]])][:hardest]
+    files["hardest"] = image_grid_png(
+        x[wrong], [f"true {y[i]} → {predicted[i]}\n{probabilities[i, predicted[i]]:.2f}" for i in wrong],
+        f"{artifact.name}: the {len(wrong)} most confident mistakes of {int((predicted != y).sum())}",
+        out_dir / f"{stem}.hardest.png", colours=["firebrick"] * len(wrong),
+    )
+    samples = [i for c in range(10) for i in np.flatnonzero(y == c)[:10]]
+    files["samples"] = image_grid_png(x[samples], [f"{y[i]}" for i in samples], "Test images of each class", out_dir / "samples.png")
+    result = {
+        "artifact": artifact.name, "images": int(len(y)), "accuracy": round(float((predicted == y).mean()), 6),
+        "errors": int((predicted != y).sum()),
+        "per_class": {label: {k: round(float(v), 4) for k, v in per_class[label].items()} for label in LABELS},
+        "macro_avg": {k: round(float(v), 4) for k, v in per_class["macro avg"].items()},
+        "confusion_matrix": matrix.tolist(),
+        "files": {k: str(v) for k, v in files.items()},
+    }
+    fsio.write_json(out_dir / f"{stem}.report.json", result)
+    return result
