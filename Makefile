@@ -11,7 +11,7 @@ ifneq ($(SHARED_MNIST),)
 export TOOLKIT_DATA_DIR ?= $(abspath $(SHARED_MNIST))
 endif
 
-.PHONY: setup demo train export verify test test-fast clean
+.PHONY: setup demo release train export verify benchmark report test test-fast clean
 
 $(BIN)/toolkit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,14 @@ demo: setup
 	$(BIN)/toolkit export --format all --dir $(DIR)
 	$(BIN)/toolkit verify --dir $(DIR)
 
+# Rebuild the committed reference release in exported/ (about 35 min on 2 CPU cores).
+release: setup
+	$(BIN)/toolkit train --dir exported
+	$(BIN)/toolkit export --format all --dir exported
+	$(BIN)/toolkit verify --dir exported
+	$(BIN)/toolkit benchmark --dir exported
+	$(BIN)/toolkit report --dir exported
+
 train: setup
 	$(BIN)/toolkit train --dir $(DIR)
 
@@ -35,6 +43,12 @@ export: setup
 
 verify: setup
 	$(BIN)/toolkit verify --dir $(DIR)
+
+benchmark: setup
+	$(BIN)/toolkit benchmark --dir $(DIR)
+
+report: setup
+	$(BIN)/toolkit report --dir $(DIR)
 
 test: setup
 	$(BIN)/python -m pytest

@@ -23,8 +23,17 @@ def _mnist_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def mnist_dir() -> Path:
-    return _mnist_dir()
+def mnist_dir(tmp_path_factory) -> Path:
+    """A folder with the four original gzipped IDX files (gzipped here from the cache if need be)."""
+    folder = _mnist_dir()
+    if all((folder / f"{name}.gz").is_file() for name in data.FILES.values()):
+        return folder
+    gz_dir = tmp_path_factory.mktemp("mnist-gz")
+    for name in data.FILES.values():
+        raw = data.find_idx_file(folder, name)
+        content = raw.read_bytes()
+        (gz_dir / f"{name}.gz").write_bytes(content if content[:2] == b"\x1f\x8b" else gzip.compress(content))
+    return gz_dir
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from toolkit.cli import app
 
 runner = CliRunner()
-COMMANDS = ["data", "train", "export", "verify", "benchmark"]
+COMMANDS = ["data", "train", "export", "verify", "benchmark", "predict", "report"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

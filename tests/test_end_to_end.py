@@ -22,7 +22,7 @@ def _toolkit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_train_export_verify_benchmark(tmp_path, mnist_dir):
     data = ["--data-dir", str(mnist_dir)]
-    p = _toolkit("train", "--epochs", "1", "--limit", "4000", "--batch-size", "32", *data, cwd=tmp_path)
+    p = _toolkit("train", "--epochs", "2", "--limit", "10000", "--batch-size", "32", *data, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     assert "Accuracy:  train:" in p.stdout
     ws = tmp_path / "exported"  # the default workspace

@@ -328,12 +328,16 @@ def gpu_rows(gpu: dict[str, Any], measured: list[BenchRecord]) -> list[BenchReco
 def harness_check(report, targets, images_path, iterations, warmup, timeout, say) -> dict[str, Any] | None:
     """LiteRT float32, 1 thread, batch 1: the harness' p50 against a bare set_tensor/invoke/get_tensor loop,
     interleaved in one process (see bench_worker.harness_check)."""
-    target = next((t for t in targets if t.runtime == "litert" and t.variant == "float32"), None)
+    ok = {r.artifact for r in report.results if r.runtime == "litert" and r.status == "ok"}
+    target = next((t for t in targets if t.runtime == "litert" and t.variant == "float32" and t.path.name in ok), None)
     if target is None:
         return None
     say("harness check: the runner against a bare LiteRT loop, interleaved")
-    out = _run_worker({"mode": "harness_check", "path": str(target.path), "threads": 1, "iterations": iterations,
-                       "warmup": warmup, "images": str(images_path), "rounds": 5}, timeout)
+    try:
+        out = _run_worker({"mode": "harness_check", "path": str(target.path), "threads": 1, "iterations": iterations,
+                           "warmup": warmup, "images": str(images_path), "rounds": 5}, timeout)
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        return {"artifact": target.path.name, "error": str(e)[:300]}
     overhead = (out["harness_p50_ms"] - out["bare_loop_p50_ms"]) / out["bare_loop_p50_ms"]
     row = next((r for r in report.results if r.artifact == target.path.name and r.runtime == "litert"
                 and r.threads == 1 and r.batch_size == 1 and r.status == "ok"), None)

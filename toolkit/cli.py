@@ -309,11 +309,65 @@ def benchmark(
                         ["artifact", "runtime", "device", "threads", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s",
                          "GFLOP/s (of fp32 peak)", "cold ms", "RSS MB", "size"], rows, styles))
     hc = result.harness_check
-    if hc:
+    if hc and "error" not in hc:
         console.print(f"Harness check: p50 {hc['harness_p50_ms']:.4f} ms vs bare LiteRT loop {hc['bare_loop_p50_ms']:.4f} ms ({hc['overhead_fraction']:+.1%})")
     console.print(f"[dim]{result.machine['int8_note']}[/]")
     console.print(f"Wrote {paths['json']}, {paths['markdown']}, {paths['plot']}")
     write_json_output(json_out, report)
+
+
+# ------------------------------------------------------------------------------------ predict, report
+
+
+@command
+def predict(
+    images: list[Path] = typer.Argument(..., help="Image files (PNG, JPEG, ...): photos or drawings of one digit each."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Any artifact (.tflite, .onnx, .keras). Default: the best verified one in DIR."),
+    top: int = typer.Option(3, "--top", min=1, max=10, help="How many classes to show."),
+    workspace: Path = DirOption,
+    json_out: Optional[str] = JsonOption,
+):
+    """Classify image files: grey, invert dark-on-light, crop, centre as MNIST, 28x28, then run the artifact."""
+    from toolkit import predict as predict_lib
+    from toolkit.console import console, table
+
+    model_path = model or predict_lib.best_artifact(workspace)
+    results = predict_lib.classify(images, model_path, top)
+    rows = [[r.file, r.digit, f"{r.confidence:.3f}", "  ".join(f"{label}: {p:.3f}" for label, p in r.top)] for r in results]
+    console.print(table(f"Predictions of {model_path}", ["image", "digit", "confidence", f"top {top}"], rows))
+    write_json_output(json_out, {"model": str(model_path), "predictions": [r.to_dict() for r in results]})
+
+
+@command
+def report(
+    model: Optional[Path] = typer.Option(None, "--model", help="The artifact to report on. Default: the best verified one in DIR."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the PNGs and JSON. Default: DIR/report."),
+    card: bool = typer.Option(True, "--card/--no-card", help="Also (re)write DIR/MODEL_CARD.md."),
+    data_dir: Optional[Path] = DataDirOption,
+    dataset: str = DatasetOption,
+    workspace: Path = DirOption,
+    json_out: Optional[str] = JsonOption,
+):
+    """Per-class precision/recall/F1, a confusion matrix, the hardest test images, and the model card."""
+    from toolkit import card as card_lib
+    from toolkit import data as data_lib
+    from toolkit import report as report_lib
+    from toolkit.console import console, table
+
+    ds = data_lib.load(data_dir, dataset, progress=lambda msg: console.print(msg))
+    result = report_lib.report_artifact(workspace, ds, model, out)
+    rows = [[label, f"{v['precision']:.4f}", f"{v['recall']:.4f}", f"{v['f1-score']:.4f}", f"{int(v['support']):,}"]
+            for label, v in result["per_class"].items()]
+    m = result["macro_avg"]
+    rows.append(["macro avg", f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1-score']:.4f}", f"{int(m['support']):,}"])
+    console.print(table(f"{result['artifact']}: accuracy {result['accuracy']:.4f} ({result['errors']} errors of {result['images']:,})",
+                        ["class", "precision", "recall", "F1", "images"], rows))
+    for name, path in result["files"].items():
+        console.print(f"{name}: {path}")
+    if card:
+        path = card_lib.write_model_card(workspace)
+        console.print(f"Model card: {path}")
+    write_json_output(json_out, result)
 
 
 def main() -> None:

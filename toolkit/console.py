@@ -8,7 +8,9 @@ import time
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 
 def _console(stderr: bool = False) -> Console:
     probe = Console(stderr=stderr)
@@ -42,15 +44,15 @@ def progress_bar(transient: bool = False) -> Progress:
 _NUMBER = re.compile(r"^[+-]?[\d,]*\.?\d+(e[+-]?\d+)?%?$")
 
 
-def table(title: str | None, columns: list[str], rows: list[list], styles: list[str | None] | None = None) -> Table:
-    t = Table(title=title, title_justify="left", header_style="bold")
+def table(title: str | None, columns: list[str], rows: list[list], styles: list[str | None] | None = None):
+    t = Table(header_style="bold")
     for i, col in enumerate(columns):
         values = [str(row[i]) for row in rows]
         numeric = i > 0 and all(_NUMBER.match(v) or v == "-" for v in values)
         t.add_column(col, justify="right" if numeric else "left")
     for i, row in enumerate(rows):
         t.add_row(*[str(c) for c in row], style=(styles[i] if styles else None))
-    return t
+    return Group(Text(title, style="bold"), t) if title else t
 
 
 def keras_progress_callback(total_epochs: int):

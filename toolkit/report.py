@@ -29,7 +29,9 @@ def benchmark_markdown(report: dict[str, Any]) -> str:
         f"- int8 on this CPU: {m['int8_note']}",
     ]
     hc = report.get("harness_check")
-    if hc:
+    if hc and "error" in hc:
+        lines.append(f"- Harness check ({hc['artifact']}): failed: {hc['error']}")
+    elif hc:
         lines.append(
             f"- Harness check ({hc['artifact']}, 1 thread, batch 1): harness p50 {hc['harness_p50_ms']:.4f} ms vs bare "
             f"set_tensor/invoke/get_tensor loop {hc['bare_loop_p50_ms']:.4f} ms: {hc['overhead_fraction']:+.1%} "
@@ -157,7 +159,7 @@ def image_grid_png(images, captions: list[str], title: str, target: Path, cols: 
     plt = _plt()
     n = len(images)
     rows = max(1, -(-n // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.45))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.8 + 0.4))
     for k, ax in enumerate(getattr(axes, "flat", [axes])):
         ax.axis("off")
         if k < n:
