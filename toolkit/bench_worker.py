@@ -106,11 +106,11 @@ def _make_call(spec: dict):
     from toolkit import runtimes
 
     if runtime == "onnxruntime-cuda":
-        runner = runtimes.load(path, threads=threads, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+        runner = runtimes.load(path, threads=threads, providers=["CUDAExecutionProvider", "CPUExecutionProvider"], probe=False)
         if runner.providers[0] != "CUDAExecutionProvider":
             raise RuntimeError(f"onnxruntime fell back to {runner.providers[0]}")
         return runner.run
-    runner = runtimes.load(path, threads=threads)
+    runner = runtimes.load(path, threads=threads, probe=False)  # this process is the disposable one
     return runner.run
 
 
@@ -153,7 +153,7 @@ def harness_check(spec: dict) -> dict:
 
     images = np.load(spec["images"], allow_pickle=False)[:64]
     batches = [images[i : i + 1] for i in range(len(images))]
-    runner = runtimes.load(spec["path"], threads=spec["threads"])
+    runner = runtimes.load(spec["path"], threads=spec["threads"], probe=False)
     interp = Interpreter(model_path=spec["path"], num_threads=spec["threads"])
     interp.allocate_tensors()
     inp, out = interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"]

@@ -108,7 +108,7 @@ def data(
 
 @command
 def train(
-    epochs: int = typer.Option(15, min=1, help="Training epochs."),
+    epochs: Optional[int] = typer.Option(None, min=1, help="Training epochs. Default: 15, or on --resume the interrupted run's."),
     batch_size: int = typer.Option(128, "--batch-size", min=1, help="Images per training step."),
     learning_rate: float = typer.Option(1e-3, "--learning-rate", min=1e-9, help="Adam's initial learning rate (cosine decay)."),
     seed: int = typer.Option(42, help="Random seed (deterministic on CPU)."),
@@ -138,7 +138,7 @@ def train(
         augment=augment, mixed_precision=mixed_precision,
     )
     try:
-        result = train_lib.train(workspace, ds, config, resume=resume, callbacks=[keras_progress_callback(config.epochs)])
+        result = train_lib.train(workspace, ds, config, resume=resume, callbacks=[keras_progress_callback()])
     except KeyboardInterrupt:
         raise Interrupted(
             f"interrupted; the last finished epoch is kept in {workspace / 'checkpoint'}: continue with `toolkit train --resume`"

@@ -55,19 +55,22 @@ def table(title: str | None, columns: list[str], rows: list[list], styles: list[
     return Group(Text(title, style="bold"), t) if title else t
 
 
-def keras_progress_callback(total_epochs: int):
+def keras_progress_callback():
     """A Keras callback: one progress bar per epoch, then a one-line summary of that epoch."""
     from toolkit.backend import keras as _keras
 
     keras = _keras()
 
     class RichEpochProgress(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self._total = self.params.get("epochs", 0)
+
         def on_epoch_begin(self, epoch, logs=None):
             self._t0 = time.perf_counter()
             self._progress = progress_bar(transient=True)
             self._progress.start()
             steps = self.params.get("steps") or 0
-            self._task = self._progress.add_task(f"epoch {epoch + 1}/{total_epochs}", total=steps, status="")
+            self._task = self._progress.add_task(f"epoch {epoch + 1}/{self._total}", total=steps, status="")
 
         def on_train_batch_end(self, batch, logs=None):
             logs = logs or {}
@@ -78,7 +81,7 @@ def keras_progress_callback(total_epochs: int):
             self._progress.stop()
             logs = logs or {}
             err_console.print(
-                f"epoch {epoch + 1:>3}/{total_epochs}  loss {logs.get('loss', 0):.4f}  acc {logs.get('accuracy', 0):.4f}"
+                f"epoch {epoch + 1:>3}/{self._total}  loss {logs.get('loss', 0):.4f}  acc {logs.get('accuracy', 0):.4f}"
                 f"  val_loss {logs.get('val_loss', 0):.4f}  val_acc {logs.get('val_accuracy', 0):.4f}"
                 f"  {time.perf_counter() - self._t0:.1f} s"
             )

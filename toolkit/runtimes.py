@@ -213,8 +213,13 @@ class KerasRunner:
 RUNNERS = {".tflite": LiteRTRunner, ".onnx": OnnxRunner, ".keras": KerasRunner}
 
 
-def load(path: str | Path, threads: int | None = None, providers: list[str] | None = None) -> Runner:
-    """Load an artifact in the runtime an edge app would use, after checking the file is what it claims."""
+def load(path: str | Path, threads: int | None = None, providers: list[str] | None = None, probe: bool = True) -> Runner:
+    """Load an artifact in the runtime an edge app would use, after checking the file is what it claims.
+
+    With `probe` (the default), a `.tflite` or `.onnx` file is first loaded and run once in a child process,
+    so that a malformed file that crashes the native runtime ends in a ToolkitError, not in a crash of
+    this process. Files the toolkit has just written, and processes that are themselves disposable, skip it.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in RUNNERS:
@@ -229,11 +234,57 @@ def load(path: str | Path, threads: int | None = None, providers: list[str] | No
     if threads is not None and threads < 1:
         raise ToolkitError(f"threads must be at least 1, got {threads}")
     check_file_header(path)
+    if probe and suffix in (".tflite", ".onnx"):
+        probe_in_child(path)
     if providers is not None:
         if suffix != ".onnx":
             raise ToolkitError(f"{path}: execution providers apply to .onnx files only")
         return OnnxRunner(path, threads=threads, providers=providers)
     return RUNNERS[suffix](path, threads=threads)
+
+
+# What the child process runs: load the file and run one image, reporting a ToolkitError as one line.
+PROBE_CODE = """
+import sys
+import numpy as np
+from toolkit.errors import ToolkitError
+from toolkit.runtimes import load
+try:
+    load(sys.argv[1], probe=False).run(np.zeros((1, 28, 28, 1), np.float32))
+except ToolkitError as e:
+    print(e, file=sys.stderr)
+    sys.exit(1)
+"""
+_probed: set[tuple[str, int, int]] = set()
+
+
+def probe_in_child(path: Path, timeout: float = 120.0) -> None:
+    """Load and run `path` once in a child process; a native crash there becomes a ToolkitError here."""
+    import signal
+    import subprocess
+    import sys
+
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key in _probed:
+        return
+    try:
+        proc = subprocess.run([sys.executable, "-c", PROBE_CODE, str(path)], capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise ToolkitError(f"{path}: loading it did not finish within {timeout:.0f} s") from None
+    runtime = "LiteRT" if path.suffix.lower() == ".tflite" else "ONNX Runtime"
+    if proc.returncode < 0:
+        try:
+            name = signal.Signals(-proc.returncode).name
+        except ValueError:
+            name = f"signal {-proc.returncode}"
+        raise ToolkitError(f"{path}: malformed model: it crashed {runtime} ({name}) in a test load, so it was not loaded here")
+    if proc.returncode != 0:
+        lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+        message = lines[-1] if lines else f"exit code {proc.returncode}"
+        raise ToolkitError(message if message.startswith(str(path)) else f"{path}: {message}")
+    _probed.add(key)
 
 
 def check_file_header(path: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -28,9 +28,12 @@ METRICS_FILE = "metrics.json"
 CHECKPOINT_DIR = "checkpoint"
 
 
+DEFAULT_EPOCHS = 15
+
+
 @dataclass
 class TrainConfig:
-    epochs: int = 15
+    epochs: int | None = None  # None: DEFAULT_EPOCHS, or on resume the checkpoint's own number
     batch_size: int = 128
     learning_rate: float = 1e-3  # Adam, cosine-decayed to 1% over the run
     seed: int = 42
@@ -41,7 +44,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ToolkitError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not (self.learning_rate > 0 and np.isfinite(self.learning_rate)):
             raise ToolkitError(f"--learning-rate must be a positive number, got {self.learning_rate}")
@@ -224,12 +227,16 @@ def train(
         if saved.get("data_sha256") != dataset.sha256:
             raise ToolkitError(f"{state_path}: the checkpoint was trained on other data; start without --resume")
         state.update({k: saved[k] for k in ("epoch", "best_epoch", "best_val_accuracy", "history", "epoch_seconds")})
-        # the run's shape is the checkpoint's; only the number of epochs may grow
+        # the run's shape is the checkpoint's; only the number of epochs may be changed
         kept = {k: v for k, v in saved["config"].items() if k not in ("epochs", "eval_limit")}
-        config = TrainConfig(**{**kept, "epochs": max(config.epochs, saved["config"]["epochs"]), "eval_limit": config.eval_limit})
+        epochs = config.epochs if config.epochs is not None else saved["config"]["epochs"]
+        config = TrainConfig(**{**kept, "epochs": epochs, "eval_limit": config.eval_limit})
         state["config"] = asdict(config)
         if state["epoch"] >= config.epochs:
-            raise ToolkitError(f"{state_path}: the checkpoint already finished all {config.epochs} epochs; pass more --epochs to go on")
+            raise ToolkitError(f"{state_path}: the checkpoint already finished {state['epoch']} of {config.epochs} epochs; pass more --epochs to go on")
+    elif config.epochs is None:
+        config = replace(config, epochs=DEFAULT_EPOCHS)
+        state["config"] = asdict(config)
 
     keras.utils.set_random_seed(config.seed)
     if keras.config.backend() == "tensorflow":

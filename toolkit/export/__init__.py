@@ -80,7 +80,7 @@ def tensor_spec(io) -> TensorSpec:
 
 def describe_artifact(path: Path, fmt: str, variant: str, made_with: dict[str, Any]) -> ArtifactRecord:
     """Load the written file in its runtime and record what it really is."""
-    runner = load_runner(path)
+    runner = load_runner(path, probe=False)  # written by us a moment ago
     return ArtifactRecord(
         file=path.name, format=fmt, variant=variant, runtime=runner.runtime,
         bytes=path.stat().st_size, sha256=manifest.file_sha256(path),
