@@ -17,7 +17,8 @@ from ai_edge_litert.interpreter import Interpreter
 
 
 def read_pgm(path):
-    """A binary (P5) 8-bit PGM file -> uint8 array (height, width)."""
+    """A binary (P5) 8-bit PGM file -> uint8 array (height, width). (Repeated in the other example on
+    purpose: each example stands alone with only its runtime and numpy.)"""
     data = Path(path).read_bytes()
     fields, pos = [], 0
     while len(fields) < 4:  # magic, width, height, maxval, with comments skipped

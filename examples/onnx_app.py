@@ -16,7 +16,8 @@ import onnxruntime as ort
 
 
 def read_pgm(path):
-    """A binary (P5) 8-bit PGM file -> uint8 array (height, width)."""
+    """A binary (P5) 8-bit PGM file -> uint8 array (height, width). (Repeated in the other example on
+    purpose: each example stands alone with only its runtime and numpy.)"""
     data = Path(path).read_bytes()
     fields, pos = [], 0
     while len(fields) < 4:
