@@ -21,11 +21,14 @@ $(BIN)/toolkit: pyproject.toml
 
 setup: $(BIN)/toolkit
 
+# The main job on a fresh machine, in runs/demo so that the committed release in exported/ stays as it is.
+DEMO_DIR ?= runs/demo
 demo: setup
 	$(BIN)/toolkit data
-	$(BIN)/toolkit train --dir $(DIR)
-	$(BIN)/toolkit export --format all --dir $(DIR)
-	$(BIN)/toolkit verify --dir $(DIR)
+	$(BIN)/toolkit train --dir $(DEMO_DIR)
+	$(BIN)/toolkit export --format all --dir $(DEMO_DIR)
+	$(BIN)/toolkit verify --dir $(DEMO_DIR)
+	$(BIN)/toolkit benchmark --dir $(DEMO_DIR) --out $(DEMO_DIR)/benchmark
 
 # Rebuild the committed reference release in exported/ (about 35 min on 2 CPU cores).
 release: setup

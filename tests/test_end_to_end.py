@@ -35,7 +35,7 @@ def test_train_export_verify_benchmark(tmp_path, mnist_dir):
 
     p = _toolkit("verify", "--limit", "1000", *data, "--json", "-", cwd=tmp_path)
     assert p.returncode == 0
-    verified = json.loads(p.stdout[p.stdout.index("{"):])
+    verified = json.loads(p.stdout)  # with --json -, stdout holds the JSON alone
     assert verified["passed"] and {r["file"] for r in verified["results"]} == set(json.loads((ws / "manifest.json").read_text())["artifacts"])
 
     # a changed artifact: verify refuses it and exits non-zero

@@ -47,6 +47,10 @@ def command(fn):
         from toolkit.console import error
 
         signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+        if kwargs.get("json_out") == "-":  # stdout carries the JSON alone; tables go to stderr
+            from toolkit.console import console
+
+            console.file = sys.stderr
         try:
             return fn(*args, **kwargs)
         except ToolkitError as e:
