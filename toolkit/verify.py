@@ -111,24 +111,58 @@ def compare(record: ArtifactRecord, probabilities: np.ndarray, ref: Reference) -
     return result
 
 
-def _check_c_array(workspace: Path, record: ArtifactRecord, result: ParityRecord) -> str | None:
-    """The C array must hold exactly the bytes of its source .tflite; returns that .tflite's name to score."""
+def _check_c_array(workspace: Path, record: ArtifactRecord) -> tuple[str | None, list[str]]:
+    """The C array must hold exactly the bytes of its source .tflite. Returns (that .tflite to score, problems)."""
     from toolkit.export.c_array import parse_c_array
 
     source = record.made_with.get("source")
     if not source or not (workspace / source).is_file():
-        result.problems.append(f"source {source or '(unknown)'} not found")
-        return None
+        return None, [f"source {source or '(unknown)'} not found"]
+    problems = []
     data, declared = parse_c_array(workspace / record.file)
     expected = (workspace / source).read_bytes()
     if data != expected:
         first = next((i for i, (a, b) in enumerate(zip(data, expected)) if a != b), min(len(data), len(expected)))
-        result.problems.append(f"C array differs from {source} at byte {first} ({len(data)} vs {len(expected)} bytes)")
+        problems.append(f"C array differs from {source} at byte {first} ({len(data)} vs {len(expected)} bytes)")
     if declared != len(expected):
-        result.problems.append(f"declared length {declared} != {len(expected)} bytes of {source}")
+        problems.append(f"declared length {declared} != {len(expected)} bytes of {source}")
     if manifest.file_sha256(workspace / source) != record.made_with.get("source_sha256"):
-        result.problems.append(f"{source} changed since the C array was made")
-    return source
+        problems.append(f"{source} changed since the C array was made")
+    return source, problems
+
+
+def verify_artifact(workspace: Path, record: ArtifactRecord, ref: Reference) -> ParityRecord:
+    """Check one artifact's file, run it in its runtime, and score it against the reference."""
+    started = time.perf_counter()
+    path = workspace / record.file
+    problems: list[str] = []
+    scored: str | None = None
+    if not path.is_file():
+        problems.append("file missing")
+    elif manifest.file_sha256(path) != record.sha256:
+        problems.append("SHA-256 differs from the manifest: file changed since export, not certified")
+    elif record.format == "c":
+        scored, problems = _check_c_array(workspace, record)
+    else:
+        scored = record.file
+    probabilities = None
+    if scored is not None:
+        try:
+            probabilities = runtimes.predict(runtimes.load(workspace / scored), ref.images)
+        except ToolkitError as e:
+            problems.append(str(e))
+    if probabilities is not None:
+        result = compare(record, probabilities, ref)
+    else:
+        result = ParityRecord(file=record.file, format=record.format, variant=record.variant, runtime=record.runtime,
+                              images=len(ref.labels), criteria=describe_criteria(record.variant))
+    if record.format == "c":
+        result.criteria = "byte-identical to its .tflite; " + result.criteria
+    result.problems = problems + result.problems
+    result.passed = not result.problems
+    result.seconds = round(time.perf_counter() - started, 3)
+    result.verified_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return result
 
 
 def run_parity(
@@ -138,7 +172,6 @@ def run_parity(
     limit: int | None = None,
     progress: Callable[[str], None] | None = None,
     write: bool = True,
-    ref: Reference | None = None,
 ) -> list[ParityRecord]:
     """Verify the artifacts of the manifest (or those named in `files`) and record the results in it."""
     workspace = Path(workspace)
@@ -157,37 +190,11 @@ def run_parity(
     if model_sha and model_path.is_file() and manifest.file_sha256(model_path) != model_sha:
         raise ToolkitError(f"{model_path}: differs from the model the artifacts were exported from; export again")
     say(f"Keras reference on {limit or len(dataset.y_test)} test images")
-    ref = ref or reference(workspace, dataset, limit)
+    ref = reference(workspace, dataset, limit)
     results = []
     for record in records:
-        started = time.perf_counter()
         say(f"verifying {record.file}")
-        result = ParityRecord(file=record.file, format=record.format, variant=record.variant, runtime=record.runtime,
-                              images=len(ref.labels), criteria=describe_criteria(record.variant))
-        path = workspace / record.file
-        if not path.is_file():
-            result.problems.append("file missing")
-        elif manifest.file_sha256(path) != record.sha256:
-            result.problems.append("SHA-256 differs from the manifest: file changed since export, not certified")
-        else:
-            scored = record.file
-            if record.format == "c":
-                scored = _check_c_array(workspace, record, result)
-                result.criteria = "byte-identical to its .tflite; " + result.criteria
-            if scored is not None:
-                try:
-                    probabilities = runtimes.predict(runtimes.load(workspace / scored), ref.images)
-                except ToolkitError as e:
-                    result.problems.append(str(e))
-                else:
-                    problems = result.problems
-                    result = compare(record, probabilities, ref)
-                    result.criteria = ("byte-identical to its .tflite; " if record.format == "c" else "") + result.criteria
-                    result.problems = problems + result.problems
-                    result.passed = not result.problems
-        result.seconds = round(time.perf_counter() - started, 3)
-        result.verified_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        results.append(result)
+        results.append(verify_artifact(workspace, record, ref))
     if write:
         manifest.put_verification(workspace, {r.file: r.to_dict() for r in results})
     return results
