@@ -81,10 +81,14 @@ class BenchReport:
     settings: dict[str, Any]
     results: list[BenchRecord] = field(default_factory=list)
     harness_check: dict[str, Any] | None = None
+    browser: dict[str, Any] | None = None  # name, user agent, isolation: for rows measured in a browser
 
     def to_dict(self) -> dict[str, Any]:
-        return {"machine": self.machine, "versions": self.versions, "settings": self.settings,
-                "harness_check": self.harness_check, "results": [asdict(r) for r in self.results]}
+        out = {"machine": self.machine, "versions": self.versions, "settings": self.settings,
+               "harness_check": self.harness_check, "results": [asdict(r) for r in self.results]}
+        if self.browser:
+            out["browser"] = self.browser
+        return out
 
 
 # ------------------------------------------------------------------------------------------- machine
@@ -194,7 +198,7 @@ def plan_targets(workspace: Path, models: list[Path] | None = None, include_kera
     workspace = Path(workspace)
     recs = {r.file: r for r in manifest.records(workspace)} if (workspace / manifest.MANIFEST_FILE).exists() else {}
     targets: list[Target] = []
-    chosen = [Path(m) for m in models] if models else [workspace / r.file for r in recs.values() if r.format != "c"]
+    chosen = [Path(m) for m in models] if models else [workspace / r.file for r in recs.values() if r.format not in ("c", "web")]
     if not chosen and not (workspace / "model.keras").is_file():
         raise ToolkitError(f"{workspace}: nothing to benchmark; run `toolkit export` first or pass --model")
     for path in chosen:

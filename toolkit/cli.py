@@ -191,12 +191,29 @@ def _show_parity(results, title: str) -> bool:
     return all(r.passed for r in results)
 
 
-def _verify_and_report(workspace: Path, ds, files, limit, json_out) -> None:
+def _verify_and_report(workspace: Path, ds, files, limit, json_out, native: bool = True, browser: bool = False,
+                       threads: int = 1, browser_optional: bool = False) -> None:
+    """Native parity and/or parity in headless Chromium; with `browser_optional`, a machine without Chromium
+    or Playwright gets a note instead of a failure (for `toolkit export`)."""
     from toolkit import verify as verify_lib
     from toolkit.console import console
 
-    results = verify_lib.run_parity(workspace, ds, files=files, limit=limit, progress=lambda msg: console.print(f"[dim]{msg}[/]"))
-    ok = _show_parity(results, "Verification against the Keras model")
+    say = lambda msg: console.print(f"[dim]{msg}[/]")  # noqa: E731
+    results = []
+    if native:
+        results += verify_lib.run_parity(workspace, ds, files=files, limit=limit, progress=say)
+        _show_parity(results, "Verification against the Keras model")
+    if browser:
+        try:
+            web_results = verify_lib.run_browser_parity(workspace, ds, files=files, limit=limit, threads=threads, progress=say)
+        except ToolkitError as e:
+            if not browser_optional:
+                raise
+            console.print(f"[yellow]web artifacts not verified: {e}; run `toolkit verify --browser` where a Chromium is installed[/]")
+        else:
+            _show_parity(web_results, "Verification in the browser against the Keras model")
+            results += web_results
+    ok = all(r.passed for r in results)
     write_json_output(json_out, {"passed": ok, "results": [r.to_dict() for r in results]})
     if not ok:
         failed = [r.file for r in results if not r.passed]
@@ -205,7 +222,7 @@ def _verify_and_report(workspace: Path, ds, files, limit, json_out) -> None:
 
 @command
 def export(
-    fmt: str = typer.Option("all", "--format", "-f", help="tflite, onnx, c (int8 C array) or all."),
+    fmt: str = typer.Option("all", "--format", "-f", help="tflite, onnx, c (int8 C array), web (the browser app), comma-separated, or all."),
     quantize: Optional[str] = typer.Option(
         None, "--quantize", "--variant", help="Only these variants, comma-separated: float32, float16, dynamic, int8."
     ),
@@ -218,7 +235,7 @@ def export(
     workspace: Path = DirOption,
     json_out: Optional[str] = JsonOption,
 ):
-    """Export DIR/model.keras to TFLite/LiteRT and ONNX artifacts, record them in DIR/manifest.json, and verify them."""
+    """Export DIR/model.keras to TFLite/LiteRT, ONNX, a C array and a web app, record them in DIR/manifest.json, verify them."""
     from toolkit import data as data_lib
     from toolkit import export as export_lib
     from toolkit.console import console, table
@@ -234,7 +251,12 @@ def export(
     console.print(table(f"Exported to {workspace} ({', '.join(f for f, _ in plan)})",
                         ["artifact", "format", "variant", "runtime", "bytes", "input", "output"], rows))
     if verify:
-        _verify_and_report(workspace, ds, [r.file for r in records], limit, json_out)
+        native = [r.file for r in records if r.format != "web"]
+        web = [r.file for r in records if r.format == "web"]
+        if native:
+            _verify_and_report(workspace, ds, native, limit, None if web else json_out)
+        if web:
+            _verify_and_report(workspace, ds, web, limit, json_out, native=False, browser=True, browser_optional=True)
     else:
         write_json_output(json_out, {"artifacts": [r.to_dict() for r in records]})
 
@@ -243,6 +265,8 @@ def export(
 def verify(
     model: Optional[list[Path]] = typer.Option(None, "--model", help="Only these artifacts (repeatable). Default: all in the manifest."),
     limit: Optional[int] = typer.Option(None, min=1, help="Verify on the first N test images only (default: all 10,000)."),
+    browser: bool = typer.Option(False, "--browser", help="Verify the web artifacts inside the web app in headless Chromium instead."),
+    threads: int = typer.Option(1, "--threads", min=1, help="With --browser: WebAssembly threads of the web runtimes."),
     data_dir: Optional[Path] = DataDirOption,
     dataset: str = DatasetOption,
     workspace: Path = DirOption,
@@ -253,7 +277,8 @@ def verify(
     from toolkit.console import console
 
     ds = data_lib.load(data_dir, dataset, progress=lambda msg: console.print(msg))
-    _verify_and_report(workspace, ds, [str(m) for m in model] if model else None, limit, json_out)
+    files = [str(m) for m in model] if model else None
+    _verify_and_report(workspace, ds, files, limit, json_out, native=not browser, browser=browser, threads=threads)
 
 
 # ------------------------------------------------------------------------------------------ benchmark
@@ -277,6 +302,7 @@ def benchmark(
     iterations: int = typer.Option(1000, min=1, help="Timed calls at batch 1 (larger batches run the same number of images)."),
     warmup: int = typer.Option(100, min=0, help="Untimed calls before timing."),
     keras_baseline: bool = typer.Option(True, "--keras/--no-keras", help="Also measure the Keras model (predict and a compiled call)."),
+    browser: bool = typer.Option(False, "--browser", help="Measure the web artifacts in headless Chromium instead; rows join the native ones in --out."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for results.json, SUMMARY.md and benchmark.png. Default: benchmarks/results/<machine>."),
     data_dir: Optional[Path] = DataDirOption,
     dataset: str = DatasetOption,
@@ -292,24 +318,32 @@ def benchmark(
     sizes = _int_list(batch_sizes, "--batch-sizes")
     thread_list = _int_list(threads, "--threads") if threads else None
     ds = data_lib.load(data_dir, dataset, progress=lambda msg: console.print(msg))
-    result = bench_lib.benchmark(
-        workspace, ds, sizes, thread_list, iterations, warmup, models=model, include_keras=keras_baseline,
-        progress=lambda msg: console.print(f"[dim]{msg}[/]"),
-    )
-    report = result.to_dict()
+    say = lambda msg: console.print(f"[dim]{msg}[/]")  # noqa: E731
+    if browser:
+        from toolkit import browser_bench
+
+        result = browser_bench.benchmark_browser(workspace, ds, sizes, thread_list, iterations, warmup,
+                                                 files=[str(m) for m in model] if model else None, progress=say)
+    else:
+        result = bench_lib.benchmark(workspace, ds, sizes, thread_list, iterations, warmup, models=model,
+                                     include_keras=keras_baseline, progress=say)
     folder = out or Path("benchmarks") / "results" / bench_lib.machine_slug(result.machine)
+    from toolkit.browser_bench import merge_previous
+
+    report = merge_previous(result.to_dict(), folder / "results.json", browser)
     paths = report_lib.write_benchmark_outputs(report, folder)
     rows, styles = [], []
     for r in result.results:
         if r.status != "ok":
-            rows.append([r.artifact, r.runtime, r.device, r.threads or "-", r.batch_size, "-", "-", "-", "-", "-", "-", "-", f"{r.status}: {r.note}"])
+            rows.append([r.artifact, r.runtime, r.device, r.threads or "-", r.batch_size, "-", "-", "-", "-", "-", "-", "-", f"{r.status}: {r.note}"[:120]])
             styles.append("dim" if r.status == "skipped" else "red")
             continue
         rows.append([r.artifact, r.runtime, r.device, r.threads, r.batch_size, f"{r.p50_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.p99_ms:.3f}",
                      f"{r.images_per_second:,.0f}", f"{r.gflops_per_second:.1f} ({r.fraction_of_peak:.0%})", f"{r.load_ms:.0f}",
-                     f"{r.peak_rss_mb:.0f}", f"{r.bytes / 1024:,.0f} KB"])
+                     "-" if r.peak_rss_mb is None else f"{r.peak_rss_mb:.0f}", f"{r.bytes / 1024:,.0f} KB"])
         styles.append(None)
-    console.print(table(f"Benchmark on {result.machine['cpu']} ({result.machine['cpus_usable']} CPUs)",
+    where = f" in {result.browser['name']}" if result.browser else ""
+    console.print(table(f"Benchmark on {result.machine['cpu']} ({result.machine['cpus_usable']} CPUs){where}",
                         ["artifact", "runtime", "device", "threads", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s",
                          "GFLOP/s (of fp32 peak)", "cold ms", "RSS MB", "size"], rows, styles))
     hc = result.harness_check
@@ -318,6 +352,33 @@ def benchmark(
     console.print(f"[dim]{result.machine['int8_note']}[/]")
     console.print(f"Wrote {paths['json']}, {paths['markdown']}, {paths['plot']}")
     write_json_output(json_out, report)
+
+
+# --------------------------------------------------------------------------------------------- serve
+
+
+@command
+def serve(
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port on 127.0.0.1 (0: any free port)."),
+    workspace: Path = DirOption,
+):
+    """Serve DIR/web (the offline digit app) on http://127.0.0.1:PORT, cross-origin isolated; Ctrl-C stops it."""
+    from toolkit import serve as serve_lib
+    from toolkit import web
+    from toolkit.console import console
+    from toolkit.export.web import SITE_DIR
+
+    site = serve_lib.check_site(workspace / SITE_DIR)
+    if web.vendor_missing(site):  # a fresh clone of the release: the runtimes come from npm, never a CDN
+        web.install_vendor(site, lambda msg: console.print(f"[dim]{msg}[/]"))
+    server = serve_lib.make_server(site, port)
+    console.print(f"Serving {site} at [bold]{serve_lib.url_of(server)}[/] (Ctrl-C to stop)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        console.print("stopped")
+    finally:
+        server.server_close()
 
 
 # ------------------------------------------------------------------------------------ predict, report

@@ -31,7 +31,7 @@ def best_artifact(workspace: Path) -> Path:
     if (workspace / manifest.MANIFEST_FILE).exists():
         for rec in manifest.records(workspace):
             v = rec.verification or {}
-            if rec.format != "c" and v.get("passed") and (workspace / rec.file).is_file():
+            if rec.format not in ("c", "web") and v.get("passed") and (workspace / rec.file).is_file():
                 candidates.append((-v["accuracy"], rec.bytes, rec.file))
     if candidates:
         return workspace / min(candidates)[2]

@@ -1,7 +1,8 @@
 """Turn a photo or drawing of a digit into the model's input, the way MNIST's digits were made.
 
-1. grey: colour is averaged to luminance; where the image has real transparency, the alpha channel is the ink
-   (a drawing on a transparent canvas); 16-bit images are scaled to 8 bits;
+1. grey: colour becomes luminance (ITU-R 601 weights, as PIL's "L"); where the image has real transparency (at
+   least 1% of its pixels), the alpha channel is the ink (a drawing on a transparent canvas); 16-bit images
+   are scaled to 8 bits;
 2. polarity: MNIST digits are white on black, so an image whose border is light is inverted;
 3. crop to the ink's bounding box (pixels above 25% of the brightest), fit it into 20x20 keeping its aspect;
 4. centre: place it in 28x28 so that its centre of mass is the centre of the image;
@@ -18,6 +19,8 @@ from toolkit.errors import ToolkitError
 
 MAX_PIXELS = 40_000_000  # larger images are refused before decoding (decompression bombs)
 INK_THRESHOLD = 0.25
+OPAQUE_ALPHA = 250  # alpha below this is transparency
+TRANSPARENT_SHARE = 0.01  # the alpha is the ink when at least this share of the pixels is transparent
 
 
 def load_image(path: str | Path) -> np.ndarray:
@@ -61,7 +64,9 @@ def to_grey(img) -> np.ndarray:
     if "A" in img.getbands() or (mode == "P" and "transparency" in img.info):
         rgba = np.asarray(img.convert("RGBA"), dtype=np.float64)
         alpha = rgba[..., 3]
-        if alpha.min() < 250:  # real transparency: the strokes are where the alpha is
+        # real transparency (a drawing on a transparent canvas): the strokes are where the alpha is; a few
+        # semi-transparent pixels at the edge of an opaque picture are not
+        if np.mean(alpha < OPAQUE_ALPHA) >= TRANSPARENT_SHARE:
             return alpha
         return np.asarray(img.convert("L"), dtype=np.float64)
     return np.asarray(img.convert("L"), dtype=np.float64)

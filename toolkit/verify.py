@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from toolkit import manifest, runtimes
+from toolkit import fsio, manifest, runtimes
 from toolkit.data import Dataset, to_model_input
 from toolkit.errors import ToolkitError
 from toolkit.manifest import ArtifactRecord
@@ -176,25 +176,99 @@ def run_parity(
     """Verify the artifacts of the manifest (or those named in `files`) and record the results in it."""
     workspace = Path(workspace)
     say = progress or (lambda msg: None)
-    records = manifest.records(workspace)
-    if not records:
-        raise ToolkitError(f"{workspace / manifest.MANIFEST_FILE}: no artifacts to verify; run `toolkit export` first")
-    if files is not None:
-        wanted = {Path(f).name for f in files}
-        unknown = wanted - {r.file for r in records}
-        if unknown:
-            raise ToolkitError(f"{sorted(unknown)[0]}: not in {workspace / manifest.MANIFEST_FILE}; export it first")
-        records = [r for r in records if r.file in wanted]
-    model_sha = manifest.read(workspace).get("model", {}).get("sha256")
-    model_path = workspace / "model.keras"
-    if model_sha and model_path.is_file() and manifest.file_sha256(model_path) != model_sha:
-        raise ToolkitError(f"{model_path}: differs from the model the artifacts were exported from; export again")
+    records = select_records(workspace, files, browser=False)
     say(f"Keras reference on {limit or len(dataset.y_test)} test images")
     ref = reference(workspace, dataset, limit)
     results = []
     for record in records:
         say(f"verifying {record.file}")
         results.append(verify_artifact(workspace, record, ref))
+    if write:
+        manifest.put_verification(workspace, {r.file: r.to_dict() for r in results})
+    return results
+
+
+def select_records(workspace: Path, files: list[str] | None, browser: bool) -> list[ArtifactRecord]:
+    """The manifest's native artifacts (or, with `browser`, its web ones), or those named in `files`."""
+    records = [r for r in manifest.records(workspace) if (r.format == "web") == browser]
+    what = "web artifacts (run `toolkit export --format web`)" if browser else "artifacts to verify; run `toolkit export` first"
+    if not records:
+        raise ToolkitError(f"{workspace / manifest.MANIFEST_FILE}: no {what}")
+    if files is not None:
+        def named(record: ArtifactRecord, f: str) -> bool:  # by manifest path, file name, or a path to the file
+            return f in (record.file, Path(record.file).name) or Path(f).resolve() == (workspace / record.file).resolve()
+
+        unknown = [f for f in files if not any(named(r, f) for r in records)]
+        if unknown:
+            kind = "web artifact" if browser else "native artifact"
+            raise ToolkitError(f"{unknown[0]}: not a {kind} in {workspace / manifest.MANIFEST_FILE}; export it first")
+        records = [r for r in records if any(named(r, f) for f in files)]
+    model_sha = manifest.read(workspace).get("model", {}).get("sha256")
+    model_path = workspace / "model.keras"
+    if model_sha and model_path.is_file() and manifest.file_sha256(model_path) != model_sha:
+        raise ToolkitError(f"{model_path}: differs from the model the artifacts were exported from; export again")
+    return records
+
+
+def run_browser_parity(
+    workspace: str | Path,
+    dataset: Dataset,
+    files: list[str] | None = None,
+    limit: int | None = None,
+    threads: int = 1,
+    progress: Callable[[str], None] | None = None,
+    write: bool = True,
+) -> list[ParityRecord]:
+    """Verify the web artifacts inside the web app in headless Chromium, each in its browser runtime, with the
+    same criteria as native verification; record the results in the manifest."""
+    from toolkit import browser, serve, web
+    from toolkit.export.web import SITE_DIR
+
+    workspace = Path(workspace)
+    say = progress or (lambda msg: None)
+    records = select_records(workspace, files, browser=True)
+    site = serve.check_site(workspace / SITE_DIR)
+    if web.vendor_missing(site):
+        web.install_vendor(site, say)
+    say(f"Keras reference on {limit or len(dataset.y_test)} test images")
+    ref = reference(workspace, dataset, limit)
+    images = np.ascontiguousarray(np.round(ref.images[..., 0] * 255).astype(np.uint8)).tobytes()  # the page divides by 255
+    entries = {e["file"]: e for e in fsio.read_json(site / "models.json")["models"]}
+    results = []
+    with serve.serving(site) as url, browser.launch() as chromium:
+        name = browser.browser_name(chromium)
+        for record in records:
+            say(f"verifying {record.file} in {name}")
+            started = time.perf_counter()
+            problems: list[str] = []
+            entry = entries.get(str(Path(record.file).relative_to(SITE_DIR)))
+            probabilities = None
+            if not (workspace / record.file).is_file():
+                problems.append("file missing")
+            elif manifest.file_sha256(workspace / record.file) != record.sha256:
+                problems.append("SHA-256 differs from the manifest: file changed since export, not certified")
+            elif entry is None or entry["sha256"] != record.sha256:
+                problems.append(f"{SITE_DIR}/models.json does not list this file as exported; export --format web again")
+            else:
+                try:
+                    app = browser.open_app(chromium, url, entry["id"], threads, images)
+                    try:
+                        probabilities, _ = app.classify(len(ref.labels))
+                    finally:
+                        app.close()
+                except ToolkitError as e:
+                    problems.append(str(e))
+            if probabilities is not None:
+                result = compare(record, probabilities, ref)
+            else:
+                result = ParityRecord(file=record.file, format=record.format, variant=record.variant, runtime=record.runtime,
+                                      images=len(ref.labels), criteria=describe_criteria(record.variant))
+            result.runtime = f"{record.runtime} in {name}"
+            result.problems = problems + result.problems
+            result.passed = not result.problems
+            result.seconds = round(time.perf_counter() - started, 3)
+            result.verified_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            results.append(result)
     if write:
         manifest.put_verification(workspace, {r.file: r.to_dict() for r in results})
     return results

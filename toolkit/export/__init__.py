@@ -26,12 +26,15 @@ FORMATS: dict[str, str] = {
     "tflite": "toolkit.export.tflite",
     "onnx": "toolkit.export.onnx",
     "c": "toolkit.export.c_array",
+    "web": "toolkit.export.web",
 }
 VARIANTS: dict[str, tuple[str, ...]] = {
     "tflite": ("float32", "float16", "dynamic", "int8"),
     "onnx": ("float32", "int8"),
     "c": ("int8",),
+    "web": ("float32", "float16", "dynamic", "int8"),  # LiteRT.js all four, ONNX Runtime Web float32 and int8
 }
+NATIVE_FORMATS = ("tflite", "onnx", "c")  # run by native runtimes; "web" artifacts run in a browser
 DEFAULT_CALIBRATION_SIZE = 1000
 
 
@@ -89,11 +92,13 @@ def describe_artifact(path: Path, fmt: str, variant: str, made_with: dict[str, A
 
 
 def parse_selection(fmt: str, variants: list[str] | None) -> list[tuple[str, list[str]]]:
-    """('all' | a format, variants or None) -> [(format, [variants])], in export order; errors name the choices."""
-    formats = list(FORMATS) if fmt == "all" else [fmt]
+    """('all' | formats, comma-separated; variants or None) -> [(format, [variants])], in export order; errors
+    name the choices."""
+    names = [f.strip() for f in fmt.split(",") if f.strip()]
+    formats = list(FORMATS) if "all" in names else [f for f in FORMATS if f in names] + [f for f in names if f not in FORMATS]
     for f in formats:
         if f not in FORMATS:
-            raise ToolkitError(f"unknown format {f!r}; choose one of: {', '.join([*FORMATS, 'all'])}")
+            raise ToolkitError(f"unknown format {f!r}; choose one or more of: {', '.join([*FORMATS, 'all'])}")
     plan = []
     for f in formats:
         chosen = [v for v in VARIANTS[f] if variants is None or v in variants]

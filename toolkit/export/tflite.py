@@ -24,8 +24,9 @@ HOW = {
 }
 
 
-def convert(model, variant: str, calibration=None) -> bytes:
-    """TFLite flatbuffer bytes of `model` for one variant."""
+def convert(model, variant: str, calibration=None, int8_io: bool = True) -> bytes:
+    """TFLite flatbuffer bytes of `model` for one variant. `int8_io=False` keeps a full-integer model's input and
+    output in float32 (quantize/dequantize ops inside the model), for runtimes without int8 tensors (LiteRT.js)."""
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
@@ -44,8 +45,9 @@ def convert(model, variant: str, calibration=None) -> bytes:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative_dataset
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
+        if int8_io:
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
     elif variant != "float32":
         raise ValueError(f"unknown tflite variant {variant}")
     try:
