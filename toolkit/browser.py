@@ -85,6 +85,7 @@ class AppPage:
     page: Any
     context: Any
     console: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)  # every URL the page asked for, from navigation on
     renderers: set[int] = field(default_factory=set)  # renderer processes that appeared for this page
 
     def state(self) -> dict[str, Any]:
@@ -159,6 +160,7 @@ def open_app(browser, base_url: str, model_id: str, threads: int = 1, images: by
     app = AppPage(page=page, context=context)
     page.on("console", lambda msg: app.console.append(f"{msg.type}: {msg.text}"))
     page.on("pageerror", lambda err: app.console.append(f"pageerror: {err}"))
+    context.on("request", lambda request: app.requests.append(request.url))
     if images is not None:
         headers = {"Cross-Origin-Resource-Policy": "same-origin", "Cache-Control": "no-store"}
         page.route(f"**/{IMAGES_PATH}", lambda route: route.fulfill(status=200, body=images, content_type="application/octet-stream", headers=headers))
@@ -173,3 +175,46 @@ def open_app(browser, base_url: str, model_id: str, threads: int = 1, images: by
         raise ToolkitError(f"{model_id}: the web app did not start in the browser ({detail})") from None
     app.renderers = _renderer_pids() - before
     return app
+
+
+# ------------------------------------------------------------------------------------- drawing on the pad
+
+
+def strokes_from_image(image: np.ndarray, canvas: int = 280, threshold: float = 0.5) -> list[list[tuple[float, float]]]:
+    """Pen strokes that redraw a 28x28 digit (values in [0, 1]) on the app's canvas: one horizontal stroke per
+    run of ink pixels in each row, in canvas pixels. What a hand does, coarsely; enough to test the pad."""
+    img = np.asarray(image, dtype=np.float64).reshape(28, 28)
+    scale = canvas / 28
+    strokes = []
+    for y in range(28):
+        ink = np.flatnonzero(img[y] > threshold)
+        if not len(ink):
+            continue
+        runs = np.split(ink, np.flatnonzero(np.diff(ink) > 1) + 1)
+        for run in runs:
+            strokes.append([((run[0] + 0.5) * scale, (y + 0.5) * scale), ((run[-1] + 0.5) * scale, (y + 0.5) * scale)])
+    return strokes
+
+
+def draw(app: AppPage, strokes: list[list[tuple[float, float]]], steps: int = 3) -> dict[str, Any]:
+    """Clear the pad, draw `strokes` with Playwright's mouse (real pointer events), return what the page shows."""
+    page = app.page
+    page.click("#clear")
+    box = page.locator("#pad").bounding_box()
+    sx, sy = box["width"] / 280, box["height"] / 280
+    for stroke in strokes:
+        x, y = stroke[0]
+        page.mouse.move(box["x"] + x * sx, box["y"] + y * sy)
+        page.mouse.down()
+        for x, y in stroke[1:]:
+            page.mouse.move(box["x"] + x * sx, box["y"] + y * sy, steps=steps)
+        page.mouse.up()
+    page.wait_for_timeout(50)
+    # the page classifies on animation frames while drawing; classify once more so the result is for the final drawing
+    return page.evaluate(
+        "async () => { const r = await window.edgeToolkit.classifyPad(); const c = document.getElementById('pad');"
+        " const rgba = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        " return {digit: r && r.digit, shown: document.getElementById('digit').textContent,"
+        " probabilities: r && Array.from(r.probabilities), input: r && Array.from(r.input), rgba: Array.from(rgba),"
+        " width: c.width, height: c.height, status: document.getElementById('status').textContent}; }"
+    )

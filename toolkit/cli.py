@@ -372,7 +372,7 @@ def serve(
     if web.vendor_missing(site):  # a fresh clone of the release: the runtimes come from npm, never a CDN
         web.install_vendor(site, lambda msg: console.print(f"[dim]{msg}[/]"))
     server = serve_lib.make_server(site, port)
-    console.print(f"Serving {site} at [bold]{serve_lib.url_of(server)}[/] (Ctrl-C to stop)")
+    console.print(f"Serving {site} at [bold]{serve_lib.url_of(server)}[/] (Ctrl-C to stop)", soft_wrap=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

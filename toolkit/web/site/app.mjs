@@ -6,6 +6,7 @@ import {createEngine, RUNTIME_NAMES} from "./engines.mjs";
 import {preprocessRGBA} from "./preprocess.mjs";
 
 const PIXELS = 28 * 28;
+const SHORT_NAMES = {"litertjs-wasm": "LiteRT.js", "onnxruntime-web-wasm": "ONNX Runtime Web"};
 const params = new URLSearchParams(location.search);
 const $ = (id) => document.getElementById(id);
 const pad = $("pad");
@@ -153,7 +154,7 @@ async function start() {
   state.models = await response.json();
   const select = $("model");
   for (const m of state.models.models) {
-    select.append(new Option(`${RUNTIME_NAMES[m.runtime] || m.runtime}: ${m.variant} (${(m.bytes / 1024).toFixed(0)} KB)`, m.id));
+    select.append(new Option(`${SHORT_NAMES[m.runtime] || m.runtime} ${m.variant} (${(m.bytes / 1024).toFixed(0)} KB)`, m.id));
   }
   const id = params.get("model") || state.models.default;
   select.value = id;
