@@ -11,7 +11,7 @@ ifneq ($(SHARED_MNIST),)
 export TOOLKIT_DATA_DIR ?= $(abspath $(SHARED_MNIST))
 endif
 
-.PHONY: setup demo release train export verify benchmark report test test-fast clean
+.PHONY: setup chromium demo release train export verify benchmark report web serve screenshot test test-fast clean
 
 $(BIN)/toolkit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,20 @@ $(BIN)/toolkit: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test]"
 	@touch $@
 
-setup: $(BIN)/toolkit
+# The web app's JavaScript runtimes, exactly as locked (LiteRT.js, ONNX Runtime Web)
+WEB_MODULES := toolkit/web/node_modules/.package-lock.json
+$(WEB_MODULES): toolkit/web/package.json toolkit/web/package-lock.json
+	cd toolkit/web && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	@touch $@
+
+setup: $(BIN)/toolkit $(WEB_MODULES)
+
+# Debian's Chromium for the browser checks (Playwright drives it; no browser download). Needs root or sudo.
+chromium:
+	@if command -v chromium >/dev/null || [ -x /usr/lib/chromium/chromium ]; then echo "chromium: $$(command -v chromium || echo /usr/lib/chromium/chromium)"; \
+	else SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo -n ); export DEBIAN_FRONTEND=noninteractive; \
+	  $$SUDO apt-get install -y -qq chromium >/dev/null || { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }; \
+	  command -v chromium; fi
 
 # The main job on a fresh machine, in runs/demo so that the committed release in exported/ stays as it is.
 DEMO_DIR ?= runs/demo
@@ -30,13 +43,16 @@ demo: setup
 	$(BIN)/toolkit verify --dir $(DEMO_DIR)
 	$(BIN)/toolkit benchmark --dir $(DEMO_DIR) --out $(DEMO_DIR)/benchmark
 
-# Rebuild the committed reference release in exported/ (about 35 min on 2 CPU cores).
-release: setup
+# Rebuild the committed reference release in exported/ (about 40 min on 2 CPU cores).
+release: setup chromium
 	$(BIN)/toolkit train --dir exported
 	$(BIN)/toolkit export --format all --dir exported
 	$(BIN)/toolkit verify --dir exported
+	$(BIN)/toolkit verify --browser --dir exported
 	$(BIN)/toolkit benchmark --dir exported
+	$(BIN)/toolkit benchmark --browser --dir exported
 	$(BIN)/toolkit report --dir exported
+	$(MAKE) screenshot
 
 train: setup
 	$(BIN)/toolkit train --dir $(DIR)
@@ -53,11 +69,22 @@ benchmark: setup
 report: setup
 	$(BIN)/toolkit report --dir $(DIR)
 
-test: setup
+# The web app: export it, check it in headless Chromium, serve it on http://127.0.0.1:8000
+web: setup chromium
+	$(BIN)/toolkit export --format web --dir $(DIR)
+	$(BIN)/toolkit verify --browser --dir $(DIR)
+
+serve: setup
+	$(BIN)/toolkit serve --dir $(DIR)
+
+screenshot: setup
+	$(BIN)/python -m toolkit.browser $(DIR) docs/web-app.png litertjs-float32 0
+
+test: setup chromium
 	$(BIN)/python -m pytest
 
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow and not network"
+	$(BIN)/python -m pytest -m "not slow and not network and not browser"
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build *.egg-info toolkit/web/node_modules

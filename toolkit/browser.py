@@ -218,3 +218,31 @@ def draw(app: AppPage, strokes: list[list[tuple[float, float]]], steps: int = 3)
         " probabilities: r && Array.from(r.probabilities), input: r && Array.from(r.input), rgba: Array.from(rgba),"
         " width: c.width, height: c.height, status: document.getElementById('status').textContent}; }"
     )
+
+
+def screenshot(workspace: Path, target: Path, dataset, model_id: str = "litertjs-float32", index: int = 0) -> dict[str, Any]:
+    """Draw test image `index` on the pad of DIR/web with the mouse and save a PNG of the page (for the README)."""
+    from toolkit import fsio, serve
+    from toolkit.export.web import SITE_DIR
+
+    x, _ = dataset.splits().test
+    with serve.serving(Path(workspace) / SITE_DIR) as url, launch() as chromium:
+        app = open_app(chromium, url, model_id)
+        try:
+            out = draw(app, strokes_from_image(x[index] / 255.0))
+            with fsio.atomic_path(Path(target)) as tmp:
+                app.page.screenshot(path=str(tmp), full_page=True)
+        finally:
+            app.close()
+    return {"digit": out["digit"], "status": out["status"], "file": str(target)}
+
+
+if __name__ == "__main__":  # python -m toolkit.browser DIR OUT.png [model-id] [test-image-index]
+    import sys
+
+    from toolkit import data
+
+    args = sys.argv[1:]
+    result = screenshot(Path(args[0]), Path(args[1]), data.load(os.environ.get("TOOLKIT_DATA_DIR")),
+                        *(args[2:3] or ["litertjs-float32"]), *([int(a) for a in args[3:4]]))
+    print(result)

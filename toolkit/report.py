@@ -28,6 +28,12 @@ def benchmark_markdown(report: dict[str, Any]) -> str:
         f"- Method: {s['method']}",
         f"- int8 on this CPU: {m['int8_note']}",
     ]
+    b = report.get("browser")
+    if b:
+        bs = report.get("browser_settings", s)
+        lines.append(f"- Browser rows ({', '.join(sorted({r['runtime'] for r in report['results'] if r['device'] == b['name']}))}): "
+                     f"{b['name']}, cross-origin isolated: {b['cross_origin_isolated']}; started {bs['started_at']}; "
+                     f"warm-up {bs['warmup']} calls, {bs['iterations_batch1']} timed calls at batch 1. Method: {bs['method']}")
     hc = report.get("harness_check")
     if hc and "error" in hc:
         lines.append(f"- Harness check ({hc['artifact']}): failed: {hc['error']}")
@@ -44,7 +50,8 @@ def benchmark_markdown(report: dict[str, Any]) -> str:
         acc = f"{r['accuracy']:.4f}" if r.get("accuracy") is not None else "-"
         lines.append(
             f"| {r['artifact']} | {r['runtime']} | {r['threads']} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | {r['p99_ms']:.3f} "
-            f"| {r['mean_ms']:.3f} ± {r['std_ms']:.3f} | {r['load_ms']:.0f} ms | {r['peak_rss_mb']:.0f} | {r['bytes'] / 1024:.0f} | {acc} |"
+            f"| {r['mean_ms']:.3f} ± {r['std_ms']:.3f} | {r['load_ms']:.0f} ms | {'-' if r['peak_rss_mb'] is None else round(r['peak_rss_mb'])} "
+            f"| {r['bytes'] / 1024:.0f} | {acc} |"
         )
     lines += ["", "## Throughput (images/s) and achieved GFLOP/s", "",
               "| artifact | runtime | threads | batch | images/s | GFLOP/s | of float32 peak |", "|---|---|---:|---:|---:|---:|---:|"]
