@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not (RELEASE / "manifest.json").is_file(), reaso
 def test_manifest_checksums_match_the_committed_files():
     m = manifest.read(RELEASE)
     assert m["model"]["sha256"] == manifest.file_sha256(RELEASE / "model.keras")
-    assert len(m["artifacts"]) == 7
+    assert len(m["artifacts"]) == 13  # 7 native, 6 web
     for name, a in m["artifacts"].items():
         assert manifest.file_sha256(RELEASE / name) == a["sha256"], name
         assert (RELEASE / name).stat().st_size == a["bytes"]
@@ -30,6 +30,25 @@ def test_release_meets_its_targets():
         assert v["passed"] and v["images"] == 10_000, name
         if a["variant"] == "int8":
             assert v["accuracy_delta_pp"] >= -0.1, name
+        if a["format"] == "web":  # verified inside the web app, in the browser
+            assert "Chromium" in v["runtime"] and v["runtime"].startswith(a["runtime"]), name
+
+
+def test_web_app_lists_the_committed_web_models():
+    site = RELEASE / "web"
+    listed = json.loads((site / "models.json").read_text())
+    web = {n: a for n, a in manifest.read(RELEASE)["artifacts"].items() if a["format"] == "web"}
+    assert {f"web/{m['file']}": m["sha256"] for m in listed["models"]} == {n: a["sha256"] for n, a in web.items()}
+    for name in ("index.html", "app.mjs", "engines.mjs", "preprocess.mjs", "style.css"):
+        assert (site / name).read_bytes() == (REPO / "toolkit" / "web" / "site" / name).read_bytes(), name
+
+
+def test_browser_rows_are_in_the_reference_benchmark():
+    rows = json.loads((REPO / "benchmarks/results/amd-epyc-2cpu/results.json").read_text())["results"]
+    measured = {(r["artifact"], r["runtime"]) for r in rows if r["status"] == "ok" and r["device"].startswith("Chromium")}
+    web = {(n, a["runtime"]) for n, a in manifest.read(RELEASE)["artifacts"].items() if a["format"] == "web"}
+    assert web and web <= measured
+    assert all(r["runs"] >= 500 for r in rows if r["device"].startswith("Chromium") and r["batch_size"] == 1)
 
 
 def test_model_card_and_report_are_there():

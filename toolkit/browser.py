@@ -169,9 +169,13 @@ def open_app(browser, base_url: str, model_id: str, threads: int = 1, images: by
         page.wait_for_function("() => window.edgeToolkit !== undefined", timeout=LOAD_TIMEOUT_MS)
         page.evaluate("() => window.edgeToolkit.ready")
     except PlaywrightError as e:
-        errors = [c for c in app.console if c.startswith(("error", "pageerror"))]
+        try:  # the app's own message (what it shows the user), else an uncaught page error
+            detail = page.evaluate("() => window.edgeToolkit && window.edgeToolkit.state.error")
+        except PlaywrightError:
+            detail = None
+        errors = [c for c in app.console if c.startswith("pageerror")]
         app.close()
-        detail = (errors[-1] if errors else str(e).splitlines()[0])[:300]
+        detail = (detail or (errors[-1] if errors else str(e).splitlines()[0]))[:300]
         raise ToolkitError(f"{model_id}: the web app did not start in the browser ({detail})") from None
     app.renderers = _renderer_pids() - before
     return app

@@ -171,7 +171,7 @@ def _show_parity(results, title: str) -> bool:
     for r in results:
         ok = r.passed
         rows.append([
-            r.file, r.runtime, f"{r.images:,}",
+            r.file.removeprefix("web/models/"), r.runtime.replace(" (headless)", ""), f"{r.images:,}",
             "-" if r.accuracy is None else f"{r.accuracy:.4f}",
             "-" if r.accuracy_delta_pp is None else f"{r.accuracy_delta_pp:+.2f}",
             "-" if r.agreement is None else f"{r.agreement:.2%}",
@@ -335,10 +335,11 @@ def benchmark(
     rows, styles = [], []
     for r in result.results:
         if r.status != "ok":
-            rows.append([r.artifact, r.runtime, r.device, r.threads or "-", r.batch_size, "-", "-", "-", "-", "-", "-", "-", f"{r.status}: {r.note}"[:120]])
+            rows.append([r.artifact.removeprefix("web/models/"), r.runtime, r.device.replace(" (headless)", ""), r.threads or "-",
+                         r.batch_size, "-", "-", "-", "-", "-", "-", "-", f"{r.status}: {r.note}"[:120]])
             styles.append("dim" if r.status == "skipped" else "red")
             continue
-        rows.append([r.artifact, r.runtime, r.device, r.threads, r.batch_size, f"{r.p50_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.p99_ms:.3f}",
+        rows.append([r.artifact.removeprefix("web/models/"), r.runtime, r.device.replace(" (headless)", ""), r.threads, r.batch_size, f"{r.p50_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.p99_ms:.3f}",
                      f"{r.images_per_second:,.0f}", f"{r.gflops_per_second:.1f} ({r.fraction_of_peak:.0%})", f"{r.load_ms:.0f}",
                      "-" if r.peak_rss_mb is None else f"{r.peak_rss_mb:.0f}", f"{r.bytes / 1024:,.0f} KB"])
         styles.append(None)

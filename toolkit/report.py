@@ -9,7 +9,7 @@ from toolkit import fsio
 
 
 def _label(r: dict[str, Any]) -> str:
-    return f"{r['artifact']} ({r['runtime']})"
+    return f"{r['artifact'].rsplit('/', 1)[-1]} ({r['runtime']})"
 
 
 def benchmark_markdown(report: dict[str, Any]) -> str:
@@ -94,7 +94,7 @@ def benchmark_plot(report: dict[str, Any], target: Path) -> Path:
     ax1.legend(fontsize=8)
     sized = {}
     for r in ok:
-        if r.get("accuracy") is not None and r["format"] != "keras":
+        if r.get("accuracy") is not None and r["format"] not in ("keras", "web"):  # web models: the same networks
             sized[r["artifact"]] = (r["bytes"] / 1024, r["accuracy"] * 100)
     for i, (name, (kb, acc)) in enumerate(sorted(sized.items())):
         ax2.scatter(kb, acc)

@@ -1,0 +1,219 @@
+// The digit pad: draw on the canvas, and the chosen browser runtime classifies it as you draw.
+// Query parameters: ?model=<id from models.json>&threads=<n>. `window.edgeToolkit` exposes the same
+// engine to `toolkit verify --browser` and `toolkit benchmark --browser` (driven by Playwright).
+
+import {createEngine, RUNTIME_NAMES} from "./engines.mjs";
+import {preprocessRGBA} from "./preprocess.mjs";
+
+const PIXELS = 28 * 28;
+const SHORT_NAMES = {"litertjs-wasm": "LiteRT.js", "onnxruntime-web-wasm": "ONNX Runtime Web"};
+const params = new URLSearchParams(location.search);
+const $ = (id) => document.getElementById(id);
+const pad = $("pad");
+const padCtx = pad.getContext("2d", {willReadFrequently: true});
+const state = {models: null, entry: null, engine: null, firstResultMs: null, engineMs: null, last: null, error: null};
+
+function setStatus(text, isError = false) {
+  $("status").textContent = text;
+  $("status").classList.toggle("error", isError);
+}
+
+// ------------------------------------------------------------------------------------------ drawing
+
+function clearPad() {
+  padCtx.fillStyle = "#000";
+  padCtx.fillRect(0, 0, pad.width, pad.height);
+  showResult(null);
+}
+
+function padPoint(event) {
+  const box = pad.getBoundingClientRect();
+  return [(event.clientX - box.left) * (pad.width / box.width), (event.clientY - box.top) * (pad.height / box.height)];
+}
+
+let drawing = null;
+let pending = false;
+
+function scheduleClassify() {
+  if (pending) return;
+  pending = true;
+  requestAnimationFrame(async () => {
+    pending = false;
+    await classifyPad();
+  });
+}
+
+pad.addEventListener("pointerdown", (event) => {
+  pad.setPointerCapture(event.pointerId);
+  drawing = padPoint(event);
+  padCtx.fillStyle = "#fff";
+  padCtx.beginPath();
+  padCtx.arc(drawing[0], drawing[1], padCtx.lineWidth / 2, 0, 2 * Math.PI);
+  padCtx.fill();
+  scheduleClassify();
+});
+pad.addEventListener("pointermove", (event) => {
+  if (!drawing) return;
+  const point = padPoint(event);
+  padCtx.beginPath();
+  padCtx.moveTo(drawing[0], drawing[1]);
+  padCtx.lineTo(point[0], point[1]);
+  padCtx.stroke();
+  drawing = point;
+  scheduleClassify();
+});
+for (const type of ["pointerup", "pointercancel"]) {
+  pad.addEventListener(type, () => {
+    if (drawing) scheduleClassify();
+    drawing = null;
+  });
+}
+$("clear").addEventListener("click", clearPad);
+
+// ------------------------------------------------------------------------------------ classifying
+
+function showResult(result) {
+  const list = $("classes");
+  list.replaceChildren();
+  const probs = result ? result.probabilities : new Float32Array(10);
+  const top = result ? result.digit : -1;
+  for (let d = 0; d < 10; d++) {
+    const li = document.createElement("li");
+    li.className = d === top ? "top" : "";
+    li.innerHTML = `<span>${d}</span><span class="bar"><span style="width:${(probs[d] * 100).toFixed(1)}%"></span></span>` +
+      `<span>${(probs[d] * 100).toFixed(1)}%</span>`;
+    list.append(li);
+  }
+  $("digit").textContent = result ? String(result.digit) : "?";
+  $("confidence").textContent = result ? `${(result.confidence * 100).toFixed(1)}%` : "";
+  const seen = $("input28").getContext("2d");
+  const img = seen.createImageData(28, 28);
+  for (let i = 0; i < PIXELS; i++) {
+    const v = result ? Math.round(result.input[i] * 255) : 0;
+    img.data.set([v, v, v, 255], i * 4);
+  }
+  seen.putImageData(img, 0, 0);
+}
+
+function engineLabel() {
+  const e = state.entry;
+  return `${RUNTIME_NAMES[e.runtime] || e.runtime} · ${e.variant} · ${e.file.split("/").pop()} · ${state.engine.threads} thread(s)`;
+}
+
+async function classifyPad() {
+  if (!state.engine) return null;
+  const started = performance.now();
+  const rgba = padCtx.getImageData(0, 0, pad.width, pad.height).data;
+  let input;
+  try {
+    input = preprocessRGBA(rgba, pad.width, pad.height);
+  } catch (e) {
+    showResult(null);
+    setStatus(`${engineLabel()} · draw a digit`);
+    return null;
+  }
+  const preprocessed = performance.now();
+  const probabilities = await state.engine.run(input, 1);
+  const done = performance.now();
+  let digit = 0;
+  for (let d = 1; d < 10; d++) if (probabilities[d] > probabilities[digit]) digit = d;
+  state.last = {digit, confidence: probabilities[digit], probabilities, input, inferenceMs: done - preprocessed, preprocessMs: preprocessed - started};
+  showResult(state.last);
+  setStatus(`${engineLabel()} · last inference ${state.last.inferenceMs.toFixed(2)} ms (preprocessing ${state.last.preprocessMs.toFixed(2)} ms)`);
+  return state.last;
+}
+
+// --------------------------------------------------------------------------------------- loading
+
+async function useModel(id) {
+  const entry = state.models.models.find((m) => m.id === id);
+  if (!entry) throw new Error(`no model "${id}" in models.json; choose one of: ${state.models.models.map((m) => m.id).join(", ")}`);
+  if (state.engine) state.engine.dispose();
+  state.engine = null;
+  state.entry = entry;
+  setStatus(`loading ${entry.file} in ${RUNTIME_NAMES[entry.runtime] || entry.runtime}…`);
+  const threads = Math.max(1, parseInt(params.get("threads") || "1", 10));
+  const started = performance.now();
+  const engine = await createEngine(entry, {threads});
+  await engine.run(new Float32Array(PIXELS), 1);  // the first result: the runtime is really ready
+  state.firstResultMs = performance.now();  // since navigation started: the cold start
+  state.engineMs = state.firstResultMs - started;
+  state.engine = engine;
+  setStatus(`${engineLabel()} · ready in ${state.engineMs.toFixed(0)} ms · draw a digit`);
+  await classifyPad();
+}
+
+async function start() {
+  padCtx.lineWidth = 22;
+  padCtx.lineCap = "round";
+  padCtx.lineJoin = "round";
+  padCtx.strokeStyle = "#fff";
+  clearPad();
+  const response = await fetch("models.json");
+  if (!response.ok) throw new Error(`models.json: HTTP ${response.status}`);
+  state.models = await response.json();
+  const select = $("model");
+  for (const m of state.models.models) {
+    select.append(new Option(`${SHORT_NAMES[m.runtime] || m.runtime} ${m.variant} (${(m.bytes / 1024).toFixed(0)} KB)`, m.id));
+  }
+  const id = params.get("model") || state.models.default;
+  select.value = id;
+  select.addEventListener("change", async () => {
+    params.set("model", select.value);
+    history.replaceState(null, "", `?${params}`);
+    await useModel(select.value).catch(fail);
+  });
+  await useModel(id);
+}
+
+function fail(error) {
+  state.error = String(error && error.message ? error.message : error);
+  setStatus(state.error, true);
+  throw error;
+}
+
+// ------------------------------------------------------------------ harness for verify and benchmark
+
+async function fetchImages(url, count) {
+  const response = await fetch(url);
+  if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
+  const bytes = new Uint8Array(await response.arrayBuffer());
+  const n = Math.min(count ?? Infinity, Math.floor(bytes.length / PIXELS));
+  const images = new Float32Array(n * PIXELS);
+  for (let i = 0; i < images.length; i++) images[i] = bytes[i] / 255;  // the model's scaling: pixel / 255
+  return {images, n};
+}
+
+window.edgeToolkit = {
+  state,
+  ready: start().catch(fail),
+  classifyPad,
+  preprocessRGBA,
+  // every test image, in batches of the model's size (LiteRT.js: 1) or `batch`; probabilities as a flat array
+  async classify(url, count, batch = 250) {
+    const {images, n} = await fetchImages(url, count);
+    const step = state.engine.batch || batch;
+    const probabilities = new Float32Array(n * 10);
+    const started = performance.now();
+    for (let i = 0; i < n; i += step) {
+      const m = Math.min(step, n - i);
+      probabilities.set(await state.engine.run(images.subarray(i * PIXELS), m), i * 10);
+    }
+    return {n, batch: step, ms: performance.now() - started, probabilities: Array.from(probabilities)};
+  },
+  // per-call times in ms of `runs` calls at `batch` images after `warmup` calls, cycling through the images
+  async time(url, {batch = 1, warmup = 100, runs = 1000, count = 256} = {}) {
+    if (state.engine.batch && batch !== state.engine.batch) throw new Error(`this model has a fixed batch of ${state.engine.batch}`);
+    const {images, n} = await fetchImages(url, Math.max(count, batch));
+    const groups = Math.max(1, Math.floor(n / batch));
+    const call = (i) => state.engine.run(images.subarray((i % groups) * batch * PIXELS), batch);
+    for (let i = 0; i < warmup; i++) await call(i);
+    const ms = new Array(runs);
+    for (let i = 0; i < runs; i++) {
+      const t0 = performance.now();
+      await call(i);
+      ms[i] = performance.now() - t0;
+    }
+    return {ms, crossOriginIsolated: self.crossOriginIsolated};
+  },
+};

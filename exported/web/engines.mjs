@@ -1,0 +1,95 @@
+// One way to load a model in a browser runtime and run it, whatever the runtime:
+//   const engine = await createEngine(entry, {threads});   // entry: one item of models.json
+//   const probs = await engine.run(images, n);              // images: Float32Array(n*784) in [0, 1]
+// `engine.batch` is the fixed batch size of the model (1 for LiteRT.js), or null when any batch works.
+// Every runtime file comes from ./vendor/ (copied from npm packages by `toolkit export --format web`).
+
+const PIXELS = 28 * 28;
+const CLASSES = 10;
+
+export const RUNTIME_NAMES = {
+  "litertjs-wasm": "LiteRT.js (WebAssembly)",
+  "onnxruntime-web-wasm": "ONNX Runtime Web (WebAssembly)",
+};
+
+function here(path) {
+  return new URL(path, document.baseURI).href;
+}
+
+// LiteRT.js keeps one WebAssembly module per page: load it once, with threads or without.
+let liteRt = null;
+
+async function loadLiteRtOnce(threads) {
+  const core = await import("@litertjs/core");
+  const wantThreads = threads > 1;
+  if (liteRt && liteRt.threads !== wantThreads) {
+    core.unloadLiteRt();
+    liteRt = null;
+  }
+  if (!liteRt) {
+    await core.loadLiteRt(here("vendor/litertjs/wasm/"), wantThreads ? {threads: true} : undefined);
+    liteRt = {core, threads: wantThreads};
+  }
+  return core;
+}
+
+async function liteRtEngine(entry, threads) {
+  const core = await loadLiteRtOnce(threads);
+  const model = await core.loadAndCompile(here(entry.file), {accelerator: "wasm", cpuOptions: {numThreads: threads}});
+  const shape = entry.input.shape;
+  return {
+    entry, threads, batch: 1, runtime: entry.runtime,
+    async run(images, n) {
+      const out = new Float32Array(n * CLASSES);
+      for (let i = 0; i < n; i++) {
+        const input = new core.Tensor(images.subarray(i * PIXELS, (i + 1) * PIXELS), shape);
+        const outputs = await model.run(input);
+        out.set(outputs[0].toTypedArray(), i * CLASSES);
+        input.delete();
+        for (const t of outputs) t.delete();
+      }
+      return out;
+    },
+    dispose() {
+      model.delete();
+    },
+  };
+}
+
+let ort = null;
+
+async function ortEngine(entry, threads) {
+  if (!ort) {
+    ort = await import("./vendor/onnxruntime-web/ort.wasm.min.mjs");
+    ort.env.wasm.wasmPaths = here("vendor/onnxruntime-web/");
+  }
+  ort.env.wasm.numThreads = threads;  // read when the first session starts its WebAssembly module
+  const session = await ort.InferenceSession.create(here(entry.file), {executionProviders: ["wasm"]});
+  const [inputName] = session.inputNames;
+  const [outputName] = session.outputNames;
+  return {
+    entry, threads: ort.env.wasm.numThreads, batch: null, runtime: entry.runtime,
+    async run(images, n) {
+      const input = new ort.Tensor("float32", images.subarray(0, n * PIXELS), [n, 28, 28, 1]);
+      const result = await session.run({[inputName]: input});
+      const probs = result[outputName].data.slice(0, n * CLASSES);
+      input.dispose?.();
+      result[outputName].dispose?.();
+      return probs;
+    },
+    dispose() {
+      session.release();
+    },
+  };
+}
+
+const FACTORIES = {
+  "litertjs-wasm": liteRtEngine,
+  "onnxruntime-web-wasm": ortEngine,
+};
+
+export async function createEngine(entry, {threads = 1} = {}) {
+  const factory = FACTORIES[entry.runtime];
+  if (!factory) throw new Error(`no browser runtime for ${entry.runtime} (${entry.file})`);
+  return factory(entry, threads);
+}
