@@ -111,6 +111,14 @@ def compare(record: ArtifactRecord, probabilities: np.ndarray, ref: Reference) -
     return result
 
 
+def score(record: ArtifactRecord, probabilities: np.ndarray | None, ref: Reference) -> ParityRecord:
+    """`compare` where the artifact gave probabilities; an empty record (to carry its problems) where it did not."""
+    if probabilities is not None:
+        return compare(record, probabilities, ref)
+    return ParityRecord(file=record.file, format=record.format, variant=record.variant, runtime=record.runtime,
+                        images=len(ref.labels), criteria=describe_criteria(record.variant))
+
+
 def _check_c_array(workspace: Path, record: ArtifactRecord) -> tuple[str | None, list[str]]:
     """The C array must hold exactly the bytes of its source .tflite. Returns (that .tflite to score, problems)."""
     from toolkit.export.c_array import parse_c_array
@@ -151,11 +159,7 @@ def verify_artifact(workspace: Path, record: ArtifactRecord, ref: Reference) -> 
             probabilities = runtimes.predict(runtimes.load(workspace / scored), ref.images)
         except ToolkitError as e:
             problems.append(str(e))
-    if probabilities is not None:
-        result = compare(record, probabilities, ref)
-    else:
-        result = ParityRecord(file=record.file, format=record.format, variant=record.variant, runtime=record.runtime,
-                              images=len(ref.labels), criteria=describe_criteria(record.variant))
+    result = score(record, probabilities, ref)
     if record.format == "c":
         result.criteria = "byte-identical to its .tflite; " + result.criteria
     result.problems = problems + result.problems
@@ -258,11 +262,7 @@ def run_browser_parity(
                         app.close()
                 except ToolkitError as e:
                     problems.append(str(e))
-            if probabilities is not None:
-                result = compare(record, probabilities, ref)
-            else:
-                result = ParityRecord(file=record.file, format=record.format, variant=record.variant, runtime=record.runtime,
-                                      images=len(ref.labels), criteria=describe_criteria(record.variant))
+            result = score(record, probabilities, ref)
             result.runtime = f"{record.runtime} in {name}"
             result.problems = problems + result.problems
             result.passed = not result.problems
