@@ -31,12 +31,14 @@ def test_train_export_verify_benchmark(tmp_path, mnist_dir):
     p = _toolkit("export", "--calibration-size", "100", "--limit", "1000", *data, "--json", "export.json", cwd=tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr
     out = json.loads((tmp_path / "export.json").read_text())
-    assert out["passed"] and len(out["results"]) == 7
+    assert out["passed"] and len(out["results"]) == 13  # 7 native artifacts, then 6 web models verified in Chromium
+    assert sum("Chromium" in r["runtime"] for r in out["results"]) == 6
+    native = {f for f, a in json.loads((ws / "manifest.json").read_text())["artifacts"].items() if a["format"] != "web"}
 
     p = _toolkit("verify", "--limit", "1000", *data, "--json", "-", cwd=tmp_path)
     assert p.returncode == 0
     verified = json.loads(p.stdout)  # with --json -, stdout holds the JSON alone
-    assert verified["passed"] and {r["file"] for r in verified["results"]} == set(json.loads((ws / "manifest.json").read_text())["artifacts"])
+    assert verified["passed"] and {r["file"] for r in verified["results"]} == native
 
     # a changed artifact: verify refuses it and exits non-zero
     f = ws / "mnist_cnn.dynamic.tflite"

@@ -191,21 +191,21 @@ def _show_parity(results, title: str) -> bool:
     return all(r.passed for r in results)
 
 
-def _verify_and_report(workspace: Path, ds, files, limit, json_out, native: bool = True, browser: bool = False,
-                       threads: int = 1, browser_optional: bool = False) -> None:
-    """Native parity and/or parity in headless Chromium; with `browser_optional`, a machine without Chromium
-    or Playwright gets a note instead of a failure (for `toolkit export`)."""
+def _verify_and_report(workspace: Path, ds, native_files, web_files, limit, json_out, native: bool = True,
+                       browser: bool = False, threads: int = 1, browser_optional: bool = False) -> None:
+    """Native parity and/or parity in headless Chromium (files: None for all of that kind); with
+    `browser_optional`, a machine without Chromium or Playwright gets a note instead of a failure (for export)."""
     from toolkit import verify as verify_lib
     from toolkit.console import console
 
     say = lambda msg: console.print(f"[dim]{msg}[/]")  # noqa: E731
     results = []
     if native:
-        results += verify_lib.run_parity(workspace, ds, files=files, limit=limit, progress=say)
+        results += verify_lib.run_parity(workspace, ds, files=native_files, limit=limit, progress=say)
         _show_parity(results, "Verification against the Keras model")
     if browser:
         try:
-            web_results = verify_lib.run_browser_parity(workspace, ds, files=files, limit=limit, threads=threads, progress=say)
+            web_results = verify_lib.run_browser_parity(workspace, ds, files=web_files, limit=limit, threads=threads, progress=say)
         except ToolkitError as e:
             if not browser_optional:
                 raise
@@ -253,10 +253,7 @@ def export(
     if verify:
         native = [r.file for r in records if r.format != "web"]
         web = [r.file for r in records if r.format == "web"]
-        if native:
-            _verify_and_report(workspace, ds, native, limit, None if web else json_out)
-        if web:
-            _verify_and_report(workspace, ds, web, limit, json_out, native=False, browser=True, browser_optional=True)
+        _verify_and_report(workspace, ds, native, web, limit, json_out, native=bool(native), browser=bool(web), browser_optional=True)
     else:
         write_json_output(json_out, {"artifacts": [r.to_dict() for r in records]})
 
@@ -278,7 +275,7 @@ def verify(
 
     ds = data_lib.load(data_dir, dataset, progress=lambda msg: console.print(msg))
     files = [str(m) for m in model] if model else None
-    _verify_and_report(workspace, ds, files, limit, json_out, native=not browser, browser=browser, threads=threads)
+    _verify_and_report(workspace, ds, files, files, limit, json_out, native=not browser, browser=browser, threads=threads)
 
 
 # ------------------------------------------------------------------------------------------ benchmark
