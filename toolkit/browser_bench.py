@@ -92,6 +92,10 @@ def benchmark_browser(
                     report.browser = report.browser or {"name": name, "user_agent": state["userAgent"],
                                                         "cross_origin_isolated": state["isolated"]}
                     sizes = [b for b in batch_sizes if state["batch"] in (None, b)]
+                    if not sizes:
+                        report.results.append(BenchRecord(**base, batch_size=state["batch"], threads=t, status="skipped",
+                                                          note=f"the model has a fixed batch of {state['batch']}; not in --batch-sizes"))
+                        continue
                     for b in sizes:
                         runs = runs_for(b, iterations)
                         ms = app.time(b, warmup if b == 1 else max(3, warmup // b), runs)
