@@ -11,7 +11,7 @@ ifneq ($(SHARED_MNIST),)
 export TOOLKIT_DATA_DIR ?= $(abspath $(SHARED_MNIST))
 endif
 
-.PHONY: setup chromium demo release train export verify benchmark report web serve screenshot test test-fast clean
+.PHONY: setup chromium demo release train export verify benchmark report web serve screenshot lint test test-fast clean
 
 $(BIN)/toolkit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +41,7 @@ demo: setup
 	$(BIN)/toolkit train --dir $(DEMO_DIR)
 	$(BIN)/toolkit export --format all --dir $(DEMO_DIR)
 	$(BIN)/toolkit verify --dir $(DEMO_DIR)
-	$(BIN)/toolkit benchmark --dir $(DEMO_DIR) --out $(DEMO_DIR)/benchmark
+	$(BIN)/toolkit benchmark --dir $(DEMO_DIR)
 
 # Rebuild the committed reference release in exported/ (about 40 min on 2 CPU cores).
 release: setup chromium
@@ -49,8 +49,8 @@ release: setup chromium
 	$(BIN)/toolkit export --format all --dir exported
 	$(BIN)/toolkit verify --dir exported
 	$(BIN)/toolkit verify --browser --dir exported
-	$(BIN)/toolkit benchmark --dir exported
-	$(BIN)/toolkit benchmark --browser --dir exported
+	$(BIN)/toolkit benchmark --publish --dir exported
+	$(BIN)/toolkit benchmark --browser --publish --dir exported
 	$(BIN)/toolkit report --dir exported
 	$(MAKE) screenshot
 
@@ -78,9 +78,13 @@ serve: setup
 	$(BIN)/toolkit serve --dir $(DIR)
 
 screenshot: setup
-	$(BIN)/python -m toolkit.browser $(DIR) docs/web-app.png litertjs-float32 0
+	$(BIN)/toolkit screenshot --dir $(DIR) --out docs/web-app.png
 
-test: setup chromium
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: setup chromium lint
 	$(BIN)/python -m pytest
 
 test-fast: setup

@@ -47,12 +47,21 @@ def mnist(mnist_dir) -> data.Dataset:
     return data.load(mnist_dir)
 
 
-def write_idx(folder: Path, images: np.ndarray, labels: np.ndarray, test_images: np.ndarray, test_labels: np.ndarray, gz: bool = False) -> Path:
+def write_idx(
+    folder: Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    gz: bool = False,
+) -> Path:
     """Write a dataset in MNIST's IDX layout (for datasets other than MNIST, and for broken files)."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, arr in (
-        ("train-images-idx3-ubyte", images), ("train-labels-idx1-ubyte", labels),
-        ("t10k-images-idx3-ubyte", test_images), ("t10k-labels-idx1-ubyte", test_labels),
+        ("train-images-idx3-ubyte", images),
+        ("train-labels-idx1-ubyte", labels),
+        ("t10k-images-idx3-ubyte", test_images),
+        ("t10k-labels-idx1-ubyte", test_labels),
     ):
         content = data.idx_bytes(arr)
         if gz:
@@ -68,8 +77,10 @@ def tiny_idx(tmp_path) -> Path:
     rng = np.random.default_rng(0)
     return write_idx(
         tmp_path / "tiny",
-        rng.integers(0, 256, (100, 28, 28), dtype=np.uint8), (np.arange(100) % 10).astype(np.uint8),
-        rng.integers(0, 256, (20, 28, 28), dtype=np.uint8), (np.arange(20) % 10).astype(np.uint8),
+        rng.integers(0, 256, (100, 28, 28), dtype=np.uint8),
+        (np.arange(100) % 10).astype(np.uint8),
+        rng.integers(0, 256, (20, 28, 28), dtype=np.uint8),
+        (np.arange(20) % 10).astype(np.uint8),
     )
 
 

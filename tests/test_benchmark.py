@@ -8,18 +8,39 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from toolkit import benchmark, report
-from toolkit.bench_worker import runs_for, stats_ms
+from toolkit import bench, report
+from toolkit.bench.stats import runs_for, stats_ms
 from toolkit.cli import app
 
-REQUIRED = ["artifact", "format", "variant", "runtime", "device", "batch_size", "threads", "load_ms", "mean_ms", "std_ms",
-            "p50_ms", "p90_ms", "p99_ms", "images_per_second", "bytes", "peak_rss_mb", "gflops_per_second"]
+REQUIRED = [
+    "artifact",
+    "format",
+    "variant",
+    "runtime",
+    "device",
+    "batch_size",
+    "threads",
+    "load_ms",
+    "mean_ms",
+    "std_ms",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "images_per_second",
+    "bytes",
+    "peak_rss_mb",
+    "gflops_per_second",
+]
 
 
 def test_stats_are_percentiles_of_the_samples():
     samples = np.arange(1, 101, dtype=np.int64) * 1_000_000  # 1..100 ms
     st = stats_ms(samples)
-    assert st["p50_ms"] == pytest.approx(50.5) and st["p90_ms"] == pytest.approx(90.1) and st["p99_ms"] == pytest.approx(99.01)
+    assert (
+        st["p50_ms"] == pytest.approx(50.5)
+        and st["p90_ms"] == pytest.approx(90.1)
+        and st["p99_ms"] == pytest.approx(99.01)
+    )
     assert st["mean_ms"] == pytest.approx(50.5) and st["runs"] == 100 and st["min_ms"] == 1.0
     assert runs_for(1, 1000) == 1000 and runs_for(256, 1000) == 20 and runs_for(32, 1000) == 32
 
@@ -27,7 +48,7 @@ def test_stats_are_percentiles_of_the_samples():
 def test_benchmark_of_two_artifacts(exported_workspace, mnist, tmp_path):
     workspace, _ = exported_workspace
     models = [workspace / "mnist_cnn.float32.tflite", workspace / "mnist_cnn.int8.onnx"]
-    result = benchmark.benchmark(workspace, mnist, batch_sizes=[1, 4], threads=[1], iterations=50, warmup=5, models=models)
+    result = bench.measure(workspace, mnist, batch_sizes=[1, 4], threads=[1], iterations=50, warmup=5, models=models)
     d = result.to_dict()
     assert set(d) >= {"machine", "versions", "results"}
     ok = [r for r in d["results"] if r["status"] == "ok"]
@@ -40,7 +61,9 @@ def test_benchmark_of_two_artifacts(exported_workspace, mnist, tmp_path):
         assert r["bytes"] == (workspace / r["artifact"]).stat().st_size
         assert 20 < r["peak_rss_mb"] < 2000 and r["load_ms"] > 0
         assert r["runs"] == (50 if r["batch_size"] == 1 else 20)
-        assert r["gflops_per_second"] == pytest.approx(d["settings"]["flops_per_image"] * r["images_per_second"] / 1e9, rel=1e-2)
+        assert r["gflops_per_second"] == pytest.approx(
+            d["settings"]["flops_per_image"] * r["images_per_second"] / 1e9, rel=1e-2
+        )
         assert r["accuracy"] is not None  # from the manifest's verification
     assert d["machine"]["cpus_usable"] >= 1 and "avx2" in d["machine"]["isa"] or d["machine"]["arch"] != "x86_64"
     assert float(d["machine"]["peak_float32_gflops"]["1"]) > 0
@@ -58,7 +81,7 @@ def test_benchmark_of_two_artifacts(exported_workspace, mnist, tmp_path):
 def test_a_broken_artifact_is_a_failed_row_not_a_crash(tmp_path, mnist):
     bad = tmp_path / "broken.float32.tflite"
     bad.write_bytes(b"\x00\x00\x00\x00TFL3" + bytes(200))  # passes the header check, fails in LiteRT
-    result = benchmark.benchmark(tmp_path, mnist, batch_sizes=[1], threads=[1], iterations=5, warmup=1, models=[bad])
+    result = bench.measure(tmp_path, mnist, batch_sizes=[1], threads=[1], iterations=5, warmup=1, models=[bad])
     (row,) = [r for r in result.results if r.artifact == bad.name]
     assert row.status == "failed" and "broken.float32.tflite" in row.note
 

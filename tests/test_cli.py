@@ -55,7 +55,15 @@ def test_corrupt_data_exits_1(tmp_path, mnist_dir):
     assert not (tmp_path / "ws" / "model.keras").exists()
 
 
-@pytest.mark.parametrize("args", [["train", "--epochs", "0"], ["train", "--batch-size", "-3"], ["export", "--calibration-size", "0"], ["verify", "--limit", "0"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "--epochs", "0"],
+        ["train", "--batch-size", "-3"],
+        ["export", "--calibration-size", "0"],
+        ["verify", "--limit", "0"],
+    ],
+)
 def test_bad_options_exit_2(args):
     result = runner.invoke(app, args)
     assert result.exit_code == 2
@@ -63,8 +71,15 @@ def test_bad_options_exit_2(args):
 
 
 def test_unknown_format_and_variant(tmp_path):
-    _one_line_error(runner.invoke(app, ["export", "--format", "tflight", "--dir", str(tmp_path)]), "unknown format 'tflight'", "tflite")
-    _one_line_error(runner.invoke(app, ["export", "--format", "onnx", "--quantize", "float16", "--dir", str(tmp_path)]), "unknown variant 'float16'")
+    _one_line_error(
+        runner.invoke(app, ["export", "--format", "tflight", "--dir", str(tmp_path)]),
+        "unknown format 'tflight'",
+        "tflite",
+    )
+    _one_line_error(
+        runner.invoke(app, ["export", "--format", "onnx", "--quantize", "float16", "--dir", str(tmp_path)]),
+        "unknown variant 'float16'",
+    )
 
 
 def test_export_without_a_model(tmp_path, mnist_dir):
@@ -87,7 +102,22 @@ def test_data_report_json(mnist_dir, tmp_path):
 
 def test_train_command_prints_the_reference_table(mnist_dir, tmp_path):
     result = runner.invoke(
-        app, ["train", "--epochs", "1", "--limit", "3000", "--batch-size", "32", "--data-dir", str(mnist_dir), "--dir", str(tmp_path), "--json", str(tmp_path / "m.json")]
+        app,
+        [
+            "train",
+            "--epochs",
+            "1",
+            "--limit",
+            "3000",
+            "--batch-size",
+            "32",
+            "--data-dir",
+            str(mnist_dir),
+            "--dir",
+            str(tmp_path),
+            "--json",
+            str(tmp_path / "m.json"),
+        ],
     )
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()

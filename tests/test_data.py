@@ -11,9 +11,9 @@ import threading
 import numpy as np
 import pytest
 
+from tests.conftest import write_idx
 from toolkit import data
 from toolkit.errors import ToolkitError
-from tests.conftest import write_idx
 
 
 def test_mnist_splits_and_checksums(mnist):
@@ -36,7 +36,9 @@ def test_raw_idx_and_npz_give_the_same_dataset(mnist, mnist_dir, tmp_path):
         (raw / gz.stem).write_bytes(gzip.decompress(gz.read_bytes()))
     from_raw = data.load(raw)
     assert from_raw.sha256 == mnist.sha256
-    np.savez(tmp_path / "mnist.npz", x_train=mnist.x_train, y_train=mnist.y_train, x_test=mnist.x_test, y_test=mnist.y_test)
+    np.savez(
+        tmp_path / "mnist.npz", x_train=mnist.x_train, y_train=mnist.y_train, x_test=mnist.x_test, y_test=mnist.y_test
+    )
     from_npz = data.load(tmp_path / "mnist.npz")
     assert from_npz.sha256 == mnist.sha256 and from_npz.checksums_verified
     assert data.load(tmp_path).sha256 == mnist.sha256  # a folder holding mnist.npz
@@ -67,7 +69,7 @@ def test_truncated_gzip_names_the_file(mnist_dir, tmp_path):
     folder = tmp_path / "trunc"
     shutil.copytree(mnist_dir, folder)
     f = folder / "train-images-idx3-ubyte.gz"
-    f.write_bytes(f.read_bytes()[: 100_000])
+    f.write_bytes(f.read_bytes()[:100_000])
     with pytest.raises(ToolkitError, match=r"train-images-idx3-ubyte.gz: truncated gzip"):
         data.load(folder)
 
@@ -112,7 +114,9 @@ def test_structure_checks(tmp_path):
     folder = write_idx(tmp_path / "label", img(30), lab(30), img(10), bad)
     with pytest.raises(ToolkitError, match="label 12 at index 3 is outside 0-9"):
         data.load(folder, dataset="idx")
-    folder = write_idx(tmp_path / "shape", rng.integers(0, 256, (30, 32, 32), dtype=np.uint8), lab(30), img(10), lab(10))
+    folder = write_idx(
+        tmp_path / "shape", rng.integers(0, 256, (30, 32, 32), dtype=np.uint8), lab(30), img(10), lab(10)
+    )
     with pytest.raises(ToolkitError, match="images are 32x32, expected 28x28"):
         data.load(folder, dataset="idx")
     with pytest.raises(ToolkitError, match="empty-does-not-exist: data folder not found"):
@@ -131,7 +135,13 @@ def test_another_idx_dataset_is_accepted_without_mnist_checksums(tiny_idx):
 
 
 def test_npz_is_never_unpickled(tmp_path):
-    np.savez(tmp_path / "evil.npz", x_train=np.array([object()], dtype=object), y_train=np.zeros(1), x_test=np.zeros(1), y_test=np.zeros(1))
+    np.savez(
+        tmp_path / "evil.npz",
+        x_train=np.array([object()], dtype=object),
+        y_train=np.zeros(1),
+        x_test=np.zeros(1),
+        y_test=np.zeros(1),
+    )
     with pytest.raises(ToolkitError, match="evil.npz"):
         data.load(tmp_path / "evil.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip file at all")
@@ -159,7 +169,9 @@ def test_download_fills_the_cache(local_mirror, tmp_path, monkeypatch):
     monkeypatch.delenv("TOOLKIT_DATA_DIR", raising=False)
     ds = data.load()
     assert ds.source == "download" and ds.checksums_verified
-    assert sorted(p.name for p in (tmp_path / "cache" / "mnist").glob("*.gz")) == sorted(f + ".gz" for f in data.FILES.values())
+    assert sorted(p.name for p in (tmp_path / "cache" / "mnist").glob("*.gz")) == sorted(
+        f + ".gz" for f in data.FILES.values()
+    )
     assert data.load().source == "cache"
 
 

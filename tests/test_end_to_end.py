@@ -31,9 +31,13 @@ def test_train_export_verify_benchmark(tmp_path, mnist_dir):
     p = _toolkit("export", "--calibration-size", "100", "--limit", "1000", *data, "--json", "export.json", cwd=tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr
     out = json.loads((tmp_path / "export.json").read_text())
-    assert out["passed"] and len(out["results"]) == 13  # 7 native artifacts, then 6 web models verified in Chromium
+    # 8 native artifacts (the micro .c in LiteRT for Microcontrollers), then 6 web models verified in Chromium;
+    # the Vela-compiled files run on an Ethos-U only and are not run
+    assert out["passed"] and len(out["results"]) == 14
     assert sum("Chromium" in r["runtime"] for r in out["results"]) == 6
-    native = {f for f, a in json.loads((ws / "manifest.json").read_text())["artifacts"].items() if a["format"] != "web"}
+    assert sum(r["runtime"] == "litert-micro" for r in out["results"]) == 1
+    artifacts = json.loads((ws / "manifest.json").read_text())["artifacts"]
+    native = {f for f, a in artifacts.items() if a["format"] not in ("web", "vela")}
 
     p = _toolkit("verify", "--limit", "1000", *data, "--json", "-", cwd=tmp_path)
     assert p.returncode == 0
@@ -46,9 +50,27 @@ def test_train_export_verify_benchmark(tmp_path, mnist_dir):
     p = _toolkit("verify", "--limit", "200", *data, cwd=tmp_path)
     assert p.returncode == 1 and "SHA-256 differs" in p.stdout
 
-    p = _toolkit("benchmark", "--model", str(ws / "mnist_cnn.float32.tflite"), "--model", str(ws / "model.keras"),
-                 "--iterations", "30", "--warmup", "3", "--batch-sizes", "1,8", "--threads", "1", *data,
-                 "--out", "bench", "--json", "bench.json", cwd=tmp_path)
+    p = _toolkit(
+        "benchmark",
+        "--model",
+        str(ws / "mnist_cnn.float32.tflite"),
+        "--model",
+        str(ws / "model.keras"),
+        "--iterations",
+        "30",
+        "--warmup",
+        "3",
+        "--batch-sizes",
+        "1,8",
+        "--threads",
+        "1",
+        *data,
+        "--out",
+        "bench",
+        "--json",
+        "bench.json",
+        cwd=tmp_path,
+    )
     assert p.returncode == 0, p.stderr
     results = json.loads((tmp_path / "bench.json").read_text())["results"]
     runtimes = {r["runtime"] for r in results if r["status"] == "ok"}

@@ -11,15 +11,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from toolkit import export, manifest, runtimes, verify
-from toolkit.errors import ToolkitError
-from toolkit.export.c_array import parse_c_array
 from tests.conftest import VERIFY_IMAGES
+from toolkit import artifacts, export, manifest, runtimes, verify
+from toolkit.errors import ToolkitError
+from toolkit.export.micro import parse_c_array
 
 EXPECTED_FILES = {
-    "mnist_cnn.float32.tflite", "mnist_cnn.float16.tflite", "mnist_cnn.dynamic.tflite", "mnist_cnn.int8.tflite",
-    "mnist_cnn.float32.onnx", "mnist_cnn.int8.onnx", "mnist_cnn.int8.c",
+    "mnist_cnn.float32.tflite",
+    "mnist_cnn.float16.tflite",
+    "mnist_cnn.dynamic.tflite",
+    "mnist_cnn.int8.tflite",
+    "mnist_cnn.float32.onnx",
+    "mnist_cnn.int8.onnx",
+    "mnist_cnn.micro.tflite",
+    "mnist_cnn.micro.c",
 }
+ESTIMATED = {"mnist_cnn.micro.ethos-u55-128.vela.tflite"}  # Vela-compiled files: they run on an Ethos-U only
 
 
 def _copy(workspace: Path, tmp_path: Path) -> Path:
@@ -31,7 +38,9 @@ def _copy(workspace: Path, tmp_path: Path) -> Path:
 def test_every_artifact_is_described_truthfully(exported_workspace):
     workspace, records = exported_workspace
     m = manifest.read(workspace)
-    assert {f for f, a in m["artifacts"].items() if a["format"] != "web"} == EXPECTED_FILES  # web: tests/test_web.py
+    compiled = {f for f, a in m["artifacts"].items() if a["format"] == "vela"}
+    assert ESTIMATED <= compiled  # every configuration Vela compiles: tests/test_micro.py
+    assert {f for f, a in m["artifacts"].items() if a["format"] not in ("web", "vela")} == EXPECTED_FILES
     assert m["model"]["sha256"] == manifest.file_sha256(workspace / "model.keras")
     assert m["labels"] == [str(d) for d in range(10)]
     assert "pixel / 255" in m["preprocessing"]["scaling"]
@@ -40,13 +49,18 @@ def test_every_artifact_is_described_truthfully(exported_workspace):
     for rec in manifest.records(workspace):
         path = workspace / rec.file
         assert path.stat().st_size == rec.bytes and manifest.file_sha256(path) == rec.sha256
-        if rec.format in ("c", "web"):
+        if artifacts.kind_of(rec.runtime) != artifacts.NATIVE:
             continue
         runner = runtimes.load(path)
         assert runner.runtime == rec.runtime
-        assert [runner.input.name, runner.input.shape, runner.input.dtype] == [rec.input.name, rec.input.shape, rec.input.dtype]
+        assert [runner.input.name, runner.input.shape, runner.input.dtype] == [
+            rec.input.name,
+            rec.input.shape,
+            rec.input.dtype,
+        ]
         assert [runner.output.shape, runner.output.dtype] == [rec.output.shape, rec.output.dtype]
-        assert rec.input.shape == [-1, 28, 28, 1] and rec.output.shape == [-1, 10]
+        batch = 1 if rec.format == "micro" else -1  # the microcontroller model has a fixed batch of 1
+        assert rec.input.shape == [batch, 28, 28, 1] and rec.output.shape == [batch, 10]
         out = runner.run(np.zeros((3, 28, 28, 1), np.float32))
         assert out.shape == (3, 10) and out.dtype == np.float32
         np.testing.assert_allclose(out.sum(1), 1.0, atol=0.02)
@@ -82,7 +96,9 @@ def test_verification_passes(exported_workspace, mnist):
     assert results["mnist_cnn.float16.tflite"].passed
     for r in results.values():
         assert r.images == VERIFY_IMAGES and r.accuracy > 0.8
-    assert results["mnist_cnn.int8.c"].accuracy == results["mnist_cnn.int8.tflite"].accuracy
+    micro = results["mnist_cnn.micro.c"]
+    assert micro.runtime == "litert-micro" and micro.accuracy == results["mnist_cnn.micro.tflite"].accuracy
+    assert micro.cross_check["runtime"] == "litert" and micro.cross_check["agreement"] == 1.0
     stored = manifest.read(ws)["artifacts"]["mnist_cnn.float32.tflite"]["verification"]
     assert stored["passed"] and stored["images"] == VERIFY_IMAGES
 
@@ -117,33 +133,48 @@ def test_altered_weights_fail_parity(exported_workspace, mnist, tmp_path):
 
 def test_c_array_is_byte_identical_and_compiles(exported_workspace, tmp_path):
     workspace, _ = exported_workspace
-    tflite = (workspace / "mnist_cnn.int8.tflite").read_bytes()
-    data, length = parse_c_array(workspace / "mnist_cnn.int8.c")
+    tflite = (workspace / "mnist_cnn.micro.tflite").read_bytes()
+    data, length = parse_c_array(workspace / "mnist_cnn.micro.c")
+    symbol = manifest.read(workspace)["artifacts"]["mnist_cnn.micro.c"]["made_with"]["symbol"]
     assert data == tflite and length == len(tflite)
     if shutil.which("gcc") is None:
         pytest.skip("gcc not installed")
     main = tmp_path / "main.c"
     main.write_text(
-        '#include <stdio.h>\n#include <stdint.h>\n#include "mnist_cnn.int8.h"\n'
+        '#include <stdio.h>\n#include <stdint.h>\n#include "mnist_cnn.micro.h"\n'
         "int main(int argc, char **argv) {\n"
-        "  if ((uintptr_t)mnist_cnn_int8_tflite % 16 != 0) return 3;\n"
+        f"  if ((uintptr_t){symbol} % 16 != 0) return 3;\n"
         '  FILE *f = fopen(argv[1], "wb");\n'
-        "  fwrite(mnist_cnn_int8_tflite, 1, mnist_cnn_int8_tflite_len, f);\n"
+        f"  fwrite({symbol}, 1, {symbol}_len, f);\n"
         "  return fclose(f);\n}\n"
     )
     exe = tmp_path / "dump"
-    subprocess.run(["gcc", "-std=c11", "-Wall", "-Werror", "-I", str(workspace), "-o", str(exe), str(main), str(workspace / "mnist_cnn.int8.c")], check=True)
+    subprocess.run(
+        [
+            "gcc",
+            "-std=c11",
+            "-Wall",
+            "-Werror",
+            "-I",
+            str(workspace),
+            "-o",
+            str(exe),
+            str(main),
+            str(workspace / "mnist_cnn.micro.c"),
+        ],
+        check=True,
+    )
     subprocess.run([str(exe), str(tmp_path / "out.tflite")], check=True)
     assert (tmp_path / "out.tflite").read_bytes() == tflite
 
 
 def test_c_array_mismatch_fails(exported_workspace, mnist, tmp_path):
     ws = _copy(exported_workspace[0], tmp_path)
-    c = ws / "mnist_cnn.int8.c"
+    c = ws / "mnist_cnn.micro.c"
     c.write_text(c.read_text().replace("0x", "0X", 1).replace("0X54, 0x46, 0x4c, 0x33", "0x54, 0x46, 0x4c, 0x34", 1))
     manifest.update(ws, lambda m: m["artifacts"][c.name].update(sha256=manifest.file_sha256(c)))
     (result,) = verify.run_parity(ws, mnist, files=[c.name], limit=50)
-    assert not result.passed and any("differs from mnist_cnn.int8.tflite at byte" in p for p in result.problems)
+    assert not result.passed and any("differs from mnist_cnn.micro.tflite at byte" in p for p in result.problems)
 
 
 def test_reexport_keeps_other_entries(exported_workspace, mnist, tmp_path):

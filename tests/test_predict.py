@@ -35,8 +35,11 @@ def test_mnist_images_pass_through_almost_unchanged(mnist):
 
 @settings(max_examples=40, deadline=None)
 @given(
-    scale=st.integers(1, 6), dy=st.integers(0, 60), dx=st.integers(0, 60),
-    invert=st.booleans(), index=st.integers(0, 99),
+    scale=st.integers(1, 6),
+    dy=st.integers(0, 60),
+    dx=st.integers(0, 60),
+    invert=st.booleans(),
+    index=st.integers(0, 99),
 )
 def test_any_placement_and_polarity_is_centred_like_mnist(mnist, scale, dy, dx, invert, index):
     digit = np.kron(mnist.x_test[index].astype(np.float64), np.ones((scale, scale)))
@@ -90,7 +93,9 @@ def test_predict_command_json(exported_workspace, mnist, tmp_path):
     i = _correct_indices(workspace, mnist, 1)[0]
     path = tmp_path / "digit.png"
     Image.fromarray(mnist.x_test[i]).save(path)
-    result = CliRunner().invoke(app, ["predict", str(path), "--dir", str(workspace), "--json", str(tmp_path / "p.json"), "--top", "2"])
+    result = CliRunner().invoke(
+        app, ["predict", str(path), "--dir", str(workspace), "--json", str(tmp_path / "p.json"), "--top", "2"]
+    )
     assert result.exit_code == 0, result.output
     out = json.loads((tmp_path / "p.json").read_text())
     assert out["predictions"][0]["digit"] == str(mnist.y_test[i]) and len(out["predictions"][0]["top"]) == 2
@@ -98,7 +103,11 @@ def test_predict_command_json(exported_workspace, mnist, tmp_path):
 
 @pytest.mark.parametrize(
     "content, message",
-    [(b"", "empty file"), (b"this is not an image", "not an image file"), (b"\x89PNG\r\n\x1a\n" + bytes(40), "damaged image|not an image")],
+    [
+        (b"", "empty file"),
+        (b"this is not an image", "not an image file"),
+        (b"\x89PNG\r\n\x1a\n" + bytes(40), "damaged image|not an image"),
+    ],
 )
 def test_bad_image_files(tmp_path, content, message):
     path = tmp_path / "x.png"

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from toolkit import manifest
 from tests.conftest import REPO
+from toolkit import manifest
 
 RELEASE = REPO / "exported"
 pytestmark = pytest.mark.skipif(not (RELEASE / "manifest.json").is_file(), reason="no release committed")
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not (RELEASE / "manifest.json").is_file(), reaso
 def test_manifest_checksums_match_the_committed_files():
     m = manifest.read(RELEASE)
     assert m["model"]["sha256"] == manifest.file_sha256(RELEASE / "model.keras")
-    assert len(m["artifacts"]) == 13  # 7 native, 6 web
+    assert len(m["artifacts"]) == 18  # 8 native (micro .c included), 4 Vela-compiled, 6 web
     for name, a in m["artifacts"].items():
         assert manifest.file_sha256(RELEASE / name) == a["sha256"], name
         assert (RELEASE / name).stat().st_size == a["bytes"]
@@ -26,12 +26,27 @@ def test_release_meets_its_targets():
     metrics = json.loads((RELEASE / "metrics.json").read_text())
     assert metrics["accuracy"]["test"] >= 0.994
     for name, a in manifest.read(RELEASE)["artifacts"].items():
+        if a["format"] == "vela":  # runs on an Ethos-U NPU only: Vela's estimates, checked in test_micro_release
+            continue
         v = a["verification"]
         assert v["passed"] and v["images"] == 10_000, name
         if a["variant"] == "int8":
             assert v["accuracy_delta_pp"] >= -0.1, name
         if a["format"] == "web":  # verified inside the web app, in the browser
             assert "Chromium" in v["runtime"] and v["runtime"].startswith(a["runtime"]), name
+
+
+def test_micro_release():
+    arts = manifest.read(RELEASE)["artifacts"]
+    c = arts["mnist_cnn.micro.c"]
+    assert c["runtime"] == "litert-micro" and c["verification"]["cross_check"]["agreement"] == 1.0
+    assert c["made_with"]["arena_bytes_min"] < c["made_with"]["arena_bytes_recommended"]
+    assert not {"SHAPE", "STRIDED_SLICE", "PACK"} & set(c["made_with"]["operators"])
+    vela = [a for a in arts.values() if a["format"] == "vela"]
+    assert len(vela) >= 2 and all(a["made_with"]["estimates"]["method"].startswith("estimate:") for a in vela)
+    card = (RELEASE / "MODEL_CARD.md").read_text()
+    assert f"{c['made_with']['arena_bytes_min']:,} B" in card and "| Raspberry Pi Pico | RP2040 |" in card
+    assert "estimates from Vela's performance model, not measurements" in card
 
 
 def test_web_app_lists_the_committed_web_models():
@@ -45,7 +60,9 @@ def test_web_app_lists_the_committed_web_models():
 
 def test_browser_rows_are_in_the_reference_benchmark():
     rows = json.loads((REPO / "benchmarks/results/amd-epyc-2cpu/results.json").read_text())["results"]
-    measured = {(r["artifact"], r["runtime"]) for r in rows if r["status"] == "ok" and r["device"].startswith("Chromium")}
+    measured = {
+        (r["artifact"], r["runtime"]) for r in rows if r["status"] == "ok" and r["device"].startswith("Chromium")
+    }
     web = {(n, a["runtime"]) for n, a in manifest.read(RELEASE)["artifacts"].items() if a["format"] == "web"}
     assert web and web <= measured
     assert all(r["runs"] >= 500 for r in rows if r["device"].startswith("Chromium") and r["batch_size"] == 1)
@@ -53,8 +70,14 @@ def test_browser_rows_are_in_the_reference_benchmark():
 
 def test_model_card_and_report_are_there():
     card = (RELEASE / "MODEL_CARD.md").read_text()
-    for section in ("Intended use and limits", "Artifacts: accuracy on the test split", "Latency on the reference machine",
-                    "Inputs and outputs", "Preprocessing for app developers", "How it was produced"):
+    for section in (
+        "Intended use and limits",
+        "Artifacts: accuracy on the test split",
+        "Latency on the reference machine",
+        "Inputs and outputs",
+        "Preprocessing for app developers",
+        "How it was produced",
+    ):
         assert f"## {section}" in card
     for link in [l.split("(")[1].rstrip(")") for l in card.splitlines() if l.startswith("![")]:
         assert (RELEASE / link).is_file(), link

@@ -13,13 +13,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from toolkit import runtimes, train
+from toolkit import runtimes
 from toolkit.errors import ToolkitError
+from toolkit.model import load_keras_model
 
 
 def _toolkit(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "toolkit", *args], capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "toolkit", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def _damaged(src: Path, tmp_path: Path) -> list[Path]:
@@ -28,8 +34,12 @@ def _damaged(src: Path, tmp_path: Path) -> list[Path]:
     flipped = bytearray(data)
     for i in rng.integers(64, len(data) - 64, 200):
         flipped[i] ^= 0xFF
-    variants = {"half": data[: len(data) // 2], "head": data[:10], "flipped": bytes(flipped),
-                "random": rng.integers(0, 256, len(data) // 4, dtype=np.uint8).tobytes()}
+    variants = {
+        "half": data[: len(data) // 2],
+        "head": data[:10],
+        "flipped": bytes(flipped),
+        "random": rng.integers(0, 256, len(data) // 4, dtype=np.uint8).tobytes(),
+    }
     out = []
     for name, content in variants.items():
         path = tmp_path / f"{name}{''.join(src.suffixes[-2:])}"
@@ -38,7 +48,9 @@ def _damaged(src: Path, tmp_path: Path) -> list[Path]:
     return out
 
 
-@pytest.mark.parametrize("artifact", ["mnist_cnn.float32.tflite", "mnist_cnn.int8.tflite", "mnist_cnn.int8.onnx", "model.keras"])
+@pytest.mark.parametrize(
+    "artifact", ["mnist_cnn.float32.tflite", "mnist_cnn.int8.tflite", "mnist_cnn.int8.onnx", "model.keras"]
+)
 def test_truncated_flipped_and_random_bytes_to_every_loader(exported_workspace, tmp_path, artifact):
     """Each damaged file goes through `toolkit predict --model`: a clean error line, exit 1, no crash."""
     from PIL import Image
@@ -47,10 +59,16 @@ def test_truncated_flipped_and_random_bytes_to_every_loader(exported_workspace, 
     Image.fromarray(np.pad(np.full((12, 4), 255, np.uint8), 8)).save(image)
     for bad in _damaged(exported_workspace[0] / artifact, tmp_path):
         proc = _toolkit("predict", str(image), "--model", str(bad))
-        assert proc.returncode in (0, 1), (bad.name, proc.returncode, proc.stderr[-500:])  # negative = killed by a signal
+        assert proc.returncode in (0, 1), (
+            bad.name,
+            proc.returncode,
+            proc.stderr[-500:],
+        )  # negative = killed by a signal
         if proc.returncode == 1:
             err = proc.stderr.strip().splitlines()
-            assert err[-1].startswith("error: ") and bad.name in err[-1] and "Traceback" not in proc.stderr, proc.stderr[-500:]
+            assert err[-1].startswith("error: ") and bad.name in err[-1] and "Traceback" not in proc.stderr, (
+                proc.stderr[-500:]
+            )
 
 
 def test_a_crashing_runtime_is_contained(exported_workspace, monkeypatch):
@@ -72,7 +90,7 @@ def test_keras_files_load_in_safe_mode(tmp_path):
     path = tmp_path / "lambda.keras"
     keras.Model(inputs, outputs).save(path)
     with pytest.raises(ToolkitError, match="lambda.keras: cannot load as a Keras model .*(unsafe|safe_mode|Lambda)"):
-        train.load_keras_model(path)
+        load_keras_model(path)
 
 
 def test_wrong_input_shape_model_is_refused(tmp_path):
@@ -100,7 +118,8 @@ def test_a_file_of_one_format_named_as_another(exported_workspace, tmp_path):
 @settings(max_examples=200, deadline=None)
 @given(
     x=st.lists(st.floats(0, 1, width=32), min_size=1, max_size=50),
-    scale=st.floats(1e-4, 0.05), zero_point=st.integers(-128, 127),
+    scale=st.floats(1e-4, 0.05),
+    zero_point=st.integers(-128, 127),
 )
 def test_quantize_dequantize_round_trip(x, scale, zero_point):
     x = np.array(x, np.float32)
@@ -127,7 +146,9 @@ def test_non_finite_pixels_are_refused(exported_workspace, bad):
 def test_unwritable_output_folder(tmp_path, mnist_dir):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    proc = _toolkit("train", "--epochs", "1", "--limit", "100", "--data-dir", str(mnist_dir), "--dir", str(blocker / "ws"))
+    proc = _toolkit(
+        "train", "--epochs", "1", "--limit", "100", "--data-dir", str(mnist_dir), "--dir", str(blocker / "ws")
+    )
     assert proc.returncode == 1 and "cannot create folder" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -135,8 +156,12 @@ def test_unwritable_output_folder(tmp_path, mnist_dir):
 def test_sigterm_during_training_keeps_the_last_epoch_and_resume_finishes(tmp_path, mnist_dir):
     ws = tmp_path / "ws"
     args = ["train", "--limit", "1500", "--batch-size", "32", "--data-dir", str(mnist_dir), "--dir", str(ws)]
-    proc = subprocess.Popen([sys.executable, "-m", "toolkit", *args, "--epochs", "4"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "toolkit", *args, "--epochs", "4"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     state = ws / "checkpoint" / "state.json"
     deadline = time.time() + 300
     while not state.exists() and time.time() < deadline and proc.poll() is None:
@@ -147,7 +172,7 @@ def test_sigterm_during_training_keeps_the_last_epoch_and_resume_finishes(tmp_pa
     assert proc.returncode == 130, err[-800:]
     assert "toolkit train --resume" in err and "Traceback" not in err
     assert not [p for p in ws.rglob("*") if ".tmp-" in p.name]  # nothing half-written
-    done = train.load_keras_model(ws / "checkpoint" / "last.keras")  # the last good checkpoint loads
+    done = load_keras_model(ws / "checkpoint" / "last.keras")  # the last good checkpoint loads
     assert done.count_params() == 471_914
     import json
 

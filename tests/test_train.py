@@ -9,6 +9,7 @@ import pytest
 
 from toolkit import train as train_lib
 from toolkit.errors import ToolkitError
+from toolkit.model import load_keras_model
 from toolkit.train import TrainConfig, random_shift
 
 
@@ -24,7 +25,7 @@ def test_short_run_learns_and_writes_the_contract(trained_workspace):
     assert metrics["device"].startswith("cpu") and metrics["backend"] == "tensorflow"
     assert 1 <= metrics["best_epoch"] <= 2
     assert len(metrics["history"]["val_accuracy"]) == 2
-    model = train_lib.load_keras_model(workspace / "model.keras")
+    model = load_keras_model(workspace / "model.keras")
     assert model.count_params() == 471_914
     assert (workspace / "checkpoint" / "last.keras").is_file()
     assert not list(workspace.glob(".*tmp*"))  # no temporary files left behind
@@ -35,7 +36,9 @@ def test_resume_continues_from_the_checkpoint(tmp_path, mnist):
     train_lib.train(tmp_path, mnist, config)
     state = json.loads((tmp_path / "checkpoint" / "state.json").read_text())
     assert state["epoch"] == 1
-    result = train_lib.train(tmp_path, mnist, TrainConfig(epochs=2, limit=600, eval_limit=200, batch_size=64), resume=True)
+    result = train_lib.train(
+        tmp_path, mnist, TrainConfig(epochs=2, limit=600, eval_limit=200, batch_size=64), resume=True
+    )
     assert result.metrics["epochs"] == 2
     assert len(result.metrics["history"]["val_accuracy"]) == 2
     with pytest.raises(ToolkitError, match="already finished 2 of 2 epochs"):
@@ -51,8 +54,8 @@ def test_same_seed_same_weights(tmp_path, mnist):
     config = TrainConfig(epochs=1, limit=256, eval_limit=100, batch_size=64, seed=7)
     a = train_lib.train(tmp_path / "a", mnist, config)
     b = train_lib.train(tmp_path / "b", mnist, config)
-    wa = train_lib.load_keras_model(a.model_path).get_weights()
-    wb = train_lib.load_keras_model(b.model_path).get_weights()
+    wa = load_keras_model(a.model_path).get_weights()
+    wb = load_keras_model(b.model_path).get_weights()
     assert all(np.array_equal(x, y) for x, y in zip(wa, wb))
     assert a.metrics["accuracy"] == b.metrics["accuracy"]
 

@@ -25,9 +25,12 @@ from toolkit.export.web import SITE_DIR
 pytestmark = pytest.mark.browser
 
 WEB_FILES = {
-    "web/models/mnist_cnn.float32.tflite": "litertjs-wasm", "web/models/mnist_cnn.float16.tflite": "litertjs-wasm",
-    "web/models/mnist_cnn.dynamic.tflite": "litertjs-wasm", "web/models/mnist_cnn.int8.tflite": "litertjs-wasm",
-    "web/models/mnist_cnn.float32.onnx": "onnxruntime-web-wasm", "web/models/mnist_cnn.int8.onnx": "onnxruntime-web-wasm",
+    "web/models/mnist_cnn.float32.tflite": "litertjs-wasm",
+    "web/models/mnist_cnn.float16.tflite": "litertjs-wasm",
+    "web/models/mnist_cnn.dynamic.tflite": "litertjs-wasm",
+    "web/models/mnist_cnn.int8.tflite": "litertjs-wasm",
+    "web/models/mnist_cnn.float32.onnx": "onnxruntime-web-wasm",
+    "web/models/mnist_cnn.int8.onnx": "onnxruntime-web-wasm",
 }
 
 
@@ -77,9 +80,13 @@ def test_vendor_files_come_from_the_locked_npm_packages(site):
 def test_server_sets_isolation_headers_and_types(site):
     with serve.serving(site) as url:
         assert url.startswith("http://127.0.0.1:")
-        for path, kind in (("index.html", "text/html"), ("app.mjs", "text/javascript"),
-                           ("vendor/onnxruntime-web/ort-wasm-simd-threaded.wasm", "application/wasm"),
-                           ("vendor/litertjs/wasm/litert_wasm_internal.js", "text/javascript"), ("models.json", "application/json")):
+        for path, kind in (
+            ("index.html", "text/html"),
+            ("app.mjs", "text/javascript"),
+            ("vendor/onnxruntime-web/ort-wasm-simd-threaded.wasm", "application/wasm"),
+            ("vendor/litertjs/wasm/litert_wasm_internal.js", "text/javascript"),
+            ("models.json", "application/json"),
+        ):
             with urllib.request.urlopen(url + path) as response:
                 assert response.headers["Content-Type"].startswith(kind), path
                 assert response.headers["Cross-Origin-Opener-Policy"] == "same-origin"
@@ -91,8 +98,13 @@ def test_server_sets_isolation_headers_and_types(site):
 
 def test_serve_command_prints_the_url_and_stops_on_ctrl_c(exported_workspace):
     workspace, _ = exported_workspace
-    proc = subprocess.Popen([sys.executable, "-m", "toolkit", "serve", "--port", "0", "--dir", str(workspace)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, COLUMNS="200"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "toolkit", "serve", "--port", "0", "--dir", str(workspace)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, COLUMNS="200"),
+    )
     try:
         line = proc.stdout.readline()
         url = re.search(r"http://127\.0\.0\.1:\d+/", line).group(0)
@@ -127,7 +139,9 @@ def test_page_loads_offline_and_drawn_digits_are_recognised(site, chromium, mnis
         finally:
             app.close()
     assert Image.open(tmp_path / "web-app.png").size[0] > 500
-    assert any(u.endswith("litert_wasm_internal.wasm") for u in app.requests) and any(u.endswith(".tflite") for u in app.requests)
+    assert any(u.endswith("litert_wasm_internal.wasm") for u in app.requests) and any(
+        u.endswith(".tflite") for u in app.requests
+    )
     assert all(u.startswith(url) for u in app.requests), [u for u in app.requests if not u.startswith(url)]  # offline
     assert not any(c.startswith("pageerror") for c in app.console), app.console
 
@@ -149,7 +163,7 @@ def test_verify_in_the_browser_records_parity_in_the_manifest(exported_workspace
     source, _ = exported_workspace
     workspace = tmp_path / "ws"
     shutil.copytree(source, workspace)
-    results = verify.run_browser_parity(workspace, mnist, limit=300)
+    results = verify.run_parity(workspace, mnist, limit=300, kinds=("browser",))
     assert {r.file for r in results} == set(WEB_FILES)
     for r in results:
         assert r.passed and r.images == 300 and "Chromium" in r.runtime, (r.file, r.problems)
@@ -160,34 +174,48 @@ def test_verify_in_the_browser_records_parity_in_the_manifest(exported_workspace
     # a web model changed after export is refused, and the failure is recorded
     model = workspace / "web/models/mnist_cnn.float16.tflite"
     model.write_bytes(model.read_bytes()[:-1] + b"\0")
-    bad = verify.run_browser_parity(workspace, mnist, files=[str(model)], limit=50)
+    bad = verify.run_parity(workspace, mnist, files=[str(model)], limit=50, kinds=("browser",))
     assert not bad[0].passed and "SHA-256 differs" in bad[0].problems[0]
 
 
 def test_verify_browser_cli_errors_are_one_line(exported_workspace, tmp_path):
     workspace, _ = exported_workspace
     env = dict(os.environ, TOOLKIT_CHROMIUM=str(tmp_path / "no-chromium"))
-    proc = subprocess.run([sys.executable, "-m", "toolkit", "verify", "--browser", "--limit", "20", "--dir", str(workspace)],
-                          capture_output=True, text=True, env=env)
-    assert proc.returncode == 1 and "no-chromium: not an executable file" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "toolkit", "verify", "--browser", "--limit", "20", "--dir", str(workspace)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert (
+        proc.returncode == 1 and "no-chromium: not an executable file" in proc.stderr and "Traceback" not in proc.stderr
+    )
     empty = tmp_path / "empty"
     (empty).mkdir()
     shutil.copy(workspace / "model.keras", empty)
-    proc = subprocess.run([sys.executable, "-m", "toolkit", "serve", "--dir", str(empty)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "toolkit", "serve", "--dir", str(empty)], capture_output=True, text=True
+    )
     assert proc.returncode == 1 and "run `toolkit export --format web` first" in proc.stderr
 
 
 def test_browser_benchmark_rows_share_the_native_schema(exported_workspace, mnist, tmp_path):
     from dataclasses import fields
 
-    from toolkit import browser_bench
-    from toolkit.benchmark import BenchRecord
+    from toolkit import bench
+    from toolkit.bench.driver import BenchRecord, merge
 
     workspace, _ = exported_workspace
     files = ["web/models/mnist_cnn.float32.tflite", "web/models/mnist_cnn.float32.onnx"]
-    report = browser_bench.benchmark_browser(workspace, mnist, batch_sizes=[1, 8], threads=[1], iterations=500, warmup=20, files=files)
+    report = bench.measure(
+        workspace, mnist, batch_sizes=[1, 8], threads=[1], iterations=500, warmup=20, models=files, browser=True
+    )
     rows = report.to_dict()["results"]
-    assert {(r["runtime"], r["batch_size"]) for r in rows} == {("litertjs-wasm", 1), ("onnxruntime-web-wasm", 1), ("onnxruntime-web-wasm", 8)}
+    assert {(r["runtime"], r["batch_size"]) for r in rows} == {
+        ("litertjs-wasm", 1),
+        ("onnxruntime-web-wasm", 1),
+        ("onnxruntime-web-wasm", 8),
+    }
     for r in rows:
         assert set(r) == {f.name for f in fields(BenchRecord)}
         assert r["status"] == "ok" and r["device"].startswith("Chromium") and r["threads"] == 1
@@ -199,7 +227,7 @@ def test_browser_benchmark_rows_share_the_native_schema(exported_workspace, mnis
     # a native results.json of the same machine keeps its rows; the browser's come beside them
     native = {**report.to_dict(), "results": [{**rows[0], "runtime": "litert", "artifact": "mnist_cnn.float32.tflite"}]}
     (tmp_path / "results.json").write_text(json.dumps(native))
-    merged = browser_bench.merge_previous(report.to_dict(), tmp_path / "results.json", browser=True)
+    merged = merge(report.to_dict(), tmp_path / "results.json")
     assert [r["runtime"] for r in merged["results"]] == ["litert", *[r["runtime"] for r in rows]]
-    again = browser_bench.merge_previous(native, tmp_path / "results.json", browser=False)
+    again = merge(native, tmp_path / "results.json")
     assert again["results"] == native["results"]  # a native run replaces the native rows

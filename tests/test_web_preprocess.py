@@ -25,7 +25,24 @@ MODULE = REPO / "toolkit" / "web" / "site" / "preprocess.mjs"
 TOLERANCE = 1e-5
 
 # Values fed to roundHalfEven, and Python's answers: the ties are where Math.round would differ.
-ROUNDING = [0.5, 1.5, 2.5, 3.5, 6.5, 7.5, 10.5, 12.5, -0.5, -1.5, -2.5, 2.4999999999999996, 0.49999999999999994, 13.0, 4.2, 5.8]
+ROUNDING = [
+    0.5,
+    1.5,
+    2.5,
+    3.5,
+    6.5,
+    7.5,
+    10.5,
+    12.5,
+    -0.5,
+    -1.5,
+    -2.5,
+    2.4999999999999996,
+    0.49999999999999994,
+    13.0,
+    4.2,
+    5.8,
+]
 
 # A node script: for each image, toGrey and preprocessRGBA (or the error's message), all written back at once.
 NODE_SCRIPT = """
@@ -95,19 +112,27 @@ def _drawings() -> dict[str, np.ndarray]:
             tag = f"{w}x{h}-s{seed}"
             strokes = _strokes(rng, w, h)
             # (a) white on an opaque black canvas
-            images[f"white-on-black-{tag}"] = _rgba(_draw(Image.new("RGBA", (w, h), (0, 0, 0, 255)), strokes, (255, 255, 255, 255)))
+            images[f"white-on-black-{tag}"] = _rgba(
+                _draw(Image.new("RGBA", (w, h), (0, 0, 0, 255)), strokes, (255, 255, 255, 255))
+            )
             # (b) black on an opaque white canvas: inverted
-            images[f"black-on-white-{tag}"] = _rgba(_draw(Image.new("RGBA", (w, h), (255, 255, 255, 255)), _strokes(rng, w, h), (0, 0, 0, 255)))
+            images[f"black-on-white-{tag}"] = _rgba(
+                _draw(Image.new("RGBA", (w, h), (255, 255, 255, 255)), _strokes(rng, w, h), (0, 0, 0, 255))
+            )
             # (c) coloured opaque strokes on a transparent canvas: the alpha is the ink
             colour = tuple(int(c) for c in rng.integers(0, 256, 3)) + (255,)
-            images[f"transparent-{tag}"] = _rgba(_draw(Image.new("RGBA", (w, h), (0, 0, 0, 0)), _strokes(rng, w, h), colour))
+            images[f"transparent-{tag}"] = _rgba(
+                _draw(Image.new("RGBA", (w, h), (0, 0, 0, 0)), _strokes(rng, w, h), colour)
+            )
             # (d) anti-aliased grey strokes: drawn at 4x, reduced (edges get intermediate greys)
             level = int(rng.integers(120, 256))
             big = _draw(Image.new("L", (4 * w, 4 * h), 0), _strokes(rng, w, h, scale=4), level)
             grey = np.asarray(big.resize((w, h), Image.Resampling.BOX), dtype=np.uint8)
             images[f"antialiased-grey-{tag}"] = _rgba(Image.fromarray(grey, "L"))
             # noisy light background with dark coloured strokes: background median subtracted, inverted
-            noisy = _draw(Image.new("RGB", (4 * w, 4 * h), (235, 225, 210)), _strokes(rng, w, h, scale=4), (40, 30, 120))
+            noisy = _draw(
+                Image.new("RGB", (4 * w, 4 * h), (235, 225, 210)), _strokes(rng, w, h, scale=4), (40, 30, 120)
+            )
             arr = np.asarray(noisy.resize((w, h), Image.Resampling.LANCZOS), dtype=np.int16)
             arr = np.clip(arr + rng.integers(-20, 21, arr.shape), 0, 255).astype(np.uint8)
             images[f"noisy-light-{tag}"] = _rgba(Image.fromarray(arr, "RGB"))
@@ -120,7 +145,9 @@ def _drawings() -> dict[str, np.ndarray]:
     edge[0, 0, 3] = 249
     images["alpha-one-249"] = edge
     # every kind of colour, for the luminance formula (also a noisy image to normalise)
-    images["random-colours"] = np.random.default_rng(7).integers(0, 256, (256, 256, 4), dtype=np.uint8) | np.array([0, 0, 0, 255], np.uint8)
+    images["random-colours"] = np.random.default_rng(7).integers(0, 256, (256, 256, 4), dtype=np.uint8) | np.array(
+        [0, 0, 0, 255], np.uint8
+    )
     # real MNIST digits (28x28 PGM)
     for path in sorted((REPO / "examples" / "digits").glob("*.pgm")):
         with Image.open(path) as img:
@@ -130,7 +157,15 @@ def _drawings() -> dict[str, np.ndarray]:
 
 # Filled white rectangles (w x h) on black whose fitted size hits x.5 in Python's round (ties to even),
 # where JavaScript's Math.round would round up: 5x8 -> 12.5x20 -> 12 (not 13), 13x40 -> 6.5x20 -> 6 (not 7).
-RECTANGLES = {"5x8": (5, 8), "13x40": (13, 40), "21x40": (21, 40), "3x8": (3, 8), "8x5": (8, 5), "1x8": (1, 8), "40x13": (40, 13)}
+RECTANGLES = {
+    "5x8": (5, 8),
+    "13x40": (13, 40),
+    "21x40": (21, 40),
+    "3x8": (3, 8),
+    "8x5": (8, 5),
+    "1x8": (1, 8),
+    "40x13": (40, 13),
+}
 
 
 def _rectangles() -> dict[str, np.ndarray]:

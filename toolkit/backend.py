@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 
 
 def configure() -> str:
@@ -23,8 +24,25 @@ def configure() -> str:
 
 
 def keras():
-    """Import Keras with the backend configured."""
+    """Import Keras with the backend configured. The first import runs with file descriptors 1 and 2 captured:
+    TensorFlow's C++ start-up lines ("Could not find cuda drivers", "oneDNN custom operations are on") are
+    written before its logging is set up, ignore TF_CPP_MIN_LOG_LEVEL, and read like failures; they are shown
+    only if the import fails."""
     configure()
+    if "keras" not in sys.modules:
+        from toolkit.fsio import captured_output
+
+        try:
+            with captured_output() as log:
+                import keras as _keras  # noqa: F401
+
+                if _keras.config.backend() == "tensorflow":  # its device probe: "failed call to cuInit" without GPU
+                    import tensorflow as tf
+
+                    tf.config.list_physical_devices("GPU")
+        except BaseException:
+            sys.stderr.write("".join(log))
+            raise
     import keras as _keras
 
     return _keras

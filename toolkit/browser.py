@@ -12,15 +12,23 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
+from toolkit.bench.machine import vm_hwm_mb
 from toolkit.errors import ToolkitError
 
-CHROMIUM_CANDIDATES = ("/usr/lib/chromium/chromium", "chromium", "chromium-browser", "google-chrome-stable", "google-chrome")
+CHROMIUM_CANDIDATES = (
+    "/usr/lib/chromium/chromium",
+    "chromium",
+    "chromium-browser",
+    "google-chrome-stable",
+    "google-chrome",
+)
 LAUNCH_ARGS = [
     "--no-sandbox",  # the toolkit often runs as root in containers, where Chromium's sandbox cannot start
     "--disable-gpu",
@@ -51,7 +59,9 @@ def find_chromium() -> str:
         path = name if os.path.isabs(name) else shutil.which(name)
         if path and os.path.isfile(path) and os.access(path, os.X_OK):
             return path
-    raise ToolkitError("Chromium not found: install it (Debian/Ubuntu: `apt-get install chromium`) or set TOOLKIT_CHROMIUM")
+    raise ToolkitError(
+        "Chromium not found: install it (Debian/Ubuntu: `apt-get install chromium`) or set TOOLKIT_CHROMIUM"
+    )
 
 
 @contextlib.contextmanager
@@ -61,7 +71,9 @@ def launch() -> Iterator[Any]:
         from playwright.sync_api import Error as PlaywrightError
         from playwright.sync_api import sync_playwright
     except ImportError:
-        raise ToolkitError("the browser checks need Playwright: pip install playwright (no browser download needed)") from None
+        raise ToolkitError(
+            "the browser checks need Playwright: pip install playwright (no browser download needed)"
+        ) from None
     executable = find_chromium()
     with sync_playwright() as p:
         try:
@@ -100,12 +112,14 @@ class AppPage:
         return np.asarray(out["probabilities"], dtype=np.float32).reshape(out["n"], 10), float(out["ms"])
 
     def time(self, batch: int, warmup: int, runs: int) -> np.ndarray:
-        out = self.page.evaluate("([url, o]) => window.edgeToolkit.time(url, o)",
-                                 [IMAGES_PATH, {"batch": batch, "warmup": warmup, "runs": runs, "count": max(256, batch)}])
+        out = self.page.evaluate(
+            "([url, o]) => window.edgeToolkit.time(url, o)",
+            [IMAGES_PATH, {"batch": batch, "warmup": warmup, "runs": runs, "count": max(256, batch)}],
+        )
         return np.asarray(out["ms"], dtype=np.float64)
 
     def peak_rss_mb(self) -> float | None:
-        peaks = [p for p in (_vm_hwm_mb(pid) for pid in self.renderers) if p is not None]
+        peaks = [p for p in (vm_hwm_mb(pid) for pid in self.renderers) if p is not None]
         return max(peaks) if peaks else None
 
     def close(self) -> None:
@@ -140,16 +154,6 @@ def _renderer_pids() -> set[int]:
     return {pid for pid in renderers if descends(pid)}
 
 
-def _vm_hwm_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except (OSError, ValueError):
-        return None
-    return None
-
-
 def open_app(browser, base_url: str, model_id: str, threads: int = 1, images: bytes | None = None) -> AppPage:
     """Open the app on `model_id`; wait until its runtime has given a first result. Errors name the model."""
     from playwright.sync_api import Error as PlaywrightError
@@ -163,9 +167,16 @@ def open_app(browser, base_url: str, model_id: str, threads: int = 1, images: by
     context.on("request", lambda request: app.requests.append(request.url))
     if images is not None:
         headers = {"Cross-Origin-Resource-Policy": "same-origin", "Cache-Control": "no-store"}
-        page.route(f"**/{IMAGES_PATH}", lambda route: route.fulfill(status=200, body=images, content_type="application/octet-stream", headers=headers))
+        page.route(
+            f"**/{IMAGES_PATH}",
+            lambda route: route.fulfill(
+                status=200, body=images, content_type="application/octet-stream", headers=headers
+            ),
+        )
     try:
-        page.goto(f"{base_url}index.html?model={model_id}&threads={threads}", wait_until="load", timeout=LOAD_TIMEOUT_MS)
+        page.goto(
+            f"{base_url}index.html?model={model_id}&threads={threads}", wait_until="load", timeout=LOAD_TIMEOUT_MS
+        )
         page.wait_for_function("() => window.edgeToolkit !== undefined", timeout=LOAD_TIMEOUT_MS)
         page.evaluate("() => window.edgeToolkit.ready")
     except PlaywrightError as e:
@@ -224,13 +235,15 @@ def draw(app: AppPage, strokes: list[list[tuple[float, float]]], steps: int = 3)
     )
 
 
-def screenshot(workspace: Path, target: Path, dataset, model_id: str = "litertjs-float32", index: int = 0) -> dict[str, Any]:
+def screenshot(
+    workspace: Path, target: Path, dataset, model_id: str = "litertjs-float32", index: int = 0
+) -> dict[str, Any]:
     """Draw test image `index` on the pad of DIR/web with the mouse and save a PNG of the page (for the README)."""
     from toolkit import fsio, serve
-    from toolkit.export.web import SITE_DIR
+    from toolkit import workspace as ws
 
     x, _ = dataset.splits().test
-    with serve.serving(Path(workspace) / SITE_DIR) as url, launch() as chromium:
+    with serve.serving(ws.site(workspace)) as url, launch() as chromium:
         app = open_app(chromium, url, model_id)
         try:
             out = draw(app, strokes_from_image(x[index] / 255.0))
@@ -239,14 +252,3 @@ def screenshot(workspace: Path, target: Path, dataset, model_id: str = "litertjs
         finally:
             app.close()
     return {"digit": out["digit"], "status": out["status"], "file": str(target)}
-
-
-if __name__ == "__main__":  # python -m toolkit.browser DIR OUT.png [model-id] [test-image-index]
-    import sys
-
-    from toolkit import data
-
-    args = sys.argv[1:]
-    result = screenshot(Path(args[0]), Path(args[1]), data.load(os.environ.get("TOOLKIT_DATA_DIR")),
-                        *(args[2:3] or ["litertjs-float32"]), *([int(a) for a in args[3:4]]))
-    print(result)

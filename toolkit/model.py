@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import zipfile
+from pathlib import Path
+
 from toolkit.backend import keras as _keras
+from toolkit.errors import ToolkitError
 
 INPUT_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
@@ -34,9 +38,19 @@ def build_model(batch_size: int | None = None, output_dtype: str | None = None):
     return keras.Model(inputs, outputs, name=MODEL_NAME)
 
 
+def with_fixed_batch(model, batch_size: int = 1):
+    """The same network and weights on an input with a fixed batch (runtimes that cannot resize a batch need it:
+    LiteRT.js, and microcontrollers, where a dynamic batch adds SHAPE/STRIDED_SLICE/PACK operators)."""
+    copy = build_model(batch_size=batch_size)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def count_params(model) -> dict[str, int]:
     trainable = sum(int(w.numpy().size) if hasattr(w, "numpy") else int(w.size) for w in model.trainable_weights)
-    non_trainable = sum(int(w.numpy().size) if hasattr(w, "numpy") else int(w.size) for w in model.non_trainable_weights)
+    non_trainable = sum(
+        int(w.numpy().size) if hasattr(w, "numpy") else int(w.size) for w in model.non_trainable_weights
+    )
     return {"total": trainable + non_trainable, "trainable": trainable, "non_trainable": non_trainable}
 
 
@@ -73,3 +87,20 @@ def flops_per_image(model) -> int:
         elif kind == "BatchNormalization":
             total += 2 * out_size  # folded into a scale and a shift at inference
     return total
+
+
+def load_keras_model(path: str | Path):
+    """Load a `.keras` file in safe mode (no code from the file runs), with a clear error for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise ToolkitError(f"{path}: model file not found; run `toolkit train` first or pass --model")
+    if path.stat().st_size == 0:
+        raise ToolkitError(f"{path}: empty file, not a Keras model")
+    if not zipfile.is_zipfile(path):
+        raise ToolkitError(f"{path}: not a Keras .keras archive (not a zip file)")
+    keras = _keras()
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as e:  # Keras raises many types for malformed archives
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ToolkitError(f"{path}: cannot load as a Keras model ({msg[:200]})") from None

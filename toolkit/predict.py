@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit import manifest, runtimes
+from toolkit import artifacts, manifest, runtimes
+from toolkit import workspace as ws
 from toolkit.errors import ToolkitError
 from toolkit.model import LABELS
 from toolkit.preprocess import prepare
@@ -28,16 +29,20 @@ def best_artifact(workspace: Path) -> Path:
     """The verified artifact with the best accuracy (the smaller file on a tie); model.keras if none is verified."""
     workspace = Path(workspace)
     candidates = []
-    if (workspace / manifest.MANIFEST_FILE).exists():
+    if ws.manifest(workspace).exists():
         for rec in manifest.records(workspace):
             v = rec.verification or {}
-            if rec.format not in ("c", "web") and v.get("passed") and (workspace / rec.file).is_file():
+            runnable = artifacts.kind_of(rec.runtime) == artifacts.NATIVE and (workspace / rec.file).is_file()
+            if runnable and v.get("passed"):
                 candidates.append((-v["accuracy"], rec.bytes, rec.file))
     if candidates:
         return workspace / min(candidates)[2]
-    if (workspace / "model.keras").is_file():
-        return workspace / "model.keras"
-    raise ToolkitError(f"{workspace}: no verified artifact and no model.keras; run `toolkit train` and `toolkit export`, or pass --model")
+    if ws.model(workspace).is_file():
+        return ws.model(workspace)
+    raise ToolkitError(
+        f"{workspace}: no verified artifact and no model.keras; run `toolkit train` and `toolkit export`, "
+        "or pass --model"
+    )
 
 
 def classify(images: list[str | Path], model: str | Path, top: int = 3) -> list[Prediction]:
@@ -45,12 +50,19 @@ def classify(images: list[str | Path], model: str | Path, top: int = 3) -> list[
         raise ToolkitError("no image files given")
     if not 1 <= top <= len(LABELS):
         raise ToolkitError(f"--top must be between 1 and {len(LABELS)}, got {top}")
+    manifest.record_of(Path(model))  # a changed file that a manifest certified is refused before it runs
     batch = np.stack([prepare(p) for p in images])
     runner = runtimes.load(model)
     probabilities = runner.run(batch)
     out = []
     for path, p in zip(images, probabilities):
         order = np.argsort(-p)[:top]
-        out.append(Prediction(file=str(path), digit=LABELS[order[0]], confidence=round(float(p[order[0]]), 6),
-                              top=[(LABELS[i], round(float(p[i]), 6)) for i in order]))
+        out.append(
+            Prediction(
+                file=str(path),
+                digit=LABELS[order[0]],
+                confidence=round(float(p[order[0]]), 6),
+                top=[(LABELS[i], round(float(p[i]), 6)) for i in order],
+            )
+        )
     return out

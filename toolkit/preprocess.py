@@ -32,9 +32,10 @@ def load_image(path: str | Path) -> np.ndarray:
         raise ToolkitError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise ToolkitError(f"{path}: empty file, not an image")
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # opening reads only the header: the size is checked below, with its WxH
     try:
         with Image.open(path) as img:
+            Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # PIL's own check again for what decoding may meet (GIF frames)
             if img.width * img.height > MAX_PIXELS:
                 raise ToolkitError(f"{path}: image is {img.width}x{img.height}, larger than {MAX_PIXELS:,} pixels")
             if img.width == 0 or img.height == 0:
@@ -48,7 +49,10 @@ def load_image(path: str | Path) -> np.ndarray:
     except Image.DecompressionBombError:
         raise ToolkitError(f"{path}: image is larger than {MAX_PIXELS:,} pixels") from None
     except (OSError, ValueError, SyntaxError) as e:
-        raise ToolkitError(f"{path}: damaged image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ToolkitError(f"{path}: damaged image ({reason})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
 def to_grey(img) -> np.ndarray:

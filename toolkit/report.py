@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit import fsio
+from toolkit import workspace as ws
 
 
 def _label(r: dict[str, Any]) -> str:
@@ -21,7 +22,8 @@ def benchmark_markdown(report: dict[str, Any]) -> str:
         "",
         f"- Machine: {m['cpu']} ({m['arch']}), {m['cpus_usable']} usable CPU(s), {m['memory_gb']} GB; ISA: {isa}",
         f"- GPU: {', '.join(m['gpu']['gpus']) or 'none visible'}",
-        "- float32 peak (numpy matmul): " + ", ".join(f"{g} GFLOP/s on {t} thread(s)" for t, g in m["peak_float32_gflops"].items()),
+        "- float32 peak (numpy matmul): "
+        + ", ".join(f"{g} GFLOP/s on {t} thread(s)" for t, g in m["peak_float32_gflops"].items()),
         "- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
         f"- Started {s['started_at']}; warm-up {s['warmup']} calls; {s['iterations_batch1']} timed calls at batch 1; "
         f"{s['flops_per_image'] / 1e6:.2f} MFLOP per image",
@@ -31,9 +33,12 @@ def benchmark_markdown(report: dict[str, Any]) -> str:
     b = report.get("browser")
     if b:
         bs = report.get("browser_settings", s)
-        lines.append(f"- Browser rows ({', '.join(sorted({r['runtime'] for r in report['results'] if r['device'] == b['name']}))}): "
-                     f"{b['name']}, cross-origin isolated: {b['cross_origin_isolated']}; started {bs['started_at']}; "
-                     f"warm-up {bs['warmup']} calls, {bs['iterations_batch1']} timed calls at batch 1. Method: {bs['method']}")
+        web = ", ".join(sorted({r["runtime"] for r in report["results"] if r["device"] == b["name"]}))
+        lines.append(
+            f"- Browser rows ({web}): "
+            f"{b['name']}, cross-origin isolated: {b['cross_origin_isolated']}; started {bs['started_at']}; "
+            f"warm-up {bs['warmup']} calls, {bs['iterations_batch1']} timed calls at batch 1. Method: {bs['method']}"
+        )
     hc = report.get("harness_check")
     if hc and "error" in hc:
         lines.append(f"- Harness check ({hc['artifact']}): failed: {hc['error']}")
@@ -43,27 +48,75 @@ def benchmark_markdown(report: dict[str, Any]) -> str:
             f"set_tensor/invoke/get_tensor loop {hc['bare_loop_p50_ms']:.4f} ms: {hc['overhead_fraction']:+.1%} "
             f"({'within' if hc['within_10_percent'] else 'NOT within'} 10%)"
         )
-    lines += ["", "## Batch-1 latency (ms)", "",
-              "| artifact | runtime | threads | p50 | p90 | p99 | mean ± std | cold start | peak RSS MB | size KB | accuracy |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "## Batch-1 latency (ms)",
+        "",
+        "| artifact | runtime | threads | p50 | p90 | p99 | mean ± std | cold start | peak RSS MB | size KB "
+        "| accuracy |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in sorted((r for r in ok if r["batch_size"] == 1), key=lambda r: (r["threads"], r["p50_ms"])):
         acc = f"{r['accuracy']:.4f}" if r.get("accuracy") is not None else "-"
         lines.append(
-            f"| {r['artifact']} | {r['runtime']} | {r['threads']} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | {r['p99_ms']:.3f} "
-            f"| {r['mean_ms']:.3f} ± {r['std_ms']:.3f} | {r['load_ms']:.0f} ms | {'-' if r['peak_rss_mb'] is None else round(r['peak_rss_mb'])} "
+            f"| {r['artifact']} | {r['runtime']} | {r['threads']} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} "
+            f"| {r['p99_ms']:.3f} | {r['mean_ms']:.3f} ± {r['std_ms']:.3f} | {r['load_ms']:.0f} ms "
+            f"| {'-' if r['peak_rss_mb'] is None else round(r['peak_rss_mb'])} "
             f"| {r['bytes'] / 1024:.0f} | {acc} |"
         )
-    lines += ["", "## Throughput (images/s) and achieved GFLOP/s", "",
-              "| artifact | runtime | threads | batch | images/s | GFLOP/s | of float32 peak |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "## Throughput (images/s) and achieved GFLOP/s",
+        "",
+        "| artifact | runtime | threads | batch | images/s | GFLOP/s | of float32 peak |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for r in sorted(ok, key=lambda r: (r["artifact"], r["runtime"], r["threads"], r["batch_size"])):
         lines.append(
             f"| {r['artifact']} | {r['runtime']} | {r['threads']} | {r['batch_size']} | {r['images_per_second']:,.0f} "
             f"| {r['gflops_per_second']:.1f} | {r['fraction_of_peak']:.0%} |"
         )
-    other = [r for r in report["results"] if r["status"] != "ok"]
+    lines += device_lines(report["results"])
+    other = [r for r in report["results"] if r["status"] in ("skipped", "failed")]
     if other:
-        lines += ["", "## Not measured", ""] + [f"- {r['runtime']} ({r['device']}): {r['status']}: {r['note']}" for r in other]
+        lines += ["", "## Not measured", ""] + [
+            f"- {r['runtime']} ({r['device']}): {r['status']}: {r['note']}" for r in other
+        ]
     return "\n".join(lines) + "\n"
+
+
+def device_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Microcontroller and NPU rows: sizes measured at export, and Vela's estimates, kept apart from timed rows."""
+    sized = [r for r in rows if r["status"] == "sized"]
+    estimated = [r for r in rows if r["status"] == "estimate"]
+    lines = []
+    if sized:
+        lines += [
+            "",
+            "## Microcontroller (LiteRT for Microcontrollers): RAM and flash, measured",
+            "",
+            "| artifact | tensor arena (RAM) | model (flash) | how |",
+            "|---|---:|---:|---|",
+        ]
+        lines += [f"| {r['artifact']} | {r['ram_bytes']:,} B | {r['flash_bytes']:,} B | {r['method']} |" for r in sized]
+    if estimated:
+        lines += [
+            "",
+            "## Arm Ethos-U NPUs: ESTIMATES from Vela's performance model, not measurements",
+            "",
+            "| configuration | system / memory mode | clock MHz | NPU ops | CPU ops | SRAM B | flash/DRAM B | cycles "
+            "| inference ms | inferences/s | MACs | method |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for r in estimated:
+            e = r["estimate"]
+            lines.append(
+                f"| {e['accelerator']} | {e['system_config']} / {e['memory_mode']} | {e['clock_mhz']:g} "
+                f"| {e['npu_ops']} | {e['cpu_ops']} | {e['sram_bytes']:,} | {r['flash_bytes']:,} "
+                f"| {e['cycles']:,} | {e['inference_ms']:.3f} | {e['inferences_per_second']:,.0f} "
+                f"| {e['macs']:,} | {r['method']} |"
+            )
+    return lines
 
 
 def benchmark_plot(report: dict[str, Any], target: Path) -> Path:
@@ -83,7 +136,9 @@ def benchmark_plot(report: dict[str, Any], target: Path) -> Path:
         ys = [y + i * width for y in range(len(labels))]
         p50 = [rows[l]["p50_ms"] if l in rows else 0 for l in labels]
         p90 = [rows[l]["p90_ms"] - rows[l]["p50_ms"] if l in rows else 0 for l in labels]
-        ax1.barh(ys, p50, height=width, xerr=[[0] * len(labels), p90], capsize=2, label=f"{t} thread(s), p50 (whisker: p90)")
+        ax1.barh(
+            ys, p50, height=width, xerr=[[0] * len(labels), p90], capsize=2, label=f"{t} thread(s), p50 (whisker: p90)"
+        )
         for y, l in zip(ys, labels):
             if l in rows:
                 ax1.plot(rows[l]["p99_ms"], y, "k|", markersize=8)
@@ -98,7 +153,13 @@ def benchmark_plot(report: dict[str, Any], target: Path) -> Path:
             sized[r["artifact"]] = (r["bytes"] / 1024, r["accuracy"] * 100)
     for i, (name, (kb, acc)) in enumerate(sorted(sized.items())):
         ax2.scatter(kb, acc)
-        ax2.annotate(name.replace("mnist_cnn.", ""), (kb, acc), fontsize=8, xytext=(4, 4 + 10 * (i % 2)), textcoords="offset points")
+        ax2.annotate(
+            name.replace("mnist_cnn.", ""),
+            (kb, acc),
+            fontsize=8,
+            xytext=(4, 4 + 10 * (i % 2)),
+            textcoords="offset points",
+        )
     ax2.set_xlabel("file size, KB")
     ax2.set_ylabel("test accuracy, % (from verification)")
     ax2.set_title("Size against accuracy")
@@ -150,8 +211,15 @@ def confusion_matrix_png(matrix, labels: list[str], title: str, target: Path) ->
     for i in range(len(labels)):
         for j in range(len(labels)):
             if matrix[i, j]:
-                ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
-                        color="white" if i == j else ("red" if matrix[i, j] else "black"))
+                ax.text(
+                    j,
+                    i,
+                    str(matrix[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if i == j else ("red" if matrix[i, j] else "black"),
+                )
     ax.set_xticks(range(len(labels)), labels)
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")
@@ -162,7 +230,9 @@ def confusion_matrix_png(matrix, labels: list[str], title: str, target: Path) ->
     return _save(fig, target)
 
 
-def image_grid_png(images, captions: list[str], title: str, target: Path, cols: int = 10, colours: list[str] | None = None) -> Path:
+def image_grid_png(
+    images, captions: list[str], title: str, target: Path, cols: int = 10, colours: list[str] | None = None
+) -> Path:
     plt = _plt()
     n = len(images)
     rows = max(1, -(-n // cols))
@@ -177,39 +247,58 @@ def image_grid_png(images, captions: list[str], title: str, target: Path, cols: 
     return _save(fig, target)
 
 
-def report_artifact(workspace: Path, dataset, artifact: Path | None = None, out_dir: Path | None = None, hardest: int = 30) -> dict[str, Any]:
-    """Per-class precision/recall/F1, confusion matrix, the hardest test images and sample images of each class."""
+def report_artifact(
+    workspace: Path,
+    dataset,
+    artifact: Path | None = None,
+    out_dir: Path | None = None,
+    hardest: int = 30,
+    card: bool = False,
+) -> dict[str, Any]:
+    """Per-class precision/recall/F1, confusion matrix, the hardest test images and sample images of each class;
+    with `card`, the workspace's model card is rewritten from them."""
     import numpy as np
     from sklearn.metrics import classification_report, confusion_matrix
 
-    from toolkit import runtimes
+    from toolkit import manifest, runtimes
     from toolkit.data import to_model_input
     from toolkit.model import LABELS
     from toolkit.predict import best_artifact
 
     workspace = Path(workspace)
     artifact = Path(artifact) if artifact else best_artifact(workspace)
-    out_dir = fsio.ensure_dir(Path(out_dir) if out_dir else workspace / "report")
+    manifest.record_of(artifact)  # a changed file that a manifest certified is refused before it runs
+    out_dir = fsio.ensure_dir(Path(out_dir) if out_dir else ws.report(workspace))
     x, y = dataset.splits().test
     probabilities = runtimes.predict(runtimes.load(artifact), to_model_input(x))
     predicted = probabilities.argmax(1)
-    per_class = classification_report(y, predicted, labels=list(range(10)), target_names=LABELS, output_dict=True, zero_division=0)
+    per_class = classification_report(
+        y, predicted, labels=list(range(10)), target_names=LABELS, output_dict=True, zero_division=0
+    )
     matrix = confusion_matrix(y, predicted, labels=list(range(10)))
     stem = artifact.name.replace(".", "_")
     files = {
-        "confusion_matrix": confusion_matrix_png(matrix, LABELS, f"{artifact.name}: confusion matrix (test split)", out_dir / f"{stem}.confusion.png"),
+        "confusion_matrix": confusion_matrix_png(
+            matrix, LABELS, f"{artifact.name}: confusion matrix (test split)", out_dir / f"{stem}.confusion.png"
+        ),
     }
     wrong = np.flatnonzero(predicted != y)
     wrong = wrong[np.argsort(-probabilities[wrong, predicted[wrong]])][:hardest]
     files["hardest"] = image_grid_png(
-        x[wrong], [f"true {y[i]} → {predicted[i]}\n{probabilities[i, predicted[i]]:.2f}" for i in wrong],
+        x[wrong],
+        [f"true {y[i]} → {predicted[i]}\n{probabilities[i, predicted[i]]:.2f}" for i in wrong],
         f"{artifact.name}: the {len(wrong)} most confident mistakes of {int((predicted != y).sum())}",
-        out_dir / f"{stem}.hardest.png", colours=["firebrick"] * len(wrong),
+        out_dir / f"{stem}.hardest.png",
+        colours=["firebrick"] * len(wrong),
     )
     samples = [i for c in range(10) for i in np.flatnonzero(y == c)[:10]]
-    files["samples"] = image_grid_png(x[samples], [f"{y[i]}" for i in samples], "Test images of each class", out_dir / "samples.png")
+    files["samples"] = image_grid_png(
+        x[samples], [f"{y[i]}" for i in samples], "Test images of each class", out_dir / "samples.png"
+    )
     result = {
-        "artifact": artifact.name, "images": int(len(y)), "accuracy": round(float((predicted == y).mean()), 6),
+        "artifact": artifact.name,
+        "images": int(len(y)),
+        "accuracy": round(float((predicted == y).mean()), 6),
         "errors": int((predicted != y).sum()),
         "per_class": {label: {k: round(float(v), 4) for k, v in per_class[label].items()} for label in LABELS},
         "macro_avg": {k: round(float(v), 4) for k, v in per_class["macro avg"].items()},
@@ -217,4 +306,8 @@ def report_artifact(workspace: Path, dataset, artifact: Path | None = None, out_
         "files": {k: str(v) for k, v in files.items()},
     }
     fsio.write_json(out_dir / f"{stem}.report.json", result)
+    if card:
+        from toolkit import card as card_lib
+
+        result["model_card"] = str(card_lib.write_model_card(workspace))
     return result

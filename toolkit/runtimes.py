@@ -9,39 +9,28 @@ LiteRT or ONNX Runtime and numpy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from toolkit.artifacts import TensorSpec
 from toolkit.errors import ToolkitError
+from toolkit.fsio import captured_output
+from toolkit.model import INPUT_SHAPE, NUM_CLASSES
 
-INPUT_SHAPE = (28, 28, 1)
 TFLITE_IDENTIFIER = b"TFL3"  # flatbuffer file identifier, bytes 4..8 of every .tflite
 # protobuf tags that can open an ONNX ModelProto: fields 1-8 (ir_version, producer, ..., graph, opset_import),
 # 14 (metadata_props), 20 (training_info), 25 (functions)
 ONNX_FIRST_TAGS = {bytes([t]) for t in (0x08, 0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72, 0xA2, 0xCA)}
 
 
-@dataclass
-class IOSpec:
-    name: str
-    shape: list[int]
-    dtype: str
-    scale: float | None = None
-    zero_point: int | None = None
-
-    def quantization(self) -> dict[str, float] | None:
-        return None if self.scale is None else {"scale": self.scale, "zero_point": self.zero_point}
-
-
 class Runner(Protocol):
     path: Path
-    runtime: str  # "litert", "onnxruntime", "keras"
+    runtime: str  # a name of toolkit.artifacts.RUNTIMES
     threads: int | None
-    input: IOSpec
-    output: IOSpec
+    input: TensorSpec
+    output: TensorSpec
 
     def run(self, images: np.ndarray) -> np.ndarray: ...
 
@@ -51,8 +40,15 @@ class Runner(Protocol):
 
 def check_images(images: np.ndarray) -> np.ndarray:
     """The model's input contract: float32 (N, 28, 28, 1) (or (N, 28, 28)), finite, pixels / 255 in [0, 1]."""
-    if type(images) is np.ndarray and images.dtype == np.float32 and images.ndim == 4 and images.shape[1:] == INPUT_SHAPE \
-            and images.shape[0] > 0 and images.flags.c_contiguous and np.isfinite(images).all():
+    if (
+        type(images) is np.ndarray
+        and images.dtype == np.float32
+        and images.ndim == 4
+        and images.shape[1:] == INPUT_SHAPE
+        and images.shape[0] > 0
+        and images.flags.c_contiguous
+        and np.isfinite(images).all()
+    ):
         return images  # the common case, checked in about 3 microseconds
     if not isinstance(images, np.ndarray):
         raise ToolkitError(f"input must be a numpy array, got {type(images).__name__}")
@@ -64,11 +60,23 @@ def check_images(images: np.ndarray) -> np.ndarray:
         raise ToolkitError("input holds no images (batch of 0)")
     if images.dtype != np.float32:
         if images.dtype.kind != "f":
-            raise ToolkitError(f"input must be float32 pixels / 255, got dtype {images.dtype} (divide uint8 images by 255)")
+            raise ToolkitError(
+                f"input must be float32 pixels / 255, got dtype {images.dtype} (divide uint8 images by 255)"
+            )
         images = images.astype(np.float32)
     if not np.isfinite(images).all():
         raise ToolkitError("input contains NaN or infinity")
     return np.ascontiguousarray(images)
+
+
+def check_io(path: Path, input: TensorSpec, output: TensorSpec) -> None:
+    """The model's contract: input (N, 28, 28, 1), output (N, 10) probabilities."""
+    if tuple(input.shape[1:]) != INPUT_SHAPE:
+        raise ToolkitError(f"{path}: input shape {input.shape} is not (N, 28, 28, 1)")
+    if list(output.shape[1:]) != [NUM_CLASSES]:
+        raise ToolkitError(
+            f"{path}: output shape {output.shape} is not (N, {NUM_CLASSES}): not a {NUM_CLASSES}-class classifier"
+        )
 
 
 def quantize(x: np.ndarray, scale: float, zero_point: int, dtype=np.int8) -> np.ndarray:
@@ -98,8 +106,9 @@ class LiteRTRunner:
 
         self.path, self.threads = path, threads
         try:
-            self._interp = Interpreter(model_path=str(path), num_threads=threads)
-            self._interp.allocate_tensors()
+            with captured_output():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." on every load
+                self._interp = Interpreter(model_path=str(path), num_threads=threads)
+                self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise ToolkitError(f"{path}: LiteRT cannot load it ({_first_line(e)})") from None
         inp, out = self._interp.get_input_details(), self._interp.get_output_details()
@@ -107,8 +116,7 @@ class LiteRTRunner:
             raise ToolkitError(f"{path}: expected one input and one output, found {len(inp)} and {len(out)}")
         self._in, self._out = inp[0], out[0]
         self.input, self.output = _litert_spec(self._in), _litert_spec(self._out)
-        if tuple(self.input.shape[1:]) != INPUT_SHAPE:
-            raise ToolkitError(f"{path}: input shape {self.input.shape} is not (N, 28, 28, 1)")
+        check_io(path, self.input, self.output)
         self._batch = int(self._in["shape"][0])
         self._fixed_batch = self.input.shape[0] != -1
 
@@ -132,13 +140,15 @@ class LiteRTRunner:
         return y
 
 
-def _litert_spec(d: dict) -> IOSpec:
+def _litert_spec(d: dict) -> TensorSpec:
     scale, zero_point = d.get("quantization", (0.0, 0))
     signature = d.get("shape_signature", d["shape"])
     quantized = np.dtype(d["dtype"]).kind in "iu" and scale != 0.0
-    return IOSpec(
-        name=d["name"], shape=[int(s) for s in signature], dtype=np.dtype(d["dtype"]).name,
-        scale=float(scale) if quantized else None, zero_point=int(zero_point) if quantized else None,
+    return TensorSpec(
+        name=d["name"],
+        shape=[int(s) for s in signature],
+        dtype=np.dtype(d["dtype"]).name,
+        quantization={"scale": float(scale), "zero_point": int(zero_point)} if quantized else None,
     )
 
 
@@ -148,7 +158,9 @@ def _litert_spec(d: dict) -> IOSpec:
 class OnnxRunner:
     runtime = "onnxruntime"
 
-    def __init__(self, path: Path, threads: int | None = None, providers: list[str] | None = None, optimize: bool = True):
+    def __init__(
+        self, path: Path, threads: int | None = None, providers: list[str] | None = None, optimize: bool = True
+    ):
         import onnxruntime as ort
 
         self.path, self.threads = path, threads
@@ -160,15 +172,16 @@ class OnnxRunner:
         if not optimize:
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
-            self._session = ort.InferenceSession(str(path), sess_options=opts, providers=providers or ["CPUExecutionProvider"])
+            self._session = ort.InferenceSession(
+                str(path), sess_options=opts, providers=providers or ["CPUExecutionProvider"]
+            )
         except Exception as e:  # onnxruntime raises its own exception types for malformed files
             raise ToolkitError(f"{path}: ONNX Runtime cannot load it ({_first_line(e)})") from None
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
             raise ToolkitError(f"{path}: expected one input and one output, found {len(inputs)} and {len(outputs)}")
         self.input, self.output = _ort_spec(inputs[0]), _ort_spec(outputs[0])
-        if tuple(self.input.shape[1:]) != INPUT_SHAPE:
-            raise ToolkitError(f"{path}: input shape {self.input.shape} is not (N, 28, 28, 1)")
+        check_io(path, self.input, self.output)
         self.providers = self._session.get_providers()
 
     def run(self, images: np.ndarray) -> np.ndarray:
@@ -177,12 +190,17 @@ class OnnxRunner:
         return y.astype(np.float32, copy=False)
 
 
-_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int8)": "int8", "tensor(uint8)": "uint8"}
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+}
 
 
-def _ort_spec(arg) -> IOSpec:
+def _ort_spec(arg) -> TensorSpec:
     shape = [d if isinstance(d, int) else -1 for d in arg.shape]
-    return IOSpec(name=arg.name, shape=shape, dtype=_ORT_TYPES.get(arg.type, arg.type))
+    return TensorSpec(name=arg.name, shape=shape, dtype=_ORT_TYPES.get(arg.type, arg.type))
 
 
 # --------------------------------------------------------------------------------------------- Keras
@@ -192,15 +210,18 @@ class KerasRunner:
     runtime = "keras"
 
     def __init__(self, path: Path, threads: int | None = None):
-        from toolkit.train import load_keras_model  # imports Keras: only here, lazily
+        from toolkit.model import load_keras_model  # imports Keras: only here, lazily
 
         self.path, self.threads = path, threads
         self.model = load_keras_model(path)
-        shape = [-1 if d is None else int(d) for d in self.model.input_shape]
-        if tuple(shape[1:]) != INPUT_SHAPE:
-            raise ToolkitError(f"{path}: input shape {shape} is not (N, 28, 28, 1)")
-        self.input = IOSpec(name=self.model.inputs[0].name, shape=shape, dtype="float32")
-        self.output = IOSpec(name=self.model.outputs[0].name, shape=[-1 if d is None else int(d) for d in self.model.output_shape], dtype="float32")
+        inputs, outputs = self.model.inputs, self.model.outputs
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ToolkitError(f"{path}: expected one input and one output, found {len(inputs)} and {len(outputs)}")
+        shape = [-1 if d is None else int(d) for d in inputs[0].shape]
+        self.input = TensorSpec(name=inputs[0].name, shape=shape, dtype="float32")
+        out_shape = [-1 if d is None else int(d) for d in outputs[0].shape]
+        self.output = TensorSpec(name=outputs[0].name, shape=out_shape, dtype="float32")
+        check_io(path, self.input, self.output)
 
     def run(self, images: np.ndarray) -> np.ndarray:
         images = check_images(images)
@@ -212,7 +233,9 @@ class KerasRunner:
 RUNNERS = {".tflite": LiteRTRunner, ".onnx": OnnxRunner, ".keras": KerasRunner}
 
 
-def load(path: str | Path, threads: int | None = None, providers: list[str] | None = None, probe: bool = True) -> Runner:
+def load(
+    path: str | Path, threads: int | None = None, providers: list[str] | None = None, probe: bool = True
+) -> Runner:
     """Load an artifact in the runtime an edge app would use, after checking the file is what it claims.
 
     With `probe` (the default), a `.tflite` or `.onnx` file is first loaded and run once in a child process,
@@ -222,7 +245,9 @@ def load(path: str | Path, threads: int | None = None, providers: list[str] | No
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in RUNNERS:
-        raise ToolkitError(f"{path}: unknown artifact type {suffix or '(no suffix)'}; expected one of {', '.join(RUNNERS)}")
+        raise ToolkitError(
+            f"{path}: unknown artifact type {suffix or '(no suffix)'}; expected one of {', '.join(RUNNERS)}"
+        )
     if not path.exists():
         raise ToolkitError(f"{path}: file not found")
     if not path.is_file():
@@ -268,8 +293,13 @@ def probe_in_child(path: Path, timeout: float = 120.0) -> None:
     if key in _probed:
         return
     try:
-        proc = subprocess.run([sys.executable, "-c", PROBE_CODE, str(path)], capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            [sys.executable, "-c", PROBE_CODE, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
     except subprocess.TimeoutExpired:
         raise ToolkitError(f"{path}: loading it did not finish within {timeout:.0f} s") from None
     runtime = "LiteRT" if path.suffix.lower() == ".tflite" else "ONNX Runtime"
@@ -278,7 +308,9 @@ def probe_in_child(path: Path, timeout: float = 120.0) -> None:
             name = signal.Signals(-proc.returncode).name
         except ValueError:
             name = f"signal {-proc.returncode}"
-        raise ToolkitError(f"{path}: malformed model: it crashed {runtime} ({name}) in a test load, so it was not loaded here")
+        raise ToolkitError(
+            f"{path}: malformed model: it crashed {runtime} ({name}) in a test load, so it was not loaded here"
+        )
     if proc.returncode != 0:
         lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
         message = lines[-1] if lines else f"exit code {proc.returncode}"

@@ -4,6 +4,10 @@ Every response carries `Cross-Origin-Opener-Policy: same-origin` and `Cross-Orig
 require-corp` (the page is then cross-origin isolated: WebAssembly threads work and `performance.now()`
 keeps its fine resolution), `.mjs` is served as JavaScript and `.wasm` as `application/wasm`, and the
 server listens on 127.0.0.1 only. Files are never cached by the browser, so a re-export shows at once.
+
+Only regular files inside the site are served: a path that does not decode is a 400, and a folder (there are no
+listings; "/" is index.html), a symlink that leads out of the site, or anything else is a 404. A client that
+hangs up mid-download is nothing to report.
 """
 
 from __future__ import annotations
@@ -11,9 +15,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.server
+import os
+import stat
+import sys
 import threading
+import urllib.parse
+from collections.abc import Iterator
+from http import HTTPStatus
 from pathlib import Path
-from typing import Iterator
 
 from toolkit.errors import ToolkitError
 
@@ -50,10 +59,55 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         if not self.quiet:
             super().log_message(format, *args)
 
+    def send_head(self):
+        """Headers for the site file the URL names, and the open file; or an error response and None."""
+        status, path = self.site_file()
+        if path is None:
+            self.send_error(status)
+            return None
+        try:
+            f = open(path, "rb")
+        except OSError:
+            self.send_error(HTTPStatus.NOT_FOUND)
+            return None
+        try:
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-type", self.guess_type(path))
+            self.send_header("Content-Length", str(os.fstat(f.fileno()).st_size))
+            self.end_headers()
+        except BaseException:
+            f.close()
+            raise
+        return f
+
+    def site_file(self) -> tuple[HTTPStatus, str | None]:
+        """The regular file inside the site that the URL's path names (after symlinks), or why there is none."""
+        try:
+            path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path, errors="strict")
+        except (UnicodeDecodeError, ValueError):
+            return HTTPStatus.BAD_REQUEST, None
+        if "\x00" in path or not path.startswith("/"):
+            return HTTPStatus.BAD_REQUEST, None
+        root = os.path.realpath(self.directory)
+        if path == "/":
+            path = "/index.html"
+        real = os.path.realpath(os.path.join(root, path.lstrip("/")))
+        if path.endswith("/") or not real.startswith(root + os.sep):
+            return HTTPStatus.NOT_FOUND, None
+        try:
+            regular = stat.S_ISREG(os.stat(real).st_mode)
+        except (OSError, ValueError):
+            regular = False
+        return (HTTPStatus.OK, real) if regular else (HTTPStatus.NOT_FOUND, None)
+
 
 class Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that hung up (BrokenPipe, reset)
+            super().handle_error(request, client_address)
 
 
 def check_site(root: Path) -> Path:
@@ -64,7 +118,8 @@ def check_site(root: Path) -> Path:
 
 
 def make_server(root: Path, port: int = 8000, host: str = "127.0.0.1", quiet: bool = False) -> Server:
-    handler = functools.partial(type("QuietHandler" if quiet else "Handler", (Handler,), {"quiet": quiet}), directory=str(root))
+    handler_class = type("QuietHandler" if quiet else "Handler", (Handler,), {"quiet": quiet})
+    handler = functools.partial(handler_class, directory=str(root))
     try:
         return Server((host, port), handler)
     except OSError as e:

@@ -17,18 +17,22 @@ from typing import Any
 import numpy as np
 
 from toolkit import __version__, fsio
+from toolkit import workspace as ws
 from toolkit.backend import keras as _keras
 from toolkit.data import Dataset, to_model_input
-from toolkit.errors import ToolkitError
+from toolkit.errors import Interrupted, ToolkitError
 from toolkit.manifest import file_sha256
 from toolkit.model import build_model, count_params, flops_per_image
 
-MODEL_FILE = "model.keras"
-METRICS_FILE = "metrics.json"
-CHECKPOINT_DIR = "checkpoint"
-
-
 DEFAULT_EPOCHS = 15
+# upper bounds of the options: far beyond any real run, low enough for every backend's integer types
+LIMITS = {
+    "epochs": 10_000,
+    "batch_size": 1_000_000,
+    "limit": 1_000_000_000,
+    "eval_limit": 1_000_000_000,
+    "seed": 2**32 - 1,
+}
 
 
 @dataclass
@@ -43,15 +47,21 @@ class TrainConfig:
     mixed_precision: bool = False
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ToolkitError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if not (self.learning_rate > 0 and np.isfinite(self.learning_rate)):
-            raise ToolkitError(f"--learning-rate must be a positive number, got {self.learning_rate}")
-        for name in ("limit", "eval_limit"):
+        """Refuse values out of range (or of the wrong type, from a damaged checkpoint) in one line each."""
+        for name, top in LIMITS.items():
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ToolkitError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+            if value is None and name in ("epochs", "limit", "eval_limit"):
+                continue
+            low = 0 if name == "seed" else 1
+            if not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= top):
+                option = "--" + name.replace("_", "-")
+                raise ToolkitError(f"{option} must be a whole number from {low} to {top:,}, got {value}")
+        rate = self.learning_rate
+        if not (isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0 < rate and np.isfinite(rate)):
+            raise ToolkitError(f"--learning-rate must be a positive number, got {rate}")
+        for name in ("augment", "mixed_precision"):
+            if not isinstance(getattr(self, name), bool):
+                raise ToolkitError(f"{name} must be true or false, got {getattr(self, name)!r}")
 
 
 @dataclass
@@ -165,7 +175,7 @@ def _make_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, augm
 
 def _checkpoint_callback(workspace: Path, state: dict):
     keras = _keras()
-    ckpt_dir = workspace / CHECKPOINT_DIR
+    ckpt_dir = ws.checkpoint(workspace)
 
     class Checkpoint(keras.callbacks.Callback):
         """After each epoch: the last state (for --resume) and, when validation accuracy improved, the best."""
@@ -206,7 +216,30 @@ def train(
     config.validate()
     workspace = fsio.ensure_dir(Path(workspace))
     keras = _keras()
-    ckpt_dir = workspace / CHECKPOINT_DIR
+    ckpt_dir = ws.checkpoint(workspace)
+
+    state: dict[str, Any] = {
+        "epoch": 0,
+        "best_epoch": 0,
+        "best_val_accuracy": -1.0,
+        "history": {},
+        "epoch_seconds": [],
+        "config": asdict(config),
+        "data_sha256": dataset.sha256,
+    }
+    if resume:
+        # the run's shape is the checkpoint's (restored before the data is sliced); only the epochs may change
+        saved, config = _saved_state(ckpt_dir, dataset, config)
+        state.update({k: saved[k] for k in ("epoch", "best_epoch", "best_val_accuracy", "history", "epoch_seconds")})
+        state["config"] = asdict(config)
+        if state["epoch"] >= config.epochs:
+            raise ToolkitError(
+                f"{ckpt_dir / 'state.json'}: the checkpoint already finished {state['epoch']} of {config.epochs} "
+                "epochs; pass more --epochs to go on"
+            )
+    elif config.epochs is None:
+        config = replace(config, epochs=DEFAULT_EPOCHS)
+        state["config"] = asdict(config)
 
     splits = dataset.splits()
     x_train, y_train = splits.train
@@ -214,29 +247,6 @@ def train(
         x_train, y_train = x_train[: config.limit], y_train[: config.limit]
     x_train = to_model_input(x_train)
     x_valid, y_valid = to_model_input(splits.valid[0][: config.eval_limit]), splits.valid[1][: config.eval_limit]
-
-    state: dict[str, Any] = {
-        "epoch": 0, "best_epoch": 0, "best_val_accuracy": -1.0, "history": {}, "epoch_seconds": [],
-        "config": asdict(config), "data_sha256": dataset.sha256,
-    }
-    if resume:
-        state_path = ckpt_dir / "state.json"
-        if not (state_path.is_file() and (ckpt_dir / "last.keras").is_file()):
-            raise ToolkitError(f"{ckpt_dir}: no checkpoint to resume from; start without --resume")
-        saved = fsio.read_json(state_path)
-        if saved.get("data_sha256") != dataset.sha256:
-            raise ToolkitError(f"{state_path}: the checkpoint was trained on other data; start without --resume")
-        state.update({k: saved[k] for k in ("epoch", "best_epoch", "best_val_accuracy", "history", "epoch_seconds")})
-        # the run's shape is the checkpoint's; only the number of epochs may be changed
-        kept = {k: v for k, v in saved["config"].items() if k not in ("epochs", "eval_limit")}
-        epochs = config.epochs if config.epochs is not None else saved["config"]["epochs"]
-        config = TrainConfig(**{**kept, "epochs": epochs, "eval_limit": config.eval_limit})
-        state["config"] = asdict(config)
-        if state["epoch"] >= config.epochs:
-            raise ToolkitError(f"{state_path}: the checkpoint already finished {state['epoch']} of {config.epochs} epochs; pass more --epochs to go on")
-    elif config.epochs is None:
-        config = replace(config, epochs=DEFAULT_EPOCHS)
-        state["config"] = asdict(config)
 
     keras.utils.set_random_seed(config.seed)
     if keras.config.backend() == "tensorflow":
@@ -265,23 +275,78 @@ def train(
                 metrics=["accuracy"],
             )
         started = time.perf_counter()
-        model.fit(
-            batches,
-            validation_data=(x_valid, y_valid),
-            epochs=config.epochs,
-            initial_epoch=state["epoch"],
-            callbacks=[_checkpoint_callback(workspace, state), *(callbacks or [])],
-            verbose=verbose,
-        )
+        try:
+            model.fit(
+                batches,
+                validation_data=(x_valid, y_valid),
+                epochs=config.epochs,
+                initial_epoch=state["epoch"],
+                callbacks=[_checkpoint_callback(workspace, state), *(callbacks or [])],
+                verbose=verbose,
+            )
+        except KeyboardInterrupt:
+            raise _interrupted(ckpt_dir, kept=resume or state["epoch"] > 0) from None
         train_seconds = time.perf_counter() - started
 
     return finish(workspace, dataset, config, state, devices, parallelism, train_seconds)
 
 
-def finish(workspace: Path, dataset: Dataset, config: TrainConfig, state: dict, devices: dict, parallelism: str, train_seconds: float) -> TrainResult:
+def _saved_state(ckpt_dir: Path, dataset: Dataset, config: TrainConfig) -> tuple[dict, TrainConfig]:
+    """The interrupted run's state and its configuration (with this call's epochs and eval_limit, where given)."""
+    state_path = ckpt_dir / "state.json"
+    if not (state_path.is_file() and (ckpt_dir / "last.keras").is_file()):
+        raise ToolkitError(f"{ckpt_dir}: no checkpoint to resume from; start without --resume")
+    damaged = f"{state_path}: the checkpoint state is damaged"
+    try:
+        saved = fsio.read_json(state_path)
+    except ToolkitError as e:
+        raise ToolkitError(f"{damaged} ({e}); start without --resume") from None
+    types = {
+        "epoch": int,
+        "best_epoch": int,
+        "best_val_accuracy": (int, float),
+        "history": dict,
+        "epoch_seconds": list,
+        "config": dict,
+        "data_sha256": str,
+    }
+    if not isinstance(saved, dict) or any(not isinstance(saved.get(k), t) for k, t in types.items()):
+        raise ToolkitError(f"{damaged} (missing or wrong fields); start without --resume")
+    if saved["data_sha256"] != dataset.sha256:
+        raise ToolkitError(f"{state_path}: the checkpoint was trained on other data; start without --resume")
+    kept = {k: v for k, v in saved["config"].items() if k not in ("epochs", "eval_limit")}
+    epochs = config.epochs if config.epochs is not None else saved["config"].get("epochs")
+    try:
+        restored = TrainConfig(**{**kept, "epochs": epochs, "eval_limit": config.eval_limit})
+        restored.validate()
+    except (TypeError, ToolkitError) as e:
+        raise ToolkitError(f"{damaged} (its configuration: {e}); start without --resume") from None
+    if restored.epochs is None or saved["epoch"] < 0:
+        raise ToolkitError(f"{damaged} (epoch {saved['epoch']} of {restored.epochs}); start without --resume")
+    return saved, restored
+
+
+def _interrupted(ckpt_dir: Path, kept: bool) -> Interrupted:
+    """What an interrupt leaves: the last finished epoch of this run (resumable), or nothing."""
+    if kept and (ckpt_dir / "last.keras").is_file():
+        return Interrupted(
+            f"interrupted; the last finished epoch is kept in {ckpt_dir}: continue with `toolkit train --resume`"
+        )
+    return Interrupted("interrupted before the first epoch finished; nothing was kept: start again")
+
+
+def finish(
+    workspace: Path,
+    dataset: Dataset,
+    config: TrainConfig,
+    state: dict,
+    devices: dict,
+    parallelism: str,
+    train_seconds: float,
+) -> TrainResult:
     """Evaluate the best epoch on every split and write `model.keras` and `metrics.json`."""
     keras = _keras()
-    best = keras.saving.load_model(workspace / CHECKPOINT_DIR / "best.keras", safe_mode=True)
+    best = keras.saving.load_model(ws.checkpoint(workspace) / "best.keras", safe_mode=True)
     # the shipped model carries no optimizer state: a fresh float32 model with the best weights
     keras.mixed_precision.set_global_policy("float32")
     model = build_model()
@@ -298,18 +363,19 @@ def finish(workspace: Path, dataset: Dataset, config: TrainConfig, state: dict, 
         result = model.evaluate(to_model_input(x), y, batch_size=500, verbose=0, return_dict=True)
         accuracy[name], loss[name] = round(float(result["accuracy"]), 6), round(float(result["loss"]), 6)
 
-    model_path = workspace / MODEL_FILE
+    model_path = ws.model(workspace)
     with fsio.atomic_path(model_path) as tmp:
         model.save(tmp)
     params = count_params(model)
     seconds = state["epoch_seconds"]
+    cpu_name = platform.processor() or platform.machine()
     metrics = {
         "accuracy": accuracy,
         "loss": loss,
         "params": params["total"],
         "params_detail": params,
         "flops_per_image": flops_per_image(model),
-        "device": devices["device"] + (f" ({_device_names(devices['gpus'])})" if devices["gpus"] else f" ({platform.processor() or platform.machine()})"),
+        "device": f"{devices['device']} ({_device_names(devices['gpus']) if devices['gpus'] else cpu_name})",
         "parallelism": parallelism,
         "backend": keras.config.backend(),
         "epochs": state["epoch"],
@@ -324,27 +390,13 @@ def finish(workspace: Path, dataset: Dataset, config: TrainConfig, state: dict, 
         "config": asdict(config),
         "history": state["history"],
         "model_sha256": file_sha256(model_path),
-        "versions": {"toolkit": __version__, "keras": keras.__version__, "python": platform.python_version(), "numpy": np.__version__},
+        "versions": {
+            "toolkit": __version__,
+            "keras": keras.__version__,
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+        },
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    metrics_path = fsio.write_json(workspace / METRICS_FILE, metrics)
+    metrics_path = fsio.write_json(ws.metrics(workspace), metrics)
     return TrainResult(model_path=model_path, metrics_path=metrics_path, metrics=metrics)
-
-
-def load_keras_model(path: str | Path):
-    """Load a `.keras` file in safe mode (no code from the file runs), with a clear error for bad files."""
-    path = Path(path)
-    if not path.is_file():
-        raise ToolkitError(f"{path}: model file not found; run `toolkit train` first or pass --model")
-    if path.stat().st_size == 0:
-        raise ToolkitError(f"{path}: empty file, not a Keras model")
-    import zipfile
-
-    if not zipfile.is_zipfile(path):
-        raise ToolkitError(f"{path}: not a Keras .keras archive (not a zip file)")
-    keras = _keras()
-    try:
-        return keras.saving.load_model(path, safe_mode=True, compile=False)
-    except Exception as e:  # Keras raises many types for malformed archives
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ToolkitError(f"{path}: cannot load as a Keras model ({msg[:200]})") from None

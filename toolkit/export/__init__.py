@@ -1,22 +1,26 @@
 """The export registry: one module per format, all registered in `FORMATS`, keyed by format name.
 
 Each format module provides `VARIANTS` (its variant names, in export order) and
-`export(ctx: ExportContext, variants: list[str]) -> list[ArtifactRecord]`, writing every file atomically.
+`export(ctx: ExportContext, variants: list[str]) -> list[ArtifactRecord]`, writing every file atomically and
+returning a record for each; only this registry writes the manifest. A new format is a module here plus its
+entry in `FORMATS` (and, if it brings a new runtime, an entry in `toolkit.artifacts.RUNTIMES`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import import_module
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from toolkit import manifest
+from toolkit import workspace as ws
 from toolkit.data import Dataset, to_model_input
 from toolkit.errors import ToolkitError
-from toolkit.manifest import ArtifactRecord, TensorSpec
+from toolkit.manifest import ArtifactRecord
 from toolkit.model import LABELS, MODEL_NAME
 from toolkit.runtimes import load as load_runner
 from toolkit.versions import package_versions
@@ -25,16 +29,10 @@ from toolkit.versions import package_versions
 FORMATS: dict[str, str] = {
     "tflite": "toolkit.export.tflite",
     "onnx": "toolkit.export.onnx",
-    "c": "toolkit.export.c_array",
+    "micro": "toolkit.export.micro",
     "web": "toolkit.export.web",
 }
-VARIANTS: dict[str, tuple[str, ...]] = {
-    "tflite": ("float32", "float16", "dynamic", "int8"),
-    "onnx": ("float32", "int8"),
-    "c": ("int8",),
-    "web": ("float32", "float16", "dynamic", "int8"),  # LiteRT.js all four, ONNX Runtime Web float32 and int8
-}
-NATIVE_FORMATS = ("tflite", "onnx", "c")  # run by native runtimes; "web" artifacts run in a browser
+ALIASES = {"c": "micro"}  # the earlier name of the microcontroller format
 DEFAULT_CALIBRATION_SIZE = 1000
 
 
@@ -51,7 +49,11 @@ class Calibration:
         return len(self.images)
 
     def describe(self) -> dict[str, Any]:
-        return {"images": self.size, "sampling": f"class-balanced random sample of the {self.source}", "seed": self.seed}
+        return {
+            "images": self.size,
+            "sampling": f"class-balanced random sample of the {self.source}",
+            "seed": self.seed,
+        }
 
 
 def make_calibration(dataset: Dataset, size: int = DEFAULT_CALIBRATION_SIZE, seed: int = 0) -> Calibration:
@@ -72,39 +74,53 @@ class ExportContext:
     out_dir: Path
     calibration: Calibration
     progress: Callable[[str], None] = field(default=lambda msg: None)
+    built: dict[tuple[str, str], Path] = field(default_factory=dict)  # (format, variant) -> file written in this run
 
     def artifact_path(self, variant: str, suffix: str) -> Path:
         return self.out_dir / f"{MODEL_NAME}.{variant}.{suffix}"
 
 
-def tensor_spec(io) -> TensorSpec:
-    return TensorSpec(name=io.name, shape=list(io.shape), dtype=io.dtype, quantization=io.quantization())
+def variants_of(fmt: str) -> tuple[str, ...]:
+    """The variants a format module exports, in export order (its `VARIANTS`)."""
+    return import_module(FORMATS[fmt]).VARIANTS
 
 
 def describe_artifact(path: Path, fmt: str, variant: str, made_with: dict[str, Any]) -> ArtifactRecord:
     """Load the written file in its runtime and record what it really is."""
     runner = load_runner(path, probe=False)  # written by us a moment ago
     return ArtifactRecord(
-        file=path.name, format=fmt, variant=variant, runtime=runner.runtime,
-        bytes=path.stat().st_size, sha256=manifest.file_sha256(path),
-        input=tensor_spec(runner.input), output=tensor_spec(runner.output), made_with=made_with,
+        file=path.name,
+        format=fmt,
+        variant=variant,
+        runtime=runner.runtime,
+        bytes=path.stat().st_size,
+        sha256=manifest.file_sha256(path),
+        input=runner.input,
+        output=runner.output,
+        made_with=made_with,
     )
 
 
 def parse_selection(fmt: str, variants: list[str] | None) -> list[tuple[str, list[str]]]:
     """('all' | formats, comma-separated; variants or None) -> [(format, [variants])], in export order; errors
     name the choices."""
-    names = [f.strip() for f in fmt.split(",") if f.strip()]
-    formats = list(FORMATS) if "all" in names else [f for f in FORMATS if f in names] + [f for f in names if f not in FORMATS]
+    names = [ALIASES.get(f.strip(), f.strip()) for f in fmt.split(",") if f.strip()]
+    if not names:
+        raise ToolkitError(
+            f"no format given in --format {fmt!r}; choose one or more of: {', '.join([*FORMATS, 'all'])}"
+        )
+    formats = (
+        list(FORMATS) if "all" in names else [f for f in FORMATS if f in names] + [f for f in names if f not in FORMATS]
+    )
     for f in formats:
         if f not in FORMATS:
             raise ToolkitError(f"unknown format {f!r}; choose one or more of: {', '.join([*FORMATS, 'all'])}")
     plan = []
     for f in formats:
-        chosen = [v for v in VARIANTS[f] if variants is None or v in variants]
+        chosen = [v for v in variants_of(f) if variants is None or v in variants]
         plan.append((f, chosen))
     if variants is not None:
-        known = {v for f in formats for v in VARIANTS[f]}
+        known = {v for f in formats for v in variants_of(f)}
         unknown = [v for v in variants if v not in known]
         if unknown:
             raise ToolkitError(
@@ -124,15 +140,20 @@ def export(
     progress: Callable[[str], None] | None = None,
 ) -> list[ArtifactRecord]:
     """Export the Keras model to the chosen format(s) and variants; record each artifact in the manifest."""
-    from toolkit.train import load_keras_model
+    from toolkit.model import load_keras_model
 
     workspace = Path(workspace)
     plan = parse_selection(fmt, variants)
-    model_path = Path(model_path) if model_path else workspace / "model.keras"
+    if ws.manifest(workspace).exists():
+        manifest.records(workspace)  # a damaged manifest fails here, before any file is rewritten
+    model_path = Path(model_path) if model_path else ws.model(workspace)
     model = load_keras_model(model_path)
     ctx = ExportContext(
-        model=model, model_path=model_path, out_dir=workspace,
-        calibration=make_calibration(dataset, calibration_size, seed), progress=progress or (lambda msg: None),
+        model=model,
+        model_path=model_path,
+        out_dir=workspace,
+        calibration=make_calibration(dataset, calibration_size, seed),
+        progress=progress or (lambda msg: None),
     )
     header = {
         "model": {"name": MODEL_NAME, "file": model_path.name, "sha256": manifest.file_sha256(model_path)},
@@ -147,3 +168,20 @@ def export(
         manifest.put_artifacts(workspace, records, header)  # each format lands as soon as it is written
         written.extend(records)
     return written
+
+
+def verify_new(
+    workspace: Path,
+    dataset: Dataset,
+    records: list[ArtifactRecord],
+    limit: int | None = None,
+    progress: Callable[[str], None] | None = None,
+):
+    """Verify what an export just wrote, in one pass over one Keras reference. The web models need Chromium:
+    on a machine without it they get a note (verify them later with `toolkit verify --browser`)."""
+    from toolkit import verify
+    from toolkit.artifacts import BROWSER, kind_of
+
+    kinds = (*verify.NATIVE_KINDS, BROWSER)
+    runnable = [r.file for r in records if kind_of(r.runtime) in kinds]  # Vela's files run on an Ethos-U only
+    return verify.check(workspace, dataset, runnable, limit, kinds, optional=(BROWSER,), progress=progress)

@@ -16,7 +16,7 @@ import numpy as np
 from toolkit import fsio
 from toolkit.export import ExportContext, describe_artifact
 from toolkit.manifest import ArtifactRecord
-from toolkit.runtimes import INPUT_SHAPE
+from toolkit.model import INPUT_SHAPE, MODEL_NAME
 
 VARIANTS = ("float32", "int8")
 OPSET = 17
@@ -79,34 +79,53 @@ def quantize_int8(float_path: Path, target: Path, images: np.ndarray, progress=l
             quant_pre_process(str(float_path), str(pre), skip_symbolic_shape=False)
         with fsio.atomic_path(target) as out:
             quantize_static(
-                str(pre), str(out), _CalibrationReader(images, INPUT_NAME, progress=progress),
-                quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
-                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                str(pre),
+                str(out),
+                _CalibrationReader(images, INPUT_NAME, progress=progress),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                reduce_range=True,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
             )
 
 
-def export(ctx: ExportContext, variants: list[str]) -> list[ArtifactRecord]:
+def write(ctx: ExportContext, variant: str, target: Path, label: str = "onnx") -> dict:
+    """Write the ONNX model of `variant` to `target` atomically and return its `made_with`. A file of the same
+    variant already made in this run (the native one, for the web app) is copied, not converted again."""
     import onnxruntime
     import tf2onnx
 
-    records = []
-    float_path = ctx.artifact_path("float32", "onnx")
     base = {"opset": OPSET, "batch": "dynamic"}
-    if "float32" in variants or not float_path.is_file():
-        ctx.progress("onnx float32: converting with tf2onnx")
-        fsio.write_bytes(float_path, to_onnx_bytes(ctx.model))
-    if "float32" in variants:
-        made_with = {"converter": f"tf2onnx {tf2onnx.__version__} from_function", **base}
-        records.append(describe_artifact(float_path, "onnx", "float32", made_with))
-    if "int8" in variants:
-        ctx.progress("onnx int8: quantizing")
-        target = ctx.artifact_path("int8", "onnx")
-        quantize_int8(float_path, target, ctx.calibration.images, ctx.progress)
-        made_with = {
-            "converter": f"onnxruntime.quantization.quantize_static (onnxruntime {onnxruntime.__version__}) "
-            f"on {float_path.name}",
-            **base, **INT8_SETTINGS, "calibration": ctx.calibration.describe(),
-        }
-        records.append(describe_artifact(target, "onnx", "int8", made_with))
+    done = ctx.built.get(("onnx", variant))
+    if done is not None and done.resolve() != Path(target).resolve():
+        fsio.write_bytes(target, done.read_bytes())
+    elif variant == "float32":
+        ctx.progress(f"{label} float32: converting with tf2onnx")
+        fsio.write_bytes(target, to_onnx_bytes(ctx.model))
+    else:
+        source = ctx.built.get(("onnx", "float32"))
+        if source is None:
+            source = Path(target).with_name(f"{MODEL_NAME}.float32.onnx")
+            write(ctx, "float32", source, label)
+        ctx.progress(f"{label} int8: quantizing")
+        quantize_int8(source, Path(target), ctx.calibration.images, ctx.progress)
+    ctx.built.setdefault(("onnx", variant), Path(target))
+    if variant == "float32":
+        return {"converter": f"tf2onnx {tf2onnx.__version__} from_function", **base}
+    return {
+        "converter": f"onnxruntime.quantization.quantize_static (onnxruntime {onnxruntime.__version__}) "
+        f"on {MODEL_NAME}.float32.onnx",
+        **base,
+        **INT8_SETTINGS,
+        "calibration": ctx.calibration.describe(),
+    }
+
+
+def export(ctx: ExportContext, variants: list[str]) -> list[ArtifactRecord]:
+    records = []
+    for variant in variants:
+        path = ctx.artifact_path(variant, "onnx")
+        records.append(describe_artifact(path, "onnx", variant, write(ctx, variant, path)))
     return records

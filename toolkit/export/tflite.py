@@ -55,18 +55,40 @@ def convert(model, variant: str, calibration=None, int8_io: bool = True) -> byte
             return converter.convert()
     except Exception as e:
         tail = " | ".join(log[0].strip().splitlines()[-3:]) if log else ""
-        raise ToolkitError(f"TFLite converter failed for {variant}: {str(e).splitlines()[0] if str(e) else type(e).__name__} {tail}") from None
+        raise ToolkitError(
+            f"TFLite converter failed for {variant}: {str(e).splitlines()[0] if str(e) else type(e).__name__} {tail}"
+        ) from None
+
+
+def made_with(variant: str, ctx: ExportContext, batch: int | None = None, int8_io: bool = True) -> dict[str, Any]:
+    """How a `.tflite` of `variant` was made: the manifest's record of converter, quantization and calibration."""
+    import tensorflow as tf
+
+    on = " on the model rebuilt with batch 1" if batch == 1 else ""
+    out: dict[str, Any] = {
+        "converter": f"tf.lite.TFLiteConverter.from_keras_model (TensorFlow {tf.__version__}){on}",
+        **HOW[variant],
+    }
+    if batch is not None:
+        out["batch"] = batch
+    if variant == "int8":
+        if not int8_io:
+            out["quantization"] = "full integer: int8 weights (per-channel) and activations, float32 input and output"
+        out["calibration"] = ctx.calibration.describe()
+    return out
+
+
+def write(ctx: ExportContext, variant: str, target, model=None, int8_io: bool = True, label: str = "tflite"):
+    """Convert (`model` or the context's model) and write `target` atomically; return its `made_with`."""
+    calibrating = f", calibrating on {ctx.calibration.size} images" if variant == "int8" else ""
+    ctx.progress(f"{label} {variant}: converting{calibrating}")
+    fsio.write_bytes(target, convert(model or ctx.model, variant, ctx.calibration, int8_io=int8_io))
+    return made_with(variant, ctx, batch=1 if model is not None else None, int8_io=int8_io)
 
 
 def export(ctx: ExportContext, variants: list[str]) -> list[ArtifactRecord]:
-    import tensorflow as tf
-
     records = []
     for variant in variants:
-        ctx.progress(f"tflite {variant}: converting" + (f", calibrating on {ctx.calibration.size} images" if variant == "int8" else ""))
-        path = fsio.write_bytes(ctx.artifact_path(variant, "tflite"), convert(ctx.model, variant, ctx.calibration))
-        made_with: dict[str, Any] = {"converter": f"tf.lite.TFLiteConverter.from_keras_model (TensorFlow {tf.__version__})", **HOW[variant]}
-        if variant == "int8":
-            made_with["calibration"] = ctx.calibration.describe()
-        records.append(describe_artifact(path, "tflite", variant, made_with))
+        path = ctx.artifact_path(variant, "tflite")
+        records.append(describe_artifact(path, "tflite", variant, write(ctx, variant, path)))
     return records

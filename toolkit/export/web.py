@@ -16,29 +16,27 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from toolkit import fsio, web
+from toolkit import fsio, manifest, web
+from toolkit import workspace as ws
 from toolkit.export import ExportContext, describe_artifact
 from toolkit.export import onnx as onnx_export
 from toolkit.export import tflite as tflite_export
 from toolkit.manifest import PREPROCESSING, ArtifactRecord
-from toolkit.model import LABELS, MODEL_NAME
+from toolkit.model import LABELS, MODEL_NAME, with_fixed_batch
 
-VARIANTS = ("float32", "float16", "dynamic", "int8")
-SITE_DIR = "web"
-MODELS_DIR = "models"
+VARIANTS = ("float32", "float16", "dynamic", "int8")  # LiteRT.js all four, ONNX Runtime Web float32 and int8
+SITE_DIR = ws.SITE_DIR
+MODELS_DIR = ws.SITE_MODELS_DIR
 RUNTIMES = {"tflite": "litertjs-wasm", "onnx": "onnxruntime-web-wasm"}
 # (file suffix, variant) in the order the page lists them; ONNX Runtime Web gets the two ONNX variants
-WEB_MODELS = (("tflite", "float32"), ("tflite", "float16"), ("tflite", "dynamic"), ("tflite", "int8"),
-              ("onnx", "float32"), ("onnx", "int8"))
-
-
-def fixed_batch_copy(model):
-    """The same network and weights on an input with a fixed batch of 1."""
-    from toolkit.model import build_model
-
-    copy = build_model(batch_size=1)
-    copy.set_weights(model.get_weights())
-    return copy
+WEB_MODELS = (
+    ("tflite", "float32"),
+    ("tflite", "float16"),
+    ("tflite", "dynamic"),
+    ("tflite", "int8"),
+    ("onnx", "float32"),
+    ("onnx", "int8"),
+)
 
 
 def model_entry(record: ArtifactRecord, site: Path) -> dict[str, Any]:
@@ -46,58 +44,45 @@ def model_entry(record: ArtifactRecord, site: Path) -> dict[str, Any]:
     return {
         "id": f"{record.runtime.split('-')[0]}-{record.variant}",
         "file": str(Path(record.file).relative_to(SITE_DIR)),
-        "runtime": record.runtime, "format": suffix, "variant": record.variant, "bytes": record.bytes,
-        "sha256": record.sha256, "batch": record.input.shape[0] if record.input.shape[0] > 0 else None,
+        "runtime": record.runtime,
+        "format": suffix,
+        "variant": record.variant,
+        "bytes": record.bytes,
+        "sha256": record.sha256,
+        "batch": record.input.shape[0] if record.input.shape[0] > 0 else None,
         "input": {"name": record.input.name, "shape": record.input.shape, "dtype": record.input.dtype},
         "output": {"name": record.output.name, "shape": record.output.shape, "dtype": record.output.dtype},
     }
 
 
 def write_models_json(site: Path, records: list[ArtifactRecord], vendor: list[dict]) -> Path:
-    return fsio.write_json(site / "models.json", {
-        "model": MODEL_NAME, "labels": LABELS, "preprocessing": PREPROCESSING,
-        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "default": model_entry(records[0], site)["id"] if records else None,
-        "models": [model_entry(r, site) for r in records],
-        "vendor": vendor,
-    })
+    return fsio.write_json(
+        site / "models.json",
+        {
+            "model": MODEL_NAME,
+            "labels": LABELS,
+            "preprocessing": PREPROCESSING,
+            "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "default": model_entry(records[0], site)["id"] if records else None,
+            "models": [model_entry(r, site) for r in records],
+            "vendor": vendor,
+        },
+    )
 
 
 def export(ctx: ExportContext, variants: list[str]) -> list[ArtifactRecord]:
-    import onnxruntime
-    import tensorflow as tf
-    import tf2onnx
-
-    site = ctx.out_dir / SITE_DIR
+    site = ws.site(ctx.out_dir)
     models = site / MODELS_DIR
     fsio.ensure_dir(models)
     chosen = [(fmt, v) for fmt, v in WEB_MODELS if v in variants]
     records: list[ArtifactRecord] = []
-    batch1 = fixed_batch_copy(ctx.model) if any(fmt == "tflite" for fmt, _ in chosen) else None
-    float_onnx = models / f"{MODEL_NAME}.float32.onnx"
+    batch1 = with_fixed_batch(ctx.model) if any(fmt == "tflite" for fmt, _ in chosen) else None
     for fmt, variant in chosen:
         path = models / f"{MODEL_NAME}.{variant}.{fmt}"
         if fmt == "tflite":
-            ctx.progress(f"web tflite {variant}: converting (batch 1, float32 input/output)"
-                         + (f", calibrating on {ctx.calibration.size} images" if variant == "int8" else ""))
-            fsio.write_bytes(path, tflite_export.convert(batch1, variant, ctx.calibration, int8_io=False))
-            made_with: dict[str, Any] = {
-                "converter": f"tf.lite.TFLiteConverter.from_keras_model (TensorFlow {tf.__version__}) on the model rebuilt with batch 1",
-                **tflite_export.HOW[variant], "batch": 1,
-            }
-            if variant == "int8":
-                made_with["quantization"] = "full integer: int8 weights (per-channel) and activations, float32 input and output"
-                made_with["calibration"] = ctx.calibration.describe()
+            made_with = tflite_export.write(ctx, variant, path, model=batch1, int8_io=False, label="web tflite")
         else:
-            if variant == "float32" or not float_onnx.is_file():
-                ctx.progress("web onnx float32: converting with tf2onnx")
-                fsio.write_bytes(float_onnx, onnx_export.to_onnx_bytes(ctx.model))
-            made_with = {"converter": f"tf2onnx {tf2onnx.__version__} from_function", "opset": onnx_export.OPSET, "batch": "dynamic"}
-            if variant == "int8":
-                ctx.progress("web onnx int8: quantizing")
-                onnx_export.quantize_int8(float_onnx, path, ctx.calibration.images, ctx.progress)
-                made_with = {**made_with, "converter": f"onnxruntime.quantization.quantize_static (onnxruntime {onnxruntime.__version__})",
-                             **onnx_export.INT8_SETTINGS, "calibration": ctx.calibration.describe()}
+            made_with = onnx_export.write(ctx, variant, path, label="web onnx")
         record = describe_artifact(path, "web", variant, made_with)
         record.file = str(path.relative_to(ctx.out_dir))
         record.runtime = RUNTIMES[fmt]
@@ -106,8 +91,6 @@ def export(ctx: ExportContext, variants: list[str]) -> list[ArtifactRecord]:
     web.copy_site(site)
     vendor = web.install_vendor(site, ctx.progress)
     # the page lists every web model present, also those exported by an earlier run
-    from toolkit import manifest
-
     known = {r.file: r for r in manifest.records(ctx.out_dir) if r.format == "web" and (ctx.out_dir / r.file).is_file()}
     known.update({r.file: r for r in records})
     order = {f"{SITE_DIR}/{MODELS_DIR}/{MODEL_NAME}.{v}.{f}": i for i, (f, v) in enumerate(WEB_MODELS)}

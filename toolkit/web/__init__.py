@@ -42,8 +42,13 @@ VENDOR_FILES = (
     VendorFile("@litertjs/core", "dist/index.js", "litertjs/core/index.js"),
     VendorFile("@litertjs/wasm-utils", "dist/index.js", "litertjs/wasm-utils/index.js"),
     *(
-        VendorFile("@litertjs/core", f"wasm/litert_wasm{kind}_internal.{ext}", f"litertjs/wasm/litert_wasm{kind}_internal.{ext}")
-        for kind in ("", "_threaded", "_compat") for ext in ("js", "wasm")
+        VendorFile(
+            "@litertjs/core",
+            f"wasm/litert_wasm{kind}_internal.{ext}",
+            f"litertjs/wasm/litert_wasm{kind}_internal.{ext}",
+        )
+        for kind in ("", "_threaded", "_compat")
+        for ext in ("js", "wasm")
     ),
 )
 
@@ -59,7 +64,11 @@ def locked_packages() -> dict[str, dict[str, str]]:
     out = {}
     for name in meta["dependencies"]:
         entry = lock["packages"][f"node_modules/{name}"]
-        out[name] = {"version": entry["version"], "license": entry.get("license", ""), "integrity": entry.get("integrity", "")}
+        out[name] = {
+            "version": entry["version"],
+            "license": entry.get("license", ""),
+            "integrity": entry.get("integrity", ""),
+        }
     return out
 
 
@@ -93,11 +102,14 @@ def _npm_ci(folder: Path, say) -> None:
     say(f"installing the web runtimes with npm ci in {folder}")
     proc = subprocess.run(
         [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"],
-        cwd=folder, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
     )
     if proc.returncode != 0:
         lines = [l for l in (proc.stderr or proc.stdout).splitlines() if l.strip() and "Unknown user config" not in l]
-        raise ToolkitError(f"npm ci in {folder} failed: {(lines or ['exit code %d' % proc.returncode])[-1][:300]}")
+        raise ToolkitError(f"npm ci in {folder} failed: {(lines or [f'exit code {proc.returncode}'])[-1][:300]}")
 
 
 def node_modules(say=lambda msg: None) -> Path:
@@ -122,11 +134,24 @@ def install_vendor(site: Path, say=lambda msg: None) -> list[dict[str, str | int
         data = source.read_bytes()
         if not target.is_file() or target.stat().st_size != len(data) or target.read_bytes() != data:
             fsio.write_bytes(target, data)
-        listed.append({"file": f"{VENDOR}/{f.target}", "package": f.package, "version": packages[f.package]["version"],
-                       "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
-    lines = ["# Third-party runtimes", "", "Copied by `toolkit export --format web` from npm packages installed with `npm ci`",
-             "(versions pinned in toolkit/web/package-lock.json). Not edited.", "",
-             "| package | version | license |", "|---|---|---|"]
+        listed.append(
+            {
+                "file": f"{VENDOR}/{f.target}",
+                "package": f.package,
+                "version": packages[f.package]["version"],
+                "bytes": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+            }
+        )
+    lines = [
+        "# Third-party runtimes",
+        "",
+        "Copied by `toolkit export --format web` from npm packages installed with `npm ci`",
+        "(versions pinned in toolkit/web/package-lock.json). Not edited.",
+        "",
+        "| package | version | license |",
+        "|---|---|---|",
+    ]
     lines += [f"| {name} | {info['version']} | {info['license']} |" for name, info in packages.items()]
     fsio.write_text(site / VENDOR / "README.md", "\n".join(lines) + "\n")
     return listed
@@ -144,3 +169,15 @@ def copy_site(site: Path) -> list[str]:
             fsio.write_bytes(site / src.name, src.read_bytes())
             names.append(src.name)
     return names
+
+
+def prepare_site(workspace: Path, say=lambda msg: None) -> Path:
+    """DIR/web ready to serve: the page must have been exported; the runtime files are copied in from the locked
+    npm packages when missing (a fresh clone of a release has no vendor/ folder; never a CDN)."""
+    from toolkit import serve
+    from toolkit import workspace as ws
+
+    site = serve.check_site(ws.site(workspace))
+    if vendor_missing(site):
+        install_vendor(site, say)
+    return site

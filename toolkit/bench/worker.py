@@ -1,4 +1,4 @@
-"""One benchmark measurement in a fresh process: `python -m toolkit.bench_worker '<json spec>'` prints JSON.
+"""One native benchmark measurement in a fresh process: `python -m toolkit.bench.worker '<json spec>'` prints JSON.
 
 A process per artifact, runtime and thread count keeps runs from disturbing each other, makes the cold
 start real, gives each its own peak memory, and keeps a crashing native runtime away from the caller.
@@ -9,72 +9,21 @@ bare set_tensor/invoke/get_tensor calls, to show what the harness adds.
 from __future__ import annotations
 
 import json
-import math
 import os
-import resource
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-
-def _rss_mb() -> float:
-    """Peak resident memory of this process. VmHWM belongs to this program's address space; getrusage's
-    ru_maxrss would be wrong here, since Linux carries it over from the parent across fork and exec."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _current_rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:
-        return float("nan")
-
-
-def stats_ms(samples_ns: np.ndarray) -> dict[str, float]:
-    ms = samples_ns.astype(np.float64) / 1e6
-    return {
-        "mean_ms": float(ms.mean()), "std_ms": float(ms.std(ddof=1)) if len(ms) > 1 else 0.0,
-        "min_ms": float(ms.min()), "p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
-        "p99_ms": float(np.percentile(ms, 99)), "max_ms": float(ms.max()), "runs": int(len(ms)),
-    }
-
-
-def time_calls(fn, batches: list[np.ndarray], warmup: int, runs: int) -> np.ndarray:
-    """Per-call wall times in ns: `warmup` untimed calls, then `runs` timed ones, cycling through `batches`."""
-    n = len(batches)
-    for i in range(warmup):
-        fn(batches[i % n])
-    out = np.empty(runs, dtype=np.int64)
-    clock = time.perf_counter_ns
-    for i in range(runs):
-        x = batches[i % n]
-        t0 = clock()
-        fn(x)
-        out[i] = clock() - t0
-    return out
-
-
-def runs_for(batch_size: int, iterations: int) -> int:
-    """Batch 1 gets all `iterations`; larger batches the same number of images, but at least 20 calls."""
-    return iterations if batch_size == 1 else max(20, math.ceil(iterations / batch_size))
-
-
-KERAS = ("keras-predict", "keras-compiled")
+from toolkit.artifacts import KERAS_BASELINES
+from toolkit.bench.machine import current_rss_mb, vm_hwm_mb
+from toolkit.bench.stats import runs_for, stats_ms, time_calls, warmup_for
 
 
 def _import_runtime(runtime: str, threads: int) -> str:
     """Import the runtime's libraries (timed apart from the cold start); return the device it will use."""
-    if runtime in KERAS:
+    if runtime in KERAS_BASELINES:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import tensorflow as tf  # baseline only: the Keras model on its TensorFlow backend
 
@@ -93,10 +42,10 @@ def _import_runtime(runtime: str, threads: int) -> str:
 def _make_call(spec: dict):
     """Load the target and return the call to time. Everything that is not the timed call happens here."""
     path, runtime, threads = Path(spec["path"]), spec["runtime"], spec["threads"]
-    if runtime in KERAS:
+    if runtime in KERAS_BASELINES:
         import tensorflow as tf
 
-        from toolkit.train import load_keras_model
+        from toolkit.model import load_keras_model
 
         model = load_keras_model(path)
         if runtime == "keras-predict":
@@ -106,7 +55,8 @@ def _make_call(spec: dict):
     from toolkit import runtimes
 
     if runtime == "onnxruntime-cuda":
-        runner = runtimes.load(path, threads=threads, providers=["CUDAExecutionProvider", "CPUExecutionProvider"], probe=False)
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        runner = runtimes.load(path, threads=threads, providers=providers, probe=False)
         if runner.providers[0] != "CUDAExecutionProvider":
             raise RuntimeError(f"onnxruntime fell back to {runner.providers[0]}")
         return runner.run
@@ -121,7 +71,7 @@ def measure(spec: dict) -> dict:
     images = np.load(spec["images"], allow_pickle=False)
     device = _import_runtime(spec["runtime"], spec["threads"])
     import_s = time.perf_counter() - t_start
-    rss_before = _current_rss_mb()
+    rss_before = current_rss_mb()
 
     t0 = time.perf_counter()
     call = _make_call(spec)
@@ -131,13 +81,15 @@ def measure(spec: dict) -> dict:
     rows = []
     for b in spec["batch_sizes"]:
         batches = [images[i : i + b] for i in range(0, len(images) - b + 1, b)][:64]
-        runs = runs_for(b, spec["iterations"])
-        samples = time_calls(call, batches, spec["warmup"] if b == 1 else max(3, spec["warmup"] // b), runs)
-        st = stats_ms(samples)
-        rows.append({"batch_size": b, **st, "images_per_second": b * 1e3 / st["mean_ms"]})
+        samples = time_calls(call, batches, warmup_for(b, spec["warmup"]), runs_for(b, spec["iterations"]))
+        rows.append({"batch_size": b, **stats_ms(samples)})
     return {
-        "load_ms": load_ms, "import_s": import_s, "rows": rows, "device": device,
-        "peak_rss_mb": _rss_mb(), "rss_before_load_mb": rss_before,
+        "load_ms": load_ms,
+        "import_s": import_s,
+        "rows": rows,
+        "device": device,
+        "peak_rss_mb": vm_hwm_mb(),
+        "rss_before_load_mb": rss_before,
     }
 
 
@@ -168,8 +120,12 @@ def harness_check(spec: dict) -> dict:
         order = [(runner.run, harness_p50), (bare, bare_p50)]
         for fn, sink in order if r % 2 == 0 else order[::-1]:
             sink.append(stats_ms(time_calls(fn, batches, spec["warmup"], spec["iterations"]))["p50_ms"])
-    return {"harness_p50_ms_rounds": harness_p50, "bare_p50_ms_rounds": bare_p50,
-            "harness_p50_ms": float(np.median(harness_p50)), "bare_loop_p50_ms": float(np.median(bare_p50))}
+    return {
+        "harness_p50_ms_rounds": harness_p50,
+        "bare_p50_ms_rounds": bare_p50,
+        "harness_p50_ms": float(np.median(harness_p50)),
+        "bare_loop_p50_ms": float(np.median(bare_p50)),
+    }
 
 
 def main() -> None:

@@ -1,0 +1,98 @@
+"""`toolkit benchmark`: latency, throughput, cold start, size and memory of every artifact in its runtime.
+
+One driver (`toolkit.bench.driver`) whatever the backend: `native` (desktop runtimes and the Keras baseline, a
+worker process per measurement), `browser` (the web app in headless Chromium) and, for targets this machine
+cannot run, `estimates` (a compiler's performance model, labelled as such). This module chooses the backend,
+where results go, and merges them with earlier results of the same machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from toolkit import fsio
+from toolkit import workspace as ws
+from toolkit.bench.driver import BenchRecord, BenchReport, Settings, merge, run
+from toolkit.bench.machine import machine_info, machine_slug
+from toolkit.data import Dataset
+from toolkit.errors import ToolkitError
+
+__all__ = ["BenchRecord", "BenchReport", "BenchOutcome", "benchmark", "measure", "machine_info", "results_folder"]
+
+PUBLISHED = Path("benchmarks") / "results"  # the committed reference results, one folder per machine
+
+
+def measure(
+    workspace: str | Path,
+    dataset: Dataset,
+    batch_sizes: list[int] = (1, 32, 256),
+    threads: list[int] | None = None,
+    iterations: int = 1000,
+    warmup: int = 100,
+    models: list[Path] | None = None,
+    include_keras: bool = True,
+    browser: bool = False,
+    progress: Callable[[str], None] | None = None,
+    timeout: float = 1800.0,
+) -> BenchReport:
+    """Measure the workspace's artifacts (or `models`) natively, or with `browser` its web artifacts in Chromium."""
+    if browser:
+        from toolkit.bench.browser import MIN_ITERATIONS, BrowserBackend
+
+        if iterations < MIN_ITERATIONS:
+            raise ToolkitError(
+                f"--iterations must be at least {MIN_ITERATIONS} for the browser (timer resolution and "
+                f"noise), got {iterations}"
+            )
+        backends = [BrowserBackend(workspace, dataset, [str(m) for m in models] if models else None)]
+    else:
+        from toolkit.bench.estimates import EstimateBackend
+        from toolkit.bench.native import NativeBackend
+
+        backends = [
+            NativeBackend(workspace, dataset, models, include_keras, timeout),
+            EstimateBackend(workspace, models),
+        ]
+    return run(backends, Settings.of(batch_sizes, threads, iterations, warmup), progress)
+
+
+def results_folder(workspace: str | Path, machine: dict[str, Any], out: Path | None, publish: bool) -> Path:
+    """Where results go: `out` if given; with `publish`, the committed results of this machine
+    (benchmarks/results/<machine>/); otherwise the workspace's own benchmark/ folder."""
+    if out is not None:
+        return Path(out)
+    return PUBLISHED / machine_slug(machine) if publish else Path(workspace) / ws.BENCHMARK_DIR
+
+
+@dataclass
+class BenchOutcome:
+    report: BenchReport  # this run
+    merged: dict[str, Any]  # this run folded into the folder's earlier results: what was written
+    files: dict[str, Path]
+    failed: list[BenchRecord]  # rows of asked-for artifacts that could not be measured
+
+    def raise_if_failed(self) -> None:
+        if self.failed:
+            names = sorted({r.artifact for r in self.failed})
+            raise ToolkitError(
+                f"{len(names)} artifact(s) could not be measured: {', '.join(names)} ({self.failed[0].note[:200]})"
+            )
+
+
+def benchmark(
+    workspace: str | Path, dataset: Dataset, out: Path | None = None, publish: bool = False, **options
+) -> BenchOutcome:
+    """`measure`, then write results.json, SUMMARY.md and benchmark.png, merged with the folder's earlier results."""
+    from toolkit import report as report_lib
+
+    folder = results_folder(workspace, machine_info(), out, publish)
+    fsio.ensure_dir(folder)  # an unusable folder, or another machine's results in it, fail before the measuring
+    merge({"machine": machine_info(), "versions": {}, "settings": {}, "results": []}, folder / "results.json")
+    result = measure(workspace, dataset, **options)
+    merged = merge(result.to_dict(), folder / "results.json")
+    files = report_lib.write_benchmark_outputs(merged, folder)
+    failed = [r for r in result.results if r.status == "failed"]
+    return BenchOutcome(result, merged, files, failed)

@@ -1,0 +1,136 @@
+"""The browser backend: the web artifacts in their browser runtimes, inside the web app in headless Chromium.
+
+Per web artifact and thread count, a fresh browser context opens the app (cold cache, own renderer):
+- cold start: `performance.now()` when the first result comes back, measured from the start of navigation
+  (page, scripts, runtime WebAssembly, model download and compilation, first inference);
+- latency: `performance.now()` around each awaited `engine.run()` inside the page, after a warm-up, on real
+  test images; the page is cross-origin isolated, so the timer has 5 us resolution, not 100 us;
+- throughput at larger batches where the runtime takes them (ONNX Runtime Web; LiteRT.js models are batch 1);
+- peak memory: VmHWM of the page's renderer process, which holds the WebAssembly heap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from toolkit import artifacts, fsio, manifest
+from toolkit import workspace as ws
+from toolkit.bench.driver import BenchRecord, BenchReport, Settings, Target
+from toolkit.bench.stats import runs_for, stats_ms, warmup_for
+from toolkit.data import Dataset
+from toolkit.errors import ToolkitError
+from toolkit.versions import package_versions
+
+MIN_ITERATIONS = 500  # the page's timer resolution and the browser's noise need this many calls
+METHOD = (
+    "fresh browser context per artifact and thread count; performance.now() around each awaited engine.run() "
+    "in the page (cross-origin isolated: 5 us resolution); inputs cycle through real test images; cold start = "
+    "navigation start to first result; memory = VmHWM of the page's renderer process"
+)
+
+
+class BrowserBackend:
+    method = METHOD
+
+    def __init__(self, workspace: Path, dataset: Dataset, files: list[str] | None = None):
+        self.workspace, self.dataset, self.files = Path(workspace), dataset, files
+
+    def versions(self) -> dict[str, str]:
+        from toolkit import web
+
+        return {**package_versions(("numpy",)), **{k: v["version"] for k, v in web.locked_packages().items()}}
+
+    @contextlib.contextmanager
+    def open(self, settings: Settings, say: Callable[[str], None]) -> Iterator[BrowserSession]:
+        from toolkit import browser, serve, web
+
+        records = manifest.select(self.workspace, self.files, kinds=(artifacts.BROWSER,))
+        site = web.prepare_site(self.workspace, say)
+        entries = {e["file"]: e for e in fsio.read_json(site / "models.json")["models"]}
+        targets = [
+            Target.of(self.workspace, r, entries.get(str(Path(r.file).relative_to(ws.SITE_DIR)))) for r in records
+        ]
+        images = self.dataset.x_test[: max(256, max(settings.batch_sizes))].tobytes()
+        with serve.serving(site) as url, browser.launch() as chromium:
+            yield BrowserSession(targets, settings, chromium, url, images)
+
+
+class BrowserSession:
+    def __init__(self, targets: list[Target], settings: Settings, chromium, url: str, images: bytes):
+        from toolkit import browser
+
+        self.targets, self.settings, self.chromium, self.url, self.images = targets, settings, chromium, url, images
+        self.name = browser.browser_name(chromium)
+        self.info: dict | None = None
+
+    def threads(self, settings: Settings) -> list[int]:
+        return settings.threads
+
+    def describe(self, target: Target, threads: int) -> str:
+        return f"{target.artifact} in {self.name} ({target.runtime}), {threads} thread(s)"
+
+    def measure(self, target: Target, threads: int) -> list[BenchRecord]:
+        from toolkit import browser
+
+        if target.entry is None:
+            return [
+                target.row(
+                    device=self.name,
+                    batch_size=1,
+                    threads=threads,
+                    status="failed",
+                    note=f"not listed in {ws.SITE_DIR}/models.json; export --format web again",
+                )
+            ]
+        try:
+            app = browser.open_app(self.chromium, self.url, target.entry["id"], threads, self.images)
+        except ToolkitError as e:
+            return [target.row(device=self.name, batch_size=1, threads=threads, status="failed", note=str(e)[:300])]
+        try:
+            state = app.state()
+            self.info = self.info or {
+                "name": self.name,
+                "user_agent": state["userAgent"],
+                "cross_origin_isolated": state["isolated"],
+            }
+            sizes = [b for b in self.settings.batch_sizes if state["batch"] in (None, b)]
+            if not sizes:
+                return [
+                    target.row(
+                        device=self.name,
+                        batch_size=state["batch"],
+                        threads=threads,
+                        status="skipped",
+                        note=f"the model has a fixed batch of {state['batch']}; not in --batch-sizes",
+                    )
+                ]
+            rows = []
+            for b in sizes:
+                ms = app.time(b, warmup_for(b, self.settings.warmup), runs_for(b, self.settings.iterations))
+                stats = stats_ms(np.round(ms * 1e6).astype(np.int64))
+                rows.append(
+                    target.row(
+                        device=self.name,
+                        batch_size=b,
+                        threads=state["threads"],
+                        load_ms=round(state["firstResultMs"], 1),
+                        note=f"runtime load + compile + first run {state['engineMs']:.0f} ms",
+                        **{k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()},
+                    )
+                )
+            peak = app.peak_rss_mb()
+            for row in rows:
+                row.peak_rss_mb = round(peak, 1) if peak else None
+            if state["threads"] != threads:
+                rows[-1].note += f"; asked for {threads} threads, the runtime used {state['threads']}"
+            return rows
+        finally:
+            app.close()
+
+    def finish(self, report: BenchReport) -> None:
+        report.browser = self.info
+        report.versions["browser"] = self.name

@@ -1,0 +1,248 @@
+"""The one benchmark driver, whatever the backend (native worker processes, the browser, a compiler's estimates).
+
+As LiteRT's `benchmark_model` does, the driver owns the plan (batch sizes, threads, iterations), the machine and
+its measured peak, the derived figures (images/s, GFLOP/s, fraction of peak) and the report; a backend only
+lists its targets and measures one (target, threads) pair into rows that carry the timing statistics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+from toolkit.bench.machine import machine_info, measure_peak_gflops, usable_cpus
+from toolkit.errors import ToolkitError
+
+
+@dataclass
+class BenchRecord:
+    artifact: str
+    format: str
+    variant: str
+    runtime: str
+    device: str
+    batch_size: int
+    threads: int
+    load_ms: float | None = None  # cold start: load the file and get the first result (runtime already imported)
+    import_ms: float | None = None  # importing the runtime's libraries, before that
+    mean_ms: float | None = None
+    std_ms: float | None = None
+    min_ms: float | None = None
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    max_ms: float | None = None
+    runs: int = 0
+    images_per_second: float | None = None
+    bytes: int | None = None
+    peak_rss_mb: float | None = None  # peak resident memory of the process that ran it
+    rss_before_load_mb: float | None = None  # its memory with the runtime imported, before the model was loaded
+    gflops_per_second: float | None = None
+    peak_gflops_per_second: float | None = None
+    fraction_of_peak: float | None = None
+    accuracy: float | None = None
+    status: str = "ok"  # ok (timed here), estimate (a compiler's model: never timed), sized, skipped, failed
+    note: str = ""
+    method: str = "measured"  # how the row's figures were obtained; "estimate: ..." for a performance model
+    ram_bytes: int | None = None  # what the target must reserve: the tensor arena on a microcontroller, NPU SRAM
+    flash_bytes: int | None = None  # what it must store: the model in flash (or, where Vela says so, DRAM)
+    estimate: dict[str, Any] | None = None  # a performance model's figures (cycles, inference time, MACs, ...)
+
+    @property
+    def key(self) -> tuple[str, str, int, int]:
+        return (self.artifact, self.runtime, self.threads, self.batch_size)
+
+
+@dataclass
+class Target:
+    """One thing to measure: an artifact in one runtime."""
+
+    artifact: str  # as rows name it: the file name (native) or the manifest path (web)
+    path: Path
+    format: str
+    variant: str
+    runtime: str
+    bytes: int
+    accuracy: float | None = None
+    entry: dict[str, Any] | None = None  # what the backend needs besides the file (the web app's model entry)
+
+    @classmethod
+    def of(cls, workspace: Path, record, entry: dict[str, Any] | None = None) -> Target:
+        """A manifest record's target, after checking its file is the one that was certified."""
+        from toolkit import manifest
+
+        path = manifest.certified(workspace, record)
+        accuracy = (record.verification or {}).get("accuracy")
+        return cls(record.file, path, record.format, record.variant, record.runtime, record.bytes, accuracy, entry)
+
+    def row(self, **fields) -> BenchRecord:
+        base = dict(
+            artifact=self.artifact,
+            format=self.format,
+            variant=self.variant,
+            runtime=self.runtime,
+            device="cpu",
+            bytes=self.bytes,
+            accuracy=self.accuracy,
+        )
+        return BenchRecord(**{**base, **fields})
+
+
+@dataclass
+class Settings:
+    batch_sizes: list[int]
+    threads: list[int]
+    iterations: int
+    warmup: int
+
+    @classmethod
+    def of(cls, batch_sizes, threads, iterations: int, warmup: int, min_iterations: int = 1) -> Settings:
+        """Validated settings: sorted unique batch sizes and threads (default: 1 and every usable CPU)."""
+        for name, values in (("batch sizes", list(batch_sizes)), ("threads", list(threads or [1]))):
+            if not values or any(v < 1 for v in values):
+                raise ToolkitError(f"{name} must be at least 1, got {','.join(map(str, values))}")
+        if iterations < min_iterations or warmup < 0:
+            raise ToolkitError(
+                f"--iterations must be at least {min_iterations} and --warmup at least 0, got {iterations} and {warmup}"
+            )
+        return cls(sorted(set(batch_sizes)), sorted(set(threads or {1, usable_cpus()})), iterations, warmup)
+
+
+@dataclass
+class BenchReport:
+    machine: dict[str, Any]
+    versions: dict[str, str]
+    settings: dict[str, Any]
+    results: list[BenchRecord] = field(default_factory=list)
+    harness_check: dict[str, Any] | None = None
+    browser: dict[str, Any] | None = None  # name, user agent, isolation: for rows measured in a browser
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {
+            "machine": self.machine,
+            "versions": self.versions,
+            "settings": self.settings,
+            "harness_check": self.harness_check,
+            "results": [asdict(r) for r in self.results],
+        }
+        if self.browser:
+            out["browser"] = self.browser
+        return out
+
+
+class Session(Protocol):
+    """A backend, opened: what it measures and how."""
+
+    targets: list[Target]
+
+    def threads(self, settings: Settings) -> list[int]: ...  # the thread counts its targets run on
+
+    def describe(self, target: Target, threads: int) -> str: ...
+
+    def measure(self, target: Target, threads: int) -> list[BenchRecord]: ...
+
+    def finish(self, report: BenchReport) -> None: ...
+
+
+class Backend(Protocol):
+    method: str  # how it measures, for the report
+
+    def versions(self) -> dict[str, str]: ...
+
+    def open(self, settings: Settings, say: Callable[[str], None]) -> contextlib.AbstractContextManager[Session]: ...
+
+
+def derive(row: BenchRecord, flops_per_image: int, peak_gflops: float) -> BenchRecord:
+    """The figures computed from a row's timing: images/s, GFLOP/s and its share of the machine's float32 peak."""
+    row.images_per_second = round(row.batch_size / (row.mean_ms / 1e3), 1)
+    row.gflops_per_second = round(flops_per_image * row.images_per_second / 1e9, 3)
+    row.peak_gflops_per_second = peak_gflops
+    row.fraction_of_peak = round(row.gflops_per_second / peak_gflops, 4)
+    return row
+
+
+def run(backends: list[Backend], settings: Settings, progress: Callable[[str], None] | None = None) -> BenchReport:
+    """Measure every target of each backend on every thread count, on this machine, into one report."""
+    from toolkit.model import build_model, flops_per_image
+
+    say = progress or (lambda msg: None)
+    info = machine_info()
+    flops = flops_per_image(build_model())
+    with contextlib.ExitStack() as stack:  # plans every backend's targets first: a bad request fails at once
+        sessions = [stack.enter_context(backend.open(settings, say)) for backend in backends]
+        say("measuring this machine's float32 peak (numpy matrix product)")
+        peaks = {t: round(measure_peak_gflops(t), 2) for t in settings.threads}
+        info["peak_float32_gflops"] = {str(t): p for t, p in peaks.items()}
+        report = BenchReport(
+            machine=info,
+            versions={k: v for b in backends for k, v in b.versions().items()},
+            settings={
+                "batch_sizes": settings.batch_sizes,
+                "threads": settings.threads,
+                "iterations_batch1": settings.iterations,
+                "warmup": settings.warmup,
+                "flops_per_image": flops,
+                "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "method": backends[0].method,
+            },
+        )
+        for session in sessions:
+            for target in session.targets:
+                for t in session.threads(settings):
+                    say(session.describe(target, t))
+                    for row in session.measure(target, t):
+                        report.results.append(derive(row, flops, peaks[t]) if row.status == "ok" else row)
+            session.finish(report)
+    return report
+
+
+def merge(report: dict[str, Any], previous: Path) -> dict[str, Any]:
+    """Fold this run's rows into an earlier results.json of the same machine: a row of this run replaces the row
+    with the same (artifact, runtime, threads, batch); the others stay, native rows before browser rows. So a
+    one-file run or a browser run adds to the results instead of wiping them."""
+    from toolkit.artifacts import BROWSER, kind_of
+    from toolkit.bench.machine import machine_slug
+
+    try:
+        prev = json.loads(Path(previous).read_text())
+        same_machine = machine_slug(prev["machine"]) == machine_slug(report["machine"])
+        old_rows = [r for r in prev["results"] if isinstance(r, dict)]
+    except (OSError, ValueError, KeyError, TypeError):
+        return report
+    if not same_machine:
+        raise ToolkitError(
+            f"{previous}: results of another machine ({prev['machine'].get('cpu')}); they are kept: "
+            "write this run elsewhere with --out"
+        )
+
+    def key(r: dict[str, Any]) -> tuple:
+        return (r.get("artifact"), r.get("runtime"), r.get("threads"), r.get("batch_size"))
+
+    new_keys = {key(r) for r in report["results"]}
+    kept = [r for r in old_rows if key(r) not in new_keys]
+    if not kept:
+        return report
+    rows = sorted([*kept, *report["results"]], key=lambda r: kind_of(str(r.get("runtime"))) == BROWSER)
+    browser_run = all(kind_of(r["runtime"]) == BROWSER for r in report["results"]) and report["results"]
+    if browser_run:  # the native run's machine, settings and harness check stay; the browser's come beside them
+        return {
+            **prev,
+            "versions": {**prev.get("versions", {}), **report["versions"]},
+            "browser": report.get("browser"),
+            "browser_settings": report["settings"],
+            "results": rows,
+        }
+    merged = {**report, "results": rows}
+    for name in ("browser", "browser_settings"):
+        if prev.get(name):
+            merged[name] = prev[name]
+    merged["versions"] = {
+        **{k: v for k, v in prev.get("versions", {}).items() if k not in report["versions"]},
+        **report["versions"],
+    }
+    return merged

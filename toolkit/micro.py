@@ -1,0 +1,313 @@
+"""LiteRT for Microcontrollers (PyPI `tflite-micro`) in this process: run a microcontroller model, size its arena,
+list its operators.
+
+Why: a model is only "for microcontrollers" once the microcontroller interpreter itself has run it, and a firmware
+author has to know three things before linking it: how big the tensor arena must be, which operators the op resolver
+must register, and whether it fits the board. `tflite-micro` is that interpreter's own C++ code (x86 reference
+kernels) behind a Python binding, so what runs here is what a firmware runs, minus the optimised kernels.
+Importing this module imports neither TensorFlow nor Keras.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from importlib import import_module
+from pathlib import Path
+
+import numpy as np
+
+from toolkit import fsio
+from toolkit.artifacts import TensorSpec
+from toolkit.errors import ToolkitError
+from toolkit.runtimes import INPUT_SHAPE, TFLITE_IDENTIFIER, check_images, dequantize, quantize
+
+RUNTIME = "litert-micro"
+KERNELS = "reference"  # the kernels of the tflite-micro wheel, and so of every arena figure measured here
+ARENA_GRANULARITY = 16  # bytes: tflite-micro aligns arena allocations to 16
+# Below about 464 bytes the interpreter crashes (segmentation fault) instead of failing, since its own allocator
+# lives in the arena: no arena smaller than this is ever handed to it.
+ARENA_FLOOR = 1024
+ARENA_LIMIT = 64 << 20  # the largest arena tried before a model is declared impossible to allocate
+ARENA_MARGIN = 0.10  # recommended arena = measured minimum + 10%, rounded up to whole KiB
+# Operator names whose MicroMutableOpResolver method is not the CamelCase of the name (checked against every Add*()
+# method of tensorflow/lite/micro/micro_mutable_op_resolver.h, tflite-micro commit 90b983c, 2026-08-20).
+RESOLVER_EXCEPTIONS = {
+    "BATCH_MATMUL": "AddBatchMatMul",
+    "CUMSUM": "AddCumSum",
+    "PADV2": "AddPadV2",
+    "UNIDIRECTIONAL_SEQUENCE_LSTM": "AddUnidirectionalSequenceLSTM",
+}
+
+
+def _tflite_micro(module: str):
+    try:
+        return import_module(f"tflite_micro.{module}")
+    except ImportError:
+        raise ToolkitError(
+            "LiteRT for Microcontrollers is not installed here (PyPI tflite-micro, whose wheels are "
+            "for Linux x86_64 only)"
+        ) from None
+
+
+@dataclass
+class _Graph:
+    """What this module needs from a model's flatbuffer: its operators and the name and dtype of each I/O tensor."""
+
+    operators: list[str]  # builtin operator names, each once, in order of first use
+    inputs: list[tuple[str, str]]
+    outputs: list[tuple[str, str]]
+
+
+def _read(model: bytes, path: str | Path) -> _Graph:
+    """Read the flatbuffer with tflite-micro's generated schema, refusing bytes that are not a TFLite model before the
+    C++ interpreter sees them."""
+    if len(model) < 8 or model[4:8] != TFLITE_IDENTIFIER:
+        raise ToolkitError(f"{path}: not a TFLite flatbuffer (no 'TFL3' identifier)")
+    fb = _tflite_micro("tensorflow.lite.micro.python.schema_py_generated")
+    op_names = {code: name for name, code in vars(fb.BuiltinOperator).items() if not name.startswith("_")}
+    type_names = {code: name.lower() for name, code in vars(fb.TensorType).items() if not name.startswith("_")}
+    try:
+        m = fb.Model.GetRootAs(model, 0)
+        ops: list[str] = []
+        for s in range(m.SubgraphsLength()):
+            sg = m.Subgraphs(s)
+            for i in range(sg.OperatorsLength()):
+                code = m.OperatorCodes(sg.Operators(i).OpcodeIndex())
+                builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+                name = op_names.get(builtin, f"BUILTIN_{builtin}")
+                if name not in ops:
+                    ops.append(name)
+        main = m.Subgraphs(0)
+
+        def tensor(index: int) -> tuple[str, str]:
+            t = main.Tensors(index)
+            return t.Name().decode("utf-8", "replace"), type_names.get(t.Type(), f"type {t.Type()}")
+
+        inputs = [tensor(main.Inputs(i)) for i in range(main.InputsLength())]
+        outputs = [tensor(main.Outputs(i)) for i in range(main.OutputsLength())]
+    except Exception as e:  # flatbuffers raises struct/index errors of several types on malformed bytes
+        raise ToolkitError(f"{path}: malformed TFLite flatbuffer ({type(e).__name__}: {e})") from None
+    return _Graph(ops, inputs, outputs)
+
+
+def operators(model_bytes: bytes) -> list[str]:
+    """The builtin operators the model uses (CONV_2D, MAX_POOL_2D, ...), each once, in order of first use."""
+    return _read(model_bytes, "model").operators
+
+
+def resolver_call(operator: str) -> str:
+    """The `MicroMutableOpResolver` method that registers a builtin operator: CONV_2D -> AddConv2D()."""
+    if operator == "CUSTOM":
+        raise ToolkitError("a custom operator has no builtin registration: register it with AddCustom(name, reg)")
+    name = RESOLVER_EXCEPTIONS.get(operator)
+    if name is None:
+        parts = operator.split("_")
+        name = "Add" + "".join(part if re.fullmatch(r"\d+D", part) else part.capitalize() for part in parts)
+    return f"{name}()"
+
+
+# ------------------------------------------------------------------------------------------------------ arena
+
+
+def _interpreter(model: bytes, arena_size: int):
+    """A tflite-micro interpreter with its tensors allocated; RuntimeError when they do not fit. Call it with the
+    C++ side's stderr captured: a failed allocation prints its reasons there."""
+    return _tflite_micro("python.tflite_micro.runtime").Interpreter.from_bytes(model, arena_size=arena_size)
+
+
+def _allocates(model: bytes, arena_size: int) -> bool:
+    try:
+        _interpreter(model, arena_size)
+    except RuntimeError:
+        return False
+    return True
+
+
+def _reason(log: list[str]) -> str:
+    """The first line the C++ side printed about a failure (it repeats itself for every attempt)."""
+    lines = [line.strip() for line in "".join(log).splitlines() if line.strip()]
+    return lines[0] if lines else "no message"
+
+
+def min_arena_bytes(model_bytes: bytes, granularity: int = ARENA_GRANULARITY, path: str | Path = "model") -> int:
+    """The smallest tensor arena (a multiple of `granularity`) with which tflite-micro allocates the model, with the
+    reference kernels: allocation succeeds at the result and fails at the result minus `granularity`, unless the
+    result is the least arena ever tried (ARENA_FLOOR rounded up to the granularity)."""
+    model = bytes(model_bytes)
+    _read(model, path)
+    lo = hi = math.ceil(ARENA_FLOOR / granularity) * granularity
+    with fsio.captured_output() as log:
+        fits = _allocates(model, hi)
+        while not fits and hi < ARENA_LIMIT:  # lo fails; double hi until it fits
+            lo, hi = hi, hi * 2
+            fits = _allocates(model, hi)
+        while fits and hi - lo > granularity:  # bisect: lo fails, hi fits, both multiples of the granularity
+            mid = lo + (hi - lo) // (2 * granularity) * granularity
+            if _allocates(model, mid):
+                hi = mid
+            else:
+                lo = mid
+    if not fits:
+        raise ToolkitError(
+            f"{path}: LiteRT for Microcontrollers cannot allocate it even in a {hi:,}-byte arena ({_reason(log)})"
+        )
+    return hi
+
+
+def recommended_arena(min_bytes: int) -> int:
+    """The arena to reserve on a device: the measured minimum plus ARENA_MARGIN, rounded up to whole KiB (the margin is
+    for optimised kernels such as CMSIS-NN, whose scratch buffers can differ from the reference kernels')."""
+    return math.ceil(min_bytes * (1 + ARENA_MARGIN) / 1024) * 1024
+
+
+# ----------------------------------------------------------------------------------------------------- runner
+
+
+class MicroRunner:
+    """A full-integer int8 model in tflite-micro's interpreter, with the `toolkit.runtimes` Runner interface: float32
+    pixels / 255 in, float32 probabilities out, image by image as on a microcontroller."""
+
+    runtime = RUNTIME
+    threads = None
+
+    def __init__(self, model: bytes, path: str | Path = "model", arena_size: int | None = None):
+        self.path, self.model = Path(path), bytes(model)
+        graph = _read(self.model, self.path)
+        if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+            raise ToolkitError(
+                f"{path}: expected one input and one output, found {len(graph.inputs)} and {len(graph.outputs)}"
+            )
+        for role, (_, dtype) in (("input", graph.inputs[0]), ("output", graph.outputs[0])):
+            if dtype != "int8":
+                raise ToolkitError(
+                    f"{path}: its {role} is {dtype}, not int8: LiteRT for Microcontrollers runs the "
+                    "full-integer int8 model (toolkit export --format micro)"
+                )
+        if arena_size is None:
+            arena_size = recommended_arena(min_arena_bytes(self.model, path=path))
+        self.arena_size = arena_size
+        if self.arena_size < ARENA_FLOOR:
+            raise ToolkitError(
+                f"{path}: a {self.arena_size:,}-byte arena is below {ARENA_FLOOR:,} bytes, the least "
+                "LiteRT for Microcontrollers is started with"
+            )
+        with fsio.captured_output() as log:
+            try:
+                self._interp = _interpreter(self.model, self.arena_size)
+            except RuntimeError:
+                self._interp = None
+        if self._interp is None:
+            raise ToolkitError(
+                f"{path}: LiteRT for Microcontrollers cannot allocate its tensors in a "
+                f"{self.arena_size:,}-byte arena ({_reason(log)}); it needs at least "
+                f"{min_arena_bytes(self.model, path=path):,} bytes with {KERNELS} kernels"
+            )
+        self.input = _spec(graph.inputs[0][0], self._interp.get_input_details(0))
+        self.output = _spec(graph.outputs[0][0], self._interp.get_output_details(0))
+        if tuple(self.input.shape[1:]) != INPUT_SHAPE:
+            raise ToolkitError(f"{path}: input shape {self.input.shape} is not (1, 28, 28, 1)")
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        images = check_images(images)
+        q = quantize(images, self.input.scale, self.input.zero_point, np.int8)
+        out = np.empty((len(q), *self.output.shape[1:]), np.int8)
+        error = None
+        with fsio.captured_output() as log:
+            try:
+                for i in range(len(q)):
+                    self._interp.set_input(q[i : i + 1], 0)
+                    self._interp.invoke()
+                    out[i] = self._interp.get_output(0)[0]
+            except RuntimeError as e:
+                error = e
+        if error is not None:
+            raise ToolkitError(f"{self.path}: LiteRT for Microcontrollers failed to run it ({error}; {_reason(log)})")
+        return dequantize(out, self.output.scale, self.output.zero_point)
+
+
+def _spec(name: str, details: dict) -> TensorSpec:
+    q = details["quantization_parameters"]
+    return TensorSpec(
+        name=name,
+        shape=[int(s) for s in details["shape"]],
+        dtype=np.dtype(details["dtype"]).name,
+        quantization={"scale": float(q["scales"][0]), "zero_point": int(q["zero_points"][0])},
+    )
+
+
+def load_c_array(path: str | Path, arena_size: int | None = None) -> MicroRunner:
+    """Parse a generated `.c` file back to bytes and run those bytes, so that what a firmware links is what runs."""
+    from toolkit.export.micro import parse_c_array  # the export package imports the runtimes, which may import us
+
+    path = Path(path)
+    data, declared = parse_c_array(path)
+    if len(data) != declared:
+        raise ToolkitError(f"{path}: the array holds {len(data):,} bytes but its length says {declared:,}")
+    return MicroRunner(data, path, arena_size)
+
+
+# ------------------------------------------------------------------------------------------------- boards
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    chip: str
+    ram_bytes: int  # on-chip SRAM
+    flash_bytes: int  # flash the firmware can use
+    source: str  # where the figures come from
+
+
+BOARDS = (
+    Board("Arduino Uno", "ATmega328P", 2 * 1024, 32 * 1024, "Microchip ATmega328P datasheet: 32 KB flash, 2 KB SRAM"),
+    Board(
+        'STM32 "Blue Pill"', "STM32F103C8", 20 * 1024, 64 * 1024, "ST STM32F103x8 datasheet: 64 KB flash, 20 KB SRAM"
+    ),
+    Board(
+        "Arduino Nano 33 BLE Sense",
+        "nRF52840",
+        256 * 1024,
+        1024 * 1024,
+        "Nordic nRF52840 product specification: 1 MB flash, 256 KB RAM",
+    ),
+    Board(
+        "Raspberry Pi Pico",
+        "RP2040",
+        264 * 1024,
+        2 * 1024 * 1024,
+        "Raspberry Pi RP2040 datasheet: 264 KB SRAM; Pico datasheet: 2 MB QSPI flash on the board",
+    ),
+    Board(
+        "ESP32-S3-DevKitC-1 N8",
+        "ESP32-S3",
+        512 * 1024,
+        8 * 1024 * 1024,
+        "Espressif ESP32-S3 datasheet: 512 KB SRAM; the N8 module carries 8 MB flash",
+    ),
+    Board(
+        "STM32F746G-DISCO", "STM32F746NG", 320 * 1024, 1024 * 1024, "ST STM32F746xx datasheet: 1 MB flash, 320 KB SRAM"
+    ),
+    Board(
+        "NUCLEO-H743ZI", "STM32H743ZI", 1024 * 1024, 2 * 1024 * 1024, "ST STM32H743xI datasheet: 2 MB flash, 1 MB RAM"
+    ),
+)
+
+
+def fits(arena_bytes: int, model_bytes: int, boards: tuple[Board, ...] = BOARDS) -> list[dict]:
+    """Does the model fit each board: the arena in its RAM and the model in its flash (the application's own RAM
+    and code come on top, so the headroom is shown, not only yes or no)."""
+    return [
+        {
+            "board": b.name,
+            "chip": b.chip,
+            "ram_bytes": b.ram_bytes,
+            "flash_bytes": b.flash_bytes,
+            "ram_used": arena_bytes / b.ram_bytes,
+            "flash_used": model_bytes / b.flash_bytes,
+            "fits": arena_bytes <= b.ram_bytes and model_bytes <= b.flash_bytes,
+            "source": b.source,
+        }
+        for b in boards
+    ]
