@@ -7,6 +7,7 @@ import sys
 import time
 
 from rich.console import Console, Group
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
@@ -23,7 +24,8 @@ err_console = _console(stderr=True)
 
 
 def error(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    printable = message.encode("utf-8", "backslashreplace").decode("utf-8")  # a non-UTF-8 file name, escaped
+    err_console.print(f"[bold red]error:[/] {escape(printable)}", soft_wrap=True)
 
 
 def progress_bar(transient: bool = False) -> Progress:

@@ -107,7 +107,8 @@ class LiteRTRunner:
         self.path, self.threads = path, threads
         try:
             with captured_output():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." on every load
-                self._interp = Interpreter(model_path=str(path), num_threads=threads)
+                # from bytes: the bindings take only UTF-8 paths, and a workspace path need not be one
+                self._interp = Interpreter(model_content=path.read_bytes(), num_threads=threads)
                 self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise ToolkitError(f"{path}: LiteRT cannot load it ({_first_line(e)})") from None
@@ -172,8 +173,8 @@ class OnnxRunner:
         if not optimize:
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
-            self._session = ort.InferenceSession(
-                str(path), sess_options=opts, providers=providers or ["CPUExecutionProvider"]
+            self._session = ort.InferenceSession(  # from bytes, as LiteRT: any file name works
+                path.read_bytes(), sess_options=opts, providers=providers or ["CPUExecutionProvider"]
             )
         except Exception as e:  # onnxruntime raises its own exception types for malformed files
             raise ToolkitError(f"{path}: ONNX Runtime cannot load it ({_first_line(e)})") from None
