@@ -65,6 +65,9 @@ def test_benchmark_of_two_artifacts(exported_workspace, mnist, tmp_path):
             d["settings"]["flops_per_image"] * r["images_per_second"] / 1e9, rel=1e-2
         )
         assert r["accuracy"] is not None  # from the manifest's verification
+        floor = r["batch_size"] * d["settings"]["flops_per_image"] / (r["peak_gflops_per_second"] * 1e9) * 1e3
+        assert r["floor_ms"] == pytest.approx(floor, rel=1e-3)
+        assert r["ratio_to_floor"] == pytest.approx(r["p50_ms"] / r["floor_ms"], rel=1e-2)
     assert d["machine"]["cpus_usable"] >= 1 and "avx2" in d["machine"]["isa"] or d["machine"]["arch"] != "x86_64"
     assert float(d["machine"]["peak_float32_gflops"]["1"]) > 0
     hc = d["harness_check"]
@@ -76,6 +79,15 @@ def test_benchmark_of_two_artifacts(exported_workspace, mnist, tmp_path):
     assert json.loads(paths["json"].read_text())["results"]
     assert "| mnist_cnn.float32.tflite | litert | 1 |" in paths["markdown"].read_text()
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_time_budget_caps_the_calls_of_a_slow_target(exported_workspace, mnist):
+    workspace, _ = exported_workspace
+    result = bench.measure(workspace, mnist, batch_sizes=[1], threads=[1], iterations=2000, warmup=2,
+                           models=[workspace / "model.keras"], seconds_per_measurement=0.5)
+    (slow,) = [r for r in result.results if r.runtime == "keras-predict"]
+    assert 20 <= slow.runs < 2000  # model.predict takes milliseconds a call: far fewer calls fit in 0.5 s
+    assert result.settings["seconds_per_measurement"] == 0.5
 
 
 def test_a_broken_artifact_is_a_failed_row_not_a_crash(tmp_path, mnist):

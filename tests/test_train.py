@@ -25,6 +25,12 @@ def test_short_run_learns_and_writes_the_contract(trained_workspace):
     assert metrics["device"].startswith("cpu") and metrics["backend"] == "tensorflow"
     assert 1 <= metrics["best_epoch"] <= 2
     assert len(metrics["history"]["val_accuracy"]) == 2
+    eff = metrics["efficiency"]  # the arithmetic of an epoch and what the machine made of it
+    assert eff["train_step_flops_per_image"] == 3 * eff["forward_flops_per_image"] == 3 * metrics["flops_per_image"]
+    assert eff["flop_per_epoch"] == 6000 * eff["train_step_flops_per_image"] + 500 * eff["forward_flops_per_image"]
+    for rate, seconds in zip(eff["epoch_gflops"], metrics["epoch_seconds"]):
+        assert rate == pytest.approx(eff["flop_per_epoch"] / seconds / 1e9, rel=0.01)
+    assert 0 < eff["fraction_of_peak"] == pytest.approx(eff["gflops_per_second"] / eff["peak_float32_gflops"], rel=1e-3)
     model = load_keras_model(workspace / "model.keras")
     assert model.count_params() == 471_914
     assert (workspace / "checkpoint" / "last.keras").is_file()

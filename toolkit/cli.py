@@ -131,6 +131,9 @@ def train(
     ),
     seed: int = typer.Option(42, help="Random seed (deterministic on CPU)."),
     limit: Optional[int] = typer.Option(None, min=1, help="Train on the first N training images only (smoke tests)."),
+    warmup_epochs: float = typer.Option(
+        0.0, "--warmup-epochs", min=0.0, max=100.0, help="Linear warm-up to the learning rate first (one-cycle)."
+    ),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Random shifts of up to 2 pixels."),
     mixed_precision: bool = typer.Option(False, "--mixed-precision", help="float16 compute on a GPU."),
     resume: bool = typer.Option(False, "--resume", help="Continue from DIR/checkpoint after an interruption."),
@@ -156,6 +159,7 @@ def train(
         epochs=epochs,
         batch_size=batch_size,
         learning_rate=learning_rate,
+        warmup_epochs=warmup_epochs,
         seed=seed,
         limit=limit,
         augment=augment,
@@ -293,8 +297,13 @@ def benchmark(
     model: Optional[list[Path]] = typer.Option(
         None, "--model", help="Only these artifacts (repeatable). Default: every artifact plus the Keras baseline."
     ),
-    batch_sizes: str = typer.Option(
-        "1,32,256", "--batch-sizes", help="Comma-separated batch sizes; batch 1 gives the latency."
+    batch_sizes: Optional[str] = typer.Option(
+        None,
+        "--batch-sizes",
+        help="Comma-separated batch sizes; batch 1 gives the latency. Default: 1,32 (--full: 1,32,256).",
+    ),
+    full: bool = typer.Option(
+        False, "--full", help="The full plan: batch 256 too, and every slow target timed for all its calls."
     ),
     threads: Optional[str] = typer.Option(
         None, "--threads", help="Comma-separated thread counts. Default: 1 and all usable CPUs."
@@ -329,7 +338,7 @@ def benchmark(
     from toolkit import data as data_lib
     from toolkit.console import benchmark_table, console
 
-    sizes = _int_list(batch_sizes, "--batch-sizes")
+    sizes = _int_list(batch_sizes, "--batch-sizes") if batch_sizes else None
     thread_list = _int_list(threads, "--threads") if threads else None
     ds = data_lib.load(data_dir, dataset, progress=lambda msg: console.print(msg))
     outcome = bench.benchmark(
@@ -337,6 +346,7 @@ def benchmark(
         ds,
         out=out,
         publish=publish,
+        full=full,
         batch_sizes=sizes,
         threads=thread_list,
         iterations=iterations,

@@ -125,7 +125,7 @@ def benchmark_table(report):
                     device,
                     r.threads or "-",
                     r.batch_size,
-                    *["-"] * 7,
+                    *["-"] * 8,
                     f"{r.status}: {r.note}"[:120],
                 ]
             )
@@ -143,6 +143,7 @@ def benchmark_table(report):
                 f"{r.p99_ms:.3f}",
                 f"{r.images_per_second:,.0f}",
                 f"{r.gflops_per_second:.1f} ({r.fraction_of_peak:.0%})",
+                f"{r.ratio_to_floor:.2f}x",
                 f"{r.load_ms:.0f}",
                 "-" if r.peak_rss_mb is None else f"{r.peak_rss_mb:.0f}",
                 f"{r.bytes / 1024:,.0f} KB",
@@ -162,6 +163,7 @@ def benchmark_table(report):
         "p99 ms",
         "images/s",
         "GFLOP/s (of fp32 peak)",
+        "p50 / floor",
         "cold ms",
         "RSS MB",
         "size",
@@ -229,6 +231,8 @@ def keras_progress_callback():
                 f"epoch {epoch + 1:>3}/{self._total}  loss {logs.get('loss', 0):.4f}  acc {logs.get('accuracy', 0):.4f}"
                 f"  val_loss {logs.get('val_loss', 0):.4f}  val_acc {logs.get('val_accuracy', 0):.4f}"
                 f"  {time.perf_counter() - self._t0:.1f} s"
+                + (f"  {logs['gflop_per_s']:.1f} GFLOP/s" if "gflop_per_s" in logs else "")
+                + (f" ({logs['fraction_of_peak']:.0%} of peak)" if "fraction_of_peak" in logs else "")
             )
             sys.stderr.flush()
 

@@ -13,6 +13,11 @@ def _label(r: dict[str, Any]) -> str:
     return f"{r['artifact'].rsplit('/', 1)[-1]} ({r['runtime']})"
 
 
+def _floor(r: dict[str, Any]) -> str:
+    """A row's p50 against its compute floor; rows measured before the floor was recorded have none."""
+    return f"{r['ratio_to_floor']:.2f}x" if r.get("ratio_to_floor") is not None else "-"
+
+
 def benchmark_markdown(report: dict[str, Any]) -> str:
     m, s, v = report["machine"], report["settings"], report["versions"]
     ok = [r for r in report["results"] if r["status"] == "ok"]
@@ -68,13 +73,14 @@ def benchmark_markdown(report: dict[str, Any]) -> str:
         "",
         "## Throughput (images/s) and achieved GFLOP/s",
         "",
-        "| artifact | runtime | threads | batch | images/s | GFLOP/s | of float32 peak |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| artifact | runtime | threads | batch | images/s | GFLOP/s | of float32 peak | p50 / compute floor |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in sorted(ok, key=lambda r: (r["artifact"], r["runtime"], r["threads"], r["batch_size"])):
         lines.append(
             f"| {r['artifact']} | {r['runtime']} | {r['threads']} | {r['batch_size']} | {r['images_per_second']:,.0f} "
-            f"| {r['gflops_per_second']:.1f} | {r['fraction_of_peak']:.0%} |"
+            f"| {r['gflops_per_second']:.1f} | {r['fraction_of_peak']:.0%} "
+            f"| {_floor(r)} |"
         )
     lines += device_lines(report["results"])
     other = [r for r in report["results"] if r["status"] in ("skipped", "failed")]

@@ -39,7 +39,8 @@ LIMITS = {
 class TrainConfig:
     epochs: int | None = None  # None: DEFAULT_EPOCHS, or on resume the checkpoint's own number
     batch_size: int = 128
-    learning_rate: float = 1e-3  # Adam, cosine-decayed to 1% over the run
+    learning_rate: float = 1e-3  # Adam's peak rate, cosine-decayed to 1% over the run
+    warmup_epochs: float = 0.0  # linear warm-up from a tenth of the peak rate (one-cycle), then the cosine decay
     seed: int = 42
     limit: int | None = None  # train on the first N training images only
     eval_limit: int | None = None  # evaluate on the first N images of each split only (tests)
@@ -59,6 +60,11 @@ class TrainConfig:
         rate = self.learning_rate
         if not (isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0 < rate and np.isfinite(rate)):
             raise ToolkitError(f"--learning-rate must be a positive number, got {rate}")
+        warmup = self.warmup_epochs
+        if not (isinstance(warmup, (int, float)) and not isinstance(warmup, bool) and 0 <= warmup < 10_000):
+            raise ToolkitError(f"--warmup-epochs must be a number from 0 to 10,000, got {warmup}")
+        if self.epochs is not None and warmup >= self.epochs:
+            raise ToolkitError(f"--warmup-epochs ({warmup:g}) must be less than --epochs ({self.epochs})")
         for name in ("augment", "mixed_precision"):
             if not isinstance(getattr(self, name), bool):
                 raise ToolkitError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -173,7 +179,22 @@ def _make_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, augm
 # ---------------------------------------------------------------------------------------- checkpoints
 
 
-def _checkpoint_callback(workspace: Path, state: dict):
+TRAIN_STEP_FACTOR = 3  # a training step costs about 3 forward passes: forward, and backward for inputs and weights
+
+
+def work_per_epoch(train_images: int, valid_images: int) -> dict[str, int]:
+    """The arithmetic of one epoch, from the model's FLOPs per image: training steps on the training images
+    (forward + backward) and a forward pass over the validation images."""
+    forward = flops_per_image(build_model())
+    step = TRAIN_STEP_FACTOR * forward
+    return {
+        "forward_flops_per_image": forward,
+        "train_step_flops_per_image": step,
+        "flop_per_epoch": train_images * step + valid_images * forward,
+    }
+
+
+def _checkpoint_callback(workspace: Path, state: dict, work: dict[str, int], peak_gflops: float | None):
     keras = _keras()
     ckpt_dir = ws.checkpoint(workspace)
 
@@ -184,10 +205,17 @@ def _checkpoint_callback(workspace: Path, state: dict):
             self._t0 = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):
-            logs = logs or {}
-            state["epoch_seconds"].append(round(time.perf_counter() - self._t0, 2))
+            logs = {} if logs is None else logs
+            seconds = time.perf_counter() - self._t0
+            state["epoch_seconds"].append(round(seconds, 2))
+            gflops = work["flop_per_epoch"] / seconds / 1e9
+            state.setdefault("epoch_gflops", []).append(round(gflops, 2))
+            logs["gflop_per_s"] = gflops  # later callbacks (the progress line) show it
+            if peak_gflops:
+                logs["fraction_of_peak"] = gflops / peak_gflops
             for key, value in logs.items():
-                state["history"].setdefault(key, []).append(float(value))
+                if key not in ("gflop_per_s", "fraction_of_peak"):
+                    state["history"].setdefault(key, []).append(float(value))
             val_acc = float(logs.get("val_accuracy", -1.0))
             if val_acc > state["best_val_accuracy"]:
                 state["best_val_accuracy"], state["best_epoch"] = val_acc, epoch + 1
@@ -199,6 +227,29 @@ def _checkpoint_callback(workspace: Path, state: dict):
             fsio.write_json(ckpt_dir / "state.json", state)
 
     return Checkpoint()
+
+
+def _schedule(config: TrainConfig, steps_per_epoch: int):
+    """Cosine decay to 1% of the peak rate over the run; with warm-up epochs, first a linear rise from a tenth of
+    the peak (a one-cycle schedule). Keras' own CosineDecay, so that a checkpoint reloads without custom code."""
+    keras = _keras()
+    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+    if not warmup:
+        return keras.optimizers.schedules.CosineDecay(config.learning_rate, config.epochs * steps_per_epoch, alpha=0.01)
+    return keras.optimizers.schedules.CosineDecay(
+        config.learning_rate / 10,
+        config.epochs * steps_per_epoch - warmup,
+        alpha=0.1,
+        warmup_target=config.learning_rate,
+        warmup_steps=warmup,
+    )
+
+
+def _cpu_peak() -> float:
+    """This machine's float32 matrix-product rate on every usable core, the ceiling training is measured against."""
+    from toolkit.bench.machine import measure_peak_gflops, usable_cpus
+
+    return round(measure_peak_gflops(usable_cpus(), seconds=0.5), 1)
 
 
 # ---------------------------------------------------------------------------------------------- train
@@ -231,6 +282,7 @@ def train(
         # the run's shape is the checkpoint's (restored before the data is sliced); only the epochs may change
         saved, config = _saved_state(ckpt_dir, dataset, config)
         state.update({k: saved[k] for k in ("epoch", "best_epoch", "best_val_accuracy", "history", "epoch_seconds")})
+        state["epoch_gflops"] = list(saved.get("epoch_gflops") or [])
         state["config"] = asdict(config)
         if state["epoch"] >= config.epochs:
             raise ToolkitError(
@@ -261,14 +313,15 @@ def train(
     scope, parallelism = _distribution_scope(devices["gpus"])
 
     batches = _make_batches(x_train, y_train, config.batch_size, config.seed, config.augment, state["epoch"])
+    work = work_per_epoch(len(x_train), len(x_valid))
+    peak = None if devices["gpus"] else _cpu_peak()
+    state["efficiency"] = {**work, "peak_float32_gflops": peak}
     with scope:
         if resume:
             model = keras.saving.load_model(ckpt_dir / "last.keras", safe_mode=True)
         else:
             model = build_model(output_dtype="float32" if config.mixed_precision else None)
-            schedule = keras.optimizers.schedules.CosineDecay(
-                config.learning_rate, decay_steps=config.epochs * len(batches), alpha=0.01
-            )
+            schedule = _schedule(config, len(batches))
             model.compile(
                 optimizer=keras.optimizers.Adam(schedule),
                 loss="sparse_categorical_crossentropy",
@@ -281,7 +334,7 @@ def train(
                 validation_data=(x_valid, y_valid),
                 epochs=config.epochs,
                 initial_epoch=state["epoch"],
-                callbacks=[_checkpoint_callback(workspace, state), *(callbacks or [])],
+                callbacks=[_checkpoint_callback(workspace, state, work, peak), *(callbacks or [])],
                 verbose=verbose,
             )
         except KeyboardInterrupt:
@@ -335,6 +388,25 @@ def _interrupted(ckpt_dir: Path, kept: bool) -> Interrupted:
     return Interrupted("interrupted before the first epoch finished; nothing was kept: start again")
 
 
+def _efficiency(state: dict) -> dict[str, Any] | None:
+    """What the epochs achieved against the machine: FLOP per epoch, GFLOP/s, and the share of the float32 peak."""
+    eff = state.get("efficiency")
+    rates = state.get("epoch_gflops") or []
+    if not eff or not rates:
+        return None
+    mean = float(np.mean(rates))
+    peak = eff.get("peak_float32_gflops")
+    return {
+        **eff,
+        "epoch_gflops": rates,
+        "gflops_per_second": round(mean, 2),
+        "fraction_of_peak": round(mean / peak, 4) if peak else None,
+        "method": f"FLOP per epoch = train images x {TRAIN_STEP_FACTOR} x forward FLOPs + validation images x "
+        "forward FLOPs, over each epoch's wall time (validation included); peak: numpy float32 "
+        "matrix product on all usable cores",
+    }
+
+
 def finish(
     workspace: Path,
     dataset: Dataset,
@@ -382,6 +454,7 @@ def finish(
         "best_epoch": state["best_epoch"],
         "seconds_per_epoch": round(float(np.mean(seconds)), 2) if seconds else None,
         "epoch_seconds": seconds,
+        "efficiency": _efficiency(state),
         "train_seconds_this_run": round(train_seconds, 2),
         "data_sha256": dataset.sha256,
         "dataset": dataset.name,

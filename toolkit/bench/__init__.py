@@ -23,6 +23,8 @@ from toolkit.errors import ToolkitError
 __all__ = ["BenchRecord", "BenchReport", "BenchOutcome", "benchmark", "measure", "machine_info", "results_folder"]
 
 PUBLISHED = Path("benchmarks") / "results"  # the committed reference results, one folder per machine
+QUICK = {"batch_sizes": (1, 32), "seconds_per_measurement": 5.0}  # the default plan: minutes, not ten
+FULL = {"batch_sizes": (1, 32, 256), "seconds_per_measurement": None}  # --full, and every published run
 
 
 def measure(
@@ -37,8 +39,10 @@ def measure(
     browser: bool = False,
     progress: Callable[[str], None] | None = None,
     timeout: float = 1800.0,
+    seconds_per_measurement: float | None = None,
 ) -> BenchReport:
-    """Measure the workspace's artifacts (or `models`) natively, or with `browser` its web artifacts in Chromium."""
+    """Measure the workspace's artifacts (or `models`) natively, or with `browser` its web artifacts in Chromium.
+    `seconds_per_measurement` caps the timed calls of a slow target (at least 20 are made)."""
     if browser:
         from toolkit.bench.browser import MIN_ITERATIONS, BrowserBackend
 
@@ -56,7 +60,7 @@ def measure(
             NativeBackend(workspace, dataset, models, include_keras, timeout),
             EstimateBackend(workspace, models),
         ]
-    return run(backends, Settings.of(batch_sizes, threads, iterations, warmup), progress)
+    return run(backends, Settings.of(batch_sizes, threads, iterations, warmup, seconds_per_measurement), progress)
 
 
 def results_folder(workspace: str | Path, machine: dict[str, Any], out: Path | None, publish: bool) -> Path:
@@ -83,15 +87,24 @@ class BenchOutcome:
 
 
 def benchmark(
-    workspace: str | Path, dataset: Dataset, out: Path | None = None, publish: bool = False, **options
+    workspace: str | Path,
+    dataset: Dataset,
+    out: Path | None = None,
+    publish: bool = False,
+    full: bool = False,
+    batch_sizes: list[int] | None = None,
+    **options,
 ) -> BenchOutcome:
-    """`measure`, then write results.json, SUMMARY.md and benchmark.png, merged with the folder's earlier results."""
+    """`measure` with the quick plan (the full one with `full` or `publish`: published results are always full),
+    then write results.json, SUMMARY.md and benchmark.png, merged with the folder's earlier results."""
     from toolkit import report as report_lib
 
     folder = results_folder(workspace, machine_info(), out, publish)
     fsio.ensure_dir(folder)  # an unusable folder, or another machine's results in it, fail before the measuring
     merge({"machine": machine_info(), "versions": {}, "settings": {}, "results": []}, folder / "results.json")
-    result = measure(workspace, dataset, **options)
+    plan = FULL if full or publish else QUICK
+    sizes = batch_sizes or plan["batch_sizes"]
+    result = measure(workspace, dataset, sizes, seconds_per_measurement=plan["seconds_per_measurement"], **options)
     merged = merge(result.to_dict(), folder / "results.json")
     files = report_lib.write_benchmark_outputs(merged, folder)
     failed = [r for r in result.results if r.status == "failed"]

@@ -45,6 +45,8 @@ class BenchRecord:
     gflops_per_second: float | None = None
     peak_gflops_per_second: float | None = None
     fraction_of_peak: float | None = None
+    floor_ms: float | None = None  # the compute floor of one call: its FLOPs at the measured float32 peak
+    ratio_to_floor: float | None = None  # p50 / floor: 1.0 would be every cycle doing useful float32 work
     accuracy: float | None = None
     status: str = "ok"  # ok (timed here), estimate (a compiler's model: never timed), sized, skipped, failed
     note: str = ""
@@ -99,9 +101,12 @@ class Settings:
     threads: list[int]
     iterations: int
     warmup: int
+    seconds_per_measurement: float | None = None  # a slow target gets fewer timed calls (at least 20); None: all
 
     @classmethod
-    def of(cls, batch_sizes, threads, iterations: int, warmup: int, min_iterations: int = 1) -> Settings:
+    def of(
+        cls, batch_sizes, threads, iterations: int, warmup: int, seconds: float | None = None, min_iterations: int = 1
+    ) -> Settings:
         """Validated settings: sorted unique batch sizes and threads (default: 1 and every usable CPU)."""
         for name, values in (("batch sizes", list(batch_sizes)), ("threads", list(threads or [1]))):
             if not values or any(v < 1 for v in values):
@@ -110,7 +115,8 @@ class Settings:
             raise ToolkitError(
                 f"--iterations must be at least {min_iterations} and --warmup at least 0, got {iterations} and {warmup}"
             )
-        return cls(sorted(set(batch_sizes)), sorted(set(threads or {1, usable_cpus()})), iterations, warmup)
+        threads = sorted(set(threads or {1, usable_cpus()}))
+        return cls(sorted(set(batch_sizes)), threads, iterations, warmup, seconds)
 
 
 @dataclass
@@ -158,11 +164,14 @@ class Backend(Protocol):
 
 
 def derive(row: BenchRecord, flops_per_image: int, peak_gflops: float) -> BenchRecord:
-    """The figures computed from a row's timing: images/s, GFLOP/s and its share of the machine's float32 peak."""
+    """The figures computed from a row's timing: images/s, GFLOP/s, its share of the machine's float32 peak, and
+    how far its median call is from the compute floor (the call's FLOPs at that peak)."""
     row.images_per_second = round(row.batch_size / (row.mean_ms / 1e3), 1)
     row.gflops_per_second = round(flops_per_image * row.images_per_second / 1e9, 3)
     row.peak_gflops_per_second = peak_gflops
     row.fraction_of_peak = round(row.gflops_per_second / peak_gflops, 4)
+    row.floor_ms = round(row.batch_size * flops_per_image / (peak_gflops * 1e9) * 1e3, 5)
+    row.ratio_to_floor = round(row.p50_ms / row.floor_ms, 3)
     return row
 
 
@@ -186,6 +195,7 @@ def run(backends: list[Backend], settings: Settings, progress: Callable[[str], N
                 "threads": settings.threads,
                 "iterations_batch1": settings.iterations,
                 "warmup": settings.warmup,
+                "seconds_per_measurement": settings.seconds_per_measurement,
                 "flops_per_image": flops,
                 "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "method": backends[0].method,

@@ -141,6 +141,7 @@ class NativeSession:
             "batch_sizes": s.batch_sizes,
             "iterations": s.iterations,
             "warmup": s.warmup,
+            "seconds": s.seconds_per_measurement,
             "images": str(self.images),
         }
         try:
