@@ -83,8 +83,16 @@ def test_benchmark_of_two_artifacts(exported_workspace, mnist, tmp_path):
 
 def test_a_time_budget_caps_the_calls_of_a_slow_target(exported_workspace, mnist):
     workspace, _ = exported_workspace
-    result = bench.measure(workspace, mnist, batch_sizes=[1], threads=[1], iterations=2000, warmup=2,
-                           models=[workspace / "model.keras"], seconds_per_measurement=0.5)
+    result = bench.measure(
+        workspace,
+        mnist,
+        batch_sizes=[1],
+        threads=[1],
+        iterations=2000,
+        warmup=2,
+        models=[workspace / "model.keras"],
+        seconds_per_measurement=0.5,
+    )
     (slow,) = [r for r in result.results if r.runtime == "keras-predict"]
     assert 20 <= slow.runs < 2000  # model.predict takes milliseconds a call: far fewer calls fit in 0.5 s
     assert result.settings["seconds_per_measurement"] == 0.5

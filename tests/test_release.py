@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not (RELEASE / "manifest.json").is_file(), reaso
 def test_manifest_checksums_match_the_committed_files():
     m = manifest.read(RELEASE)
     assert m["model"]["sha256"] == manifest.file_sha256(RELEASE / "model.keras")
-    assert len(m["artifacts"]) == 18  # 8 native (micro .c included), 4 Vela-compiled, 6 web
+    assert len(m["artifacts"]) == 19  # 8 native (micro .c included), 4 Vela-compiled, 6 web, 1 quantization recipe
     for name, a in m["artifacts"].items():
         assert manifest.file_sha256(RELEASE / name) == a["sha256"], name
         assert (RELEASE / name).stat().st_size == a["bytes"]

@@ -118,6 +118,10 @@ class AppPage:
         )
         return np.asarray(out["ms"], dtype=np.float64)
 
+    def peak_gflops(self, path: str, n: int) -> dict[str, Any]:
+        """The page's float32 matrix-product rate (app.mjs `peak`), on the model served at `path`."""
+        return self.page.evaluate("([url, o]) => window.edgeToolkit.peak(url, o)", [path, {"n": n}])
+
     def peak_rss_mb(self) -> float | None:
         peaks = [p for p in (vm_hwm_mb(pid) for pid in self.renderers) if p is not None]
         return max(peaks) if peaks else None
@@ -154,7 +158,24 @@ def _renderer_pids() -> set[int]:
     return {pid for pid in renderers if descends(pid)}
 
 
-def open_app(browser, base_url: str, model_id: str, threads: int = 1, images: bytes | None = None) -> AppPage:
+def _fulfil_with(body: bytes, headers: dict[str, str]):
+    """A Playwright route handler that answers with `body` (a closure per route: a default argument would be
+    taken by the request Playwright passes)."""
+
+    def handler(route) -> None:
+        route.fulfill(status=200, body=body, content_type="application/octet-stream", headers=headers)
+
+    return handler
+
+
+def open_app(
+    browser,
+    base_url: str,
+    model_id: str,
+    threads: int = 1,
+    images: bytes | None = None,
+    files: dict[str, bytes] | None = None,
+) -> AppPage:
     """Open the app on `model_id`; wait until its runtime has given a first result. Errors name the model."""
     from playwright.sync_api import Error as PlaywrightError
 
@@ -165,14 +186,10 @@ def open_app(browser, base_url: str, model_id: str, threads: int = 1, images: by
     page.on("console", lambda msg: app.console.append(f"{msg.type}: {msg.text}"))
     page.on("pageerror", lambda err: app.console.append(f"pageerror: {err}"))
     context.on("request", lambda request: app.requests.append(request.url))
-    if images is not None:
-        headers = {"Cross-Origin-Resource-Policy": "same-origin", "Cache-Control": "no-store"}
-        page.route(
-            f"**/{IMAGES_PATH}",
-            lambda route: route.fulfill(
-                status=200, body=images, content_type="application/octet-stream", headers=headers
-            ),
-        )
+    headers = {"Cross-Origin-Resource-Policy": "same-origin", "Cache-Control": "no-store"}
+    served = {IMAGES_PATH: images, **(files or {})} if images is not None else dict(files or {})
+    for path, body in served.items():  # answered by Playwright: nothing is added to DIR/web
+        page.route(f"**/{path}", _fulfil_with(body, headers))
     try:
         page.goto(
             f"{base_url}index.html?model={model_id}&threads={threads}", wait_until="load", timeout=LOAD_TIMEOUT_MS

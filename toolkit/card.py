@@ -16,6 +16,7 @@ toolkit train
 toolkit export --format all
 toolkit verify
 toolkit verify --browser
+toolkit quantize
 toolkit benchmark --publish
 toolkit benchmark --browser --publish
 toolkit report"""
@@ -50,6 +51,7 @@ def model_card(workspace: Path, bench: dict[str, Any] | None) -> str:
         _accuracy(arts),
         _latency(bench) if bench else [],
         _microcontrollers(arts),
+        _quantization(workspace),
         _inputs_outputs(m, arts),
         _failures(workspace),
         _provenance(m),
@@ -218,6 +220,38 @@ def _microcontrollers(arts: dict[str, Any]) -> list[str]:
                 f"| {e['inference_ms']:.3f} ms | {e['inferences_per_second']:,.0f} |"
             )
     return lines
+
+
+def _quantization(workspace: Path) -> list[str]:
+    """The quantization recipes `toolkit quantize` tried: every row, passing or not, and the file it kept."""
+    from toolkit import quantize
+
+    outcome = quantize.read_report(workspace)
+    if outcome is None:
+        return []
+    columns, rows, _ = quantize.table_rows(outcome)
+    best = outcome.best
+    kept = (
+        f"it kept `{best.kept}`: {best.bytes:,} B, {best.percent_of_float32:.1f}% of the float32 file, "
+        f"{best.accuracy:.2%} ({best.accuracy_delta_pp:+.2f} pp)."
+        if best
+        else "no recipe passed, so none was kept."
+    )
+    return [
+        "",
+        "## Quantization recipes",
+        "",
+        "`toolkit quantize` made each recipe from `mnist_cnn.float32.tflite` (ai-edge-quantizer; ONNX Runtime's",
+        f"MatMulNBits for the `.onnx`), verified it on {outcome.images:,} test images against the Keras model with a "
+        f"budget of {outcome.budget_pp:g} pp of accuracy loss, and kept the smallest file within it; {kept}",
+        "Calibration and the per-layer errors used training images only "
+        f"({outcome.calibration['images']:,}, {outcome.calibration['sampling']}). Failures are in the quantizer's or "
+        "the runtime's own words; latency is a short batch-1 timing on one thread.",
+        "",
+        *quantize.markdown_table(columns, rows),
+        "",
+        f"![size against accuracy]({quantize.REPORT_DIR}/quantization.png)",
+    ]
 
 
 def _inputs_outputs(m: dict[str, Any], arts: dict[str, Any]) -> list[str]:

@@ -123,16 +123,20 @@ def data(
 @command
 def train(
     epochs: Optional[int] = typer.Option(
-        None, min=1, help="Training epochs. Default: 15, or on --resume the interrupted run's."
+        None, min=1, help="Training epochs. Default: 12, or on --resume the interrupted run's."
     ),
     batch_size: int = typer.Option(128, "--batch-size", min=1, help="Images per training step."),
     learning_rate: float = typer.Option(
-        1e-3, "--learning-rate", min=1e-9, help="Adam's initial learning rate (cosine decay)."
+        3e-3, "--learning-rate", min=1e-9, help="Adam's peak learning rate (warm-up, then cosine decay)."
     ),
     seed: int = typer.Option(42, help="Random seed (deterministic on CPU)."),
     limit: Optional[int] = typer.Option(None, min=1, help="Train on the first N training images only (smoke tests)."),
     warmup_epochs: float = typer.Option(
-        0.0, "--warmup-epochs", min=0.0, max=100.0, help="Linear warm-up to the learning rate first (one-cycle)."
+        1.0,
+        "--warmup-epochs",
+        min=0.0,
+        max=100.0,
+        help="Linear warm-up to the learning rate first (one-cycle; 0: none).",
     ),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Random shifts of up to 2 pixels."),
     mixed_precision: bool = typer.Option(False, "--mixed-precision", help="float16 compute on a GPU."),
@@ -406,6 +410,60 @@ def screenshot(
     ds = data_lib.load(data_dir, dataset, progress=lambda msg: console.print(msg))
     result = browser.screenshot(workspace, out, ds, model_id, index)
     console.print(f"Wrote {result['file']}: the page shows {result['digit']} ({result['status']})")
+
+
+# ------------------------------------------------------------------------------------------- quantize
+
+
+@command
+def quantize(
+    budget: float = typer.Option(
+        0.1, "--budget", help="Accuracy loss allowed against the Keras model on the test split, in percentage points."
+    ),
+    recipe: Optional[str] = typer.Option(
+        None, "--recipe", help="Only these recipes, comma-separated (int4, int4-dense, ...). Default: every recipe."
+    ),
+    explain: bool = typer.Option(
+        False, "--explain", help="Per-layer error of a recipe (--recipe, default int4) on calibration images instead."
+    ),
+    calibration_size: int = typer.Option(
+        1000, "--calibration-size", min=10, help="Training images for calibration and the per-layer errors."
+    ),
+    limit: Optional[int] = typer.Option(
+        None, min=1, help="Verify on the first N test images only (default: all 10,000)."
+    ),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the report. Default: DIR/quantization."),
+    data_dir: Optional[Path] = DataDirOption,
+    dataset: str = DatasetOption,
+    workspace: Path = DirOption,
+    json_out: Optional[str] = JsonOption,
+):
+    """Find the smallest artifact within an accuracy budget among quantization recipes, verified on the test split."""
+    from toolkit import data as data_lib
+    from toolkit import quantize as quantize_lib
+    from toolkit.console import console, table
+
+    quantize_lib.check_budget(budget)  # bad options fail before any slow work
+    chosen = quantize_lib.parse_recipes(recipe, explain)
+    ds = data_lib.load(data_dir, dataset, progress=lambda msg: console.print(msg))
+    say = lambda msg: console.print(f"[dim]{msg}[/]")  # noqa: E731
+    if explain:
+        result = quantize_lib.explain(workspace, ds, chosen[0], calibration_size, out=out, progress=say)
+        columns, rows = quantize_lib.explain_rows(result)
+        console.print(table(f"Per-layer error of {result.recipe}, costliest first", columns, rows))
+        console.print(f"Wrote {', '.join(result.files.values())}")
+        write_json_output(json_out, result.to_dict())
+        return
+    outcome = quantize_lib.search(workspace, ds, budget, chosen, calibration_size, limit=limit, out=out, progress=say)
+    columns, rows, styles = quantize_lib.table_rows(outcome)
+    console.print(
+        table(f"Quantization recipes within {budget:g} pp on {outcome.images:,} test images", columns, rows, styles)
+    )
+    if outcome.best:
+        console.print(f"Kept {outcome.best.kept}: the smallest file within the budget", style="bold")
+    console.print(f"Wrote {', '.join(outcome.files.values())}")
+    write_json_output(json_out, outcome.to_dict())
+    outcome.raise_if_none_passed()
 
 
 # ------------------------------------------------------------------------------------ predict, report

@@ -198,6 +198,14 @@ def benchmark_table(report):
                 f"{hc['bare_loop_p50_ms']:.4f} ms ({hc['overhead_fraction']:+.1%})"
             )
         )
+    for c in report.comparison or []:
+        parts.append(
+            Text(
+                f"Browser vs native, {c['threads']} thread(s), batch 1: best web {c['best_web']} p50 "
+                f"{c['best_web_p50_ms']:.3f} ms, best native {c['best_native']} {c['best_native_p50_ms']:.3f} "
+                f"ms: {c['web_over_native']:.2f}x"
+            )
+        )
     parts.append(Text(m["int8_note"], style="dim"))
     return Group(*parts)
 

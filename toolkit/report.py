@@ -82,6 +82,7 @@ def benchmark_markdown(report: dict[str, Any]) -> str:
             f"| {r['gflops_per_second']:.1f} | {r['fraction_of_peak']:.0%} "
             f"| {_floor(r)} |"
         )
+    lines += comparison_lines(report)
     lines += device_lines(report["results"])
     other = [r for r in report["results"] if r["status"] in ("skipped", "failed")]
     if other:
@@ -89,6 +90,41 @@ def benchmark_markdown(report: dict[str, Any]) -> str:
             f"- {r['runtime']} ({r['device']}): {r['status']}: {r['note']}" for r in other
         ]
     return "\n".join(lines) + "\n"
+
+
+def comparison_lines(report: dict[str, Any]) -> list[str]:
+    """The browser against native, from rows of one `toolkit benchmark --browser` run, and each web row against
+    the page's own float32 peak (WebAssembly SIMD is 128 bits wide: the page's ceiling is below the CPU's)."""
+    web = [r for r in report["results"] if r["status"] == "ok" and r.get("page_peak_gflops")]
+    lines = []
+    if report.get("comparison"):
+        lines += [
+            "",
+            "## Browser against native (batch 1, one run)",
+            "",
+            "| threads | best web | p50 ms | best native | p50 ms | web / native |",
+            "|---:|---|---:|---|---:|---:|",
+        ]
+        lines += [
+            f"| {c['threads']} | {c['best_web']} | {c['best_web_p50_ms']:.3f} | {c['best_native']} "
+            f"| {c['best_native_p50_ms']:.3f} | {c['web_over_native']:.2f}x |"
+            for c in report["comparison"]
+        ]
+    if web:
+        lines += [
+            "",
+            "## Web rows against the page's own float32 peak (a MatMul in ONNX Runtime Web)",
+            "",
+            "| artifact | runtime | threads | batch | GFLOP/s | page peak GFLOP/s | of page peak | p99 / p50 |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {r['artifact']} | {r['runtime']} | {r['threads']} | {r['batch_size']} "
+            f"| {r['gflops_per_second']:.1f} | {r['page_peak_gflops']:.1f} | {r['fraction_of_page_peak']:.0%} "
+            f"| {r['p99_ms'] / r['p50_ms']:.2f} |"
+            for r in web
+        ]
+    return lines
 
 
 def device_lines(rows: list[dict[str, Any]]) -> list[str]:

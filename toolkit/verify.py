@@ -39,10 +39,22 @@ CRITERIA: dict[str, dict[str, float]] = {
     "dynamic": {"min_confident_agreement": 0.999, "max_accuracy_loss_pp": 0.1},
     "int8": {"max_accuracy_loss_pp": 0.2},
 }
+# A quantization recipe (format "recipes", `toolkit quantize`) is judged by the accuracy budget it was kept under,
+# recorded in its made_with; where none is recorded, by the default budget: never by no criterion at all.
+RECIPE_FORMAT = "recipes"
+RECIPE_BUDGET_PP = 0.1
 
 
-def describe_criteria(variant: str) -> str:
-    c = CRITERIA.get(variant, {})
+def criteria_of(record: ArtifactRecord) -> dict[str, float]:
+    """The pass criteria of one artifact: its variant's, or a recipe's accuracy budget."""
+    if record.format != RECIPE_FORMAT:
+        return CRITERIA.get(record.variant, {})
+    budget = record.made_with.get("accuracy_budget_pp")
+    valid = isinstance(budget, int | float) and not isinstance(budget, bool) and 0 <= budget <= 100
+    return {"max_accuracy_loss_pp": float(budget) if valid else RECIPE_BUDGET_PP}
+
+
+def describe_criteria(c: dict[str, float]) -> str:
     parts = []
     if "min_agreement" in c:
         parts.append(f"agreement >= {c['min_agreement'] * 100:g}%")
@@ -125,9 +137,9 @@ def compare(record: ArtifactRecord, probabilities: np.ndarray, ref: Reference) -
         max_abs_diff=float(np.max(np.abs(probabilities - ref.probabilities))),
         confident_images=int(confident.sum()),
         confident_agreement=round(1 - float(differs[confident].mean()), 6) if confident.any() else None,
-        criteria=describe_criteria(record.variant),
+        criteria=describe_criteria(criteria_of(record)),
     )
-    c = CRITERIA.get(record.variant, {})
+    c = criteria_of(record)
     if "min_agreement" in c and result.agreement < c["min_agreement"]:
         result.problems.append(f"agreement {result.agreement:.4%} < {c['min_agreement']:.2%}")
     wanted = c.get("min_confident_agreement")
@@ -154,7 +166,7 @@ def score(record: ArtifactRecord, probabilities: np.ndarray | None, ref: Referen
         variant=record.variant,
         runtime=record.runtime,
         images=len(ref.labels),
-        criteria=describe_criteria(record.variant),
+        criteria=describe_criteria(criteria_of(record)),
     )
 
 

@@ -16,6 +16,7 @@ CHECKPOINT_DIR = "checkpoint"
 SITE_DIR = "web"  # the web app: the page, models.json, models/, vendor/
 SITE_MODELS_DIR = "models"
 REPORT_DIR = "report"
+QUANTIZATION_DIR = "quantization"  # `toolkit quantize`: the recipe table, the Pareto plot, --explain
 BENCHMARK_DIR = "benchmark"  # results of an ad-hoc `toolkit benchmark` run
 MODEL_CARD = "MODEL_CARD.md"
 

@@ -216,4 +216,24 @@ window.edgeToolkit = {
     }
     return {ms, crossOriginIsolated: self.crossOriginIsolated};
   },
+  // this page's float32 ceiling, measured as the native one is: the best call of a square MatMul model (fetched
+  // from `url`) in ONNX Runtime Web, with the threads this page's ONNX Runtime Web was started with
+  async peak(url, {n = 512, seconds = 1} = {}) {
+    const ort = await import("./vendor/onnxruntime-web/ort.wasm.min.mjs");
+    const model = new Uint8Array(await (await fetch(url)).arrayBuffer());
+    const session = await ort.InferenceSession.create(model, {executionProviders: ["wasm"]});
+    const a = new ort.Tensor("float32", new Float32Array(n * n).fill(0.5), [n, n]);
+    const [output] = session.outputNames;
+    let best = Infinity;
+    (await session.run({a}))[output].dispose?.();
+    const end = performance.now() + seconds * 1000;
+    while (performance.now() < end) {
+      const t0 = performance.now();
+      const result = await session.run({a});
+      best = Math.min(best, performance.now() - t0);
+      result[output].dispose?.();
+    }
+    session.release();
+    return {n, ms: best, gflops: (2 * n * n * n) / (best / 1000) / 1e9, threads: ort.env.wasm.numThreads};
+  },
 };

@@ -15,7 +15,7 @@ from typing import Any
 
 from toolkit import fsio
 from toolkit import workspace as ws
-from toolkit.bench.driver import BenchRecord, BenchReport, Settings, merge, run
+from toolkit.bench.driver import BenchRecord, BenchReport, Settings, compare_web_native, merge, run
 from toolkit.bench.machine import machine_info, machine_slug
 from toolkit.data import Dataset
 from toolkit.errors import ToolkitError
@@ -51,7 +51,11 @@ def measure(
                 f"--iterations must be at least {MIN_ITERATIONS} for the browser (timer resolution and "
                 f"noise), got {iterations}"
             )
-        backends = [BrowserBackend(workspace, dataset, [str(m) for m in models] if models else None)]
+        from toolkit.bench.native import NativeBackend
+
+        # the native rows are measured in the same run, so that the browser's ratio to them is honest
+        web = BrowserBackend(workspace, dataset, [str(m) for m in models] if models else None)
+        backends = [NativeBackend(workspace, dataset, None, False, timeout), web]
     else:
         from toolkit.bench.estimates import EstimateBackend
         from toolkit.bench.native import NativeBackend
@@ -60,7 +64,10 @@ def measure(
             NativeBackend(workspace, dataset, models, include_keras, timeout),
             EstimateBackend(workspace, models),
         ]
-    return run(backends, Settings.of(batch_sizes, threads, iterations, warmup, seconds_per_measurement), progress)
+    report = run(backends, Settings.of(batch_sizes, threads, iterations, warmup, seconds_per_measurement), progress)
+    if browser:
+        report.comparison = compare_web_native(report.results)
+    return report
 
 
 def results_folder(workspace: str | Path, machine: dict[str, Any], out: Path | None, publish: bool) -> Path:

@@ -25,12 +25,33 @@ from toolkit.data import Dataset
 from toolkit.errors import ToolkitError
 from toolkit.versions import package_versions
 
+PEAK_PATH = "__toolkit__/peak-matmul-"  # answered by a Playwright route, like the test images
+PEAK_SIZES = (256, 512, 1024)
 MIN_ITERATIONS = 500  # the page's timer resolution and the browser's noise need this many calls
 METHOD = (
     "fresh browser context per artifact and thread count; performance.now() around each awaited engine.run() "
     "in the page (cross-origin isolated: 5 us resolution); inputs cycle through real test images; cold start = "
     "navigation start to first result; memory = VmHWM of the page's renderer process"
 )
+
+
+def matmul_model(n: int) -> bytes:
+    """An ONNX model of one float32 MatMul, (n, n) input times a constant (n, n): the page's peak benchmark."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.full((n, n), 1.0 / n, np.float32), "b")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])],
+        "peak",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n])],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])],
+        [weights],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
 
 
 class BrowserBackend:
@@ -66,6 +87,7 @@ class BrowserSession:
         self.targets, self.settings, self.chromium, self.url, self.images = targets, settings, chromium, url, images
         self.name = browser.browser_name(chromium)
         self.info: dict | None = None
+        self.page_peaks: dict[int, float | None] = {}
 
     def threads(self, settings: Settings) -> list[int]:
         return settings.threads
@@ -131,6 +153,34 @@ class BrowserSession:
         finally:
             app.close()
 
+    def page_peak(self, threads: int) -> float | None:
+        """The page's float32 peak on `threads` (WebAssembly SIMD is 128 bits wide, AVX2's 256, AVX-512's 512):
+        the best of square MatMuls in ONNX Runtime Web, in a fresh page started with that thread count."""
+        from toolkit import browser
+
+        if threads in self.page_peaks:
+            return self.page_peaks[threads]
+        entry = next((t.entry for t in self.targets if t.entry and t.runtime == "onnxruntime-web-wasm"), None)
+        best = None
+        if entry is not None:
+            files = {f"{PEAK_PATH}{n}.onnx": matmul_model(n) for n in PEAK_SIZES}
+            try:
+                app = browser.open_app(self.chromium, self.url, entry["id"], threads, files=files)
+            except ToolkitError:
+                app = None
+            if app is not None:
+                try:
+                    best = max(app.peak_gflops(f"{PEAK_PATH}{n}.onnx", n)["gflops"] for n in PEAK_SIZES)
+                finally:
+                    app.close()
+        self.page_peaks[threads] = round(best, 2) if best else None
+        return self.page_peaks[threads]
+
     def finish(self, report: BenchReport) -> None:
         report.browser = self.info
         report.versions["browser"] = self.name
+        for row in report.results:
+            if row.status == "ok" and row.device == self.name:
+                row.page_peak_gflops = self.page_peak(row.threads)
+                if row.page_peak_gflops:
+                    row.fraction_of_page_peak = round(row.gflops_per_second / row.page_peak_gflops, 4)

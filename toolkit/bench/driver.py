@@ -47,6 +47,8 @@ class BenchRecord:
     fraction_of_peak: float | None = None
     floor_ms: float | None = None  # the compute floor of one call: its FLOPs at the measured float32 peak
     ratio_to_floor: float | None = None  # p50 / floor: 1.0 would be every cycle doing useful float32 work
+    page_peak_gflops: float | None = None  # browser rows: the page's own float32 peak (a MatMul in ORT Web)
+    fraction_of_page_peak: float | None = None
     accuracy: float | None = None
     status: str = "ok"  # ok (timed here), estimate (a compiler's model: never timed), sized, skipped, failed
     note: str = ""
@@ -127,6 +129,7 @@ class BenchReport:
     results: list[BenchRecord] = field(default_factory=list)
     harness_check: dict[str, Any] | None = None
     browser: dict[str, Any] | None = None  # name, user agent, isolation: for rows measured in a browser
+    comparison: list[dict[str, Any]] | None = None  # best web against best native row, measured in this one run
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -138,6 +141,8 @@ class BenchReport:
         }
         if self.browser:
             out["browser"] = self.browser
+        if self.comparison:
+            out["comparison"] = self.comparison
         return out
 
 
@@ -211,6 +216,34 @@ def run(backends: list[Backend], settings: Settings, progress: Callable[[str], N
     return report
 
 
+def compare_web_native(rows: list[BenchRecord]) -> list[dict[str, Any]]:
+    """Per thread count, the best browser row's batch-1 p50 against the best native row's, both from one run
+    (the machine's drift cancels only then), and each browser row's p99 against its own p50."""
+    from toolkit.artifacts import BROWSER, NATIVE, kind_of
+
+    ok = [r for r in rows if r.status == "ok" and r.batch_size == 1 and not r.format == "keras"]
+    out = []
+    for t in sorted({r.threads for r in ok}):
+        web = [r for r in ok if r.threads == t and kind_of(r.runtime) == BROWSER]
+        native = [r for r in ok if r.threads == t and kind_of(r.runtime) == NATIVE]
+        if not web or not native:
+            continue
+        w, n = min(web, key=lambda r: r.p50_ms), min(native, key=lambda r: r.p50_ms)
+        out.append(
+            {
+                "threads": t,
+                "best_web": f"{w.artifact} ({w.runtime})",
+                "best_web_p50_ms": w.p50_ms,
+                "best_native": f"{n.artifact} ({n.runtime})",
+                "best_native_p50_ms": n.p50_ms,
+                "web_over_native": round(w.p50_ms / n.p50_ms, 3),
+                "web_p99_over_p50": {f"{r.artifact} ({r.runtime})": round(r.p99_ms / r.p50_ms, 2) for r in web},
+                "best_web_fraction_of_page_peak": w.fraction_of_page_peak,
+            }
+        )
+    return out
+
+
 def merge(report: dict[str, Any], previous: Path) -> dict[str, Any]:
     """Fold this run's rows into an earlier results.json of the same machine: a row of this run replaces the row
     with the same (artifact, runtime, threads, batch); the others stay, native rows before browser rows. So a
@@ -248,8 +281,8 @@ def merge(report: dict[str, Any], previous: Path) -> dict[str, Any]:
             "results": rows,
         }
     merged = {**report, "results": rows}
-    for name in ("browser", "browser_settings"):
-        if prev.get(name):
+    for name in ("browser", "browser_settings", "comparison"):
+        if prev.get(name) and not merged.get(name):
             merged[name] = prev[name]
     merged["versions"] = {
         **{k: v for k, v in prev.get("versions", {}).items() if k not in report["versions"]},

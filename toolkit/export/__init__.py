@@ -31,8 +31,10 @@ FORMATS: dict[str, str] = {
     "onnx": "toolkit.export.onnx",
     "micro": "toolkit.export.micro",
     "web": "toolkit.export.web",
+    "recipes": "toolkit.export.recipes",  # quantization recipes (toolkit quantize searches them)
 }
 ALIASES = {"c": "micro"}  # the earlier name of the microcontroller format
+ONLY_WHEN_NAMED = ("recipes",)  # not in --format all: minutes of quantizing, and some recipes fail by design
 DEFAULT_CALIBRATION_SIZE = 1000
 
 
@@ -110,7 +112,9 @@ def parse_selection(fmt: str, variants: list[str] | None) -> list[tuple[str, lis
             f"no format given in --format {fmt!r}; choose one or more of: {', '.join([*FORMATS, 'all'])}"
         )
     formats = (
-        list(FORMATS) if "all" in names else [f for f in FORMATS if f in names] + [f for f in names if f not in FORMATS]
+        [f for f in FORMATS if f not in ONLY_WHEN_NAMED]
+        if "all" in names
+        else [f for f in FORMATS if f in names] + [f for f in names if f not in FORMATS]
     )
     for f in formats:
         if f not in FORMATS:
