@@ -49,6 +49,11 @@ def test_resume_continues_from_the_checkpoint(tmp_path, mnist):
     assert len(result.metrics["history"]["val_accuracy"]) == 2
     with pytest.raises(ToolkitError, match="already finished 2 of 2 epochs"):
         train_lib.train(tmp_path, mnist, TrainConfig(epochs=2, limit=600, eval_limit=200), resume=True)
+    # interrupted while evaluating the best epoch (no metrics.json yet): --resume finishes it, training nothing
+    (tmp_path / "metrics.json").unlink()
+    again = train_lib.train(tmp_path, mnist, TrainConfig(epochs=2, limit=600, eval_limit=200), resume=True)
+    assert again.metrics["epochs"] == 2 and again.metrics["accuracy"] == result.metrics["accuracy"]
+    assert again.metrics["train_seconds_this_run"] == 0
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path, mnist):

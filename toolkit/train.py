@@ -283,6 +283,8 @@ def train(
         state["epoch_gflops"] = list(saved.get("epoch_gflops") or [])
         state["config"] = asdict(config)
         if state["epoch"] >= config.epochs:
+            if not _finished(workspace, state):  # interrupted while evaluating the best epoch: finish that now
+                return _finish_or_interrupt(workspace, dataset, config, state, detect_devices(), "single device", 0.0)
             raise ToolkitError(
                 f"{ckpt_dir / 'state.json'}: the checkpoint already finished {state['epoch']} of {config.epochs} "
                 "epochs; pass more --epochs to go on"
@@ -339,7 +341,29 @@ def train(
             raise _interrupted(ckpt_dir, kept=resume or state["epoch"] > 0) from None
         train_seconds = time.perf_counter() - started
 
-    return finish(workspace, dataset, config, state, devices, parallelism, train_seconds)
+    return _finish_or_interrupt(workspace, dataset, config, state, devices, parallelism, train_seconds)
+
+
+def _finished(workspace: Path, state: dict) -> bool:
+    """Did the run of this checkpoint write its model.keras and metrics.json (the last step, after the epochs)?"""
+    try:
+        metrics = fsio.read_json(ws.metrics(workspace))
+        return (
+            isinstance(metrics, dict)
+            and metrics.get("epochs") == state["epoch"]
+            and metrics.get("model_sha256") == file_sha256(ws.model(workspace))
+        )
+    except (ToolkitError, OSError):
+        return False
+
+
+def _finish_or_interrupt(workspace: Path, dataset: Dataset, config: TrainConfig, state: dict, *rest) -> TrainResult:
+    try:
+        return finish(workspace, dataset, config, state, *rest)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            "interrupted while evaluating the best epoch; the epochs are kept: `toolkit train --resume` finishes it"
+        ) from None
 
 
 def _saved_state(ckpt_dir: Path, dataset: Dataset, config: TrainConfig) -> tuple[dict, TrainConfig]:
