@@ -7,6 +7,7 @@ import errno
 import http.client
 import json
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -363,3 +364,17 @@ def test_a_huge_image_is_refused_with_its_size(tmp_path):
         preprocess.prepare(tmp_path / "big.png")
     Image.fromarray(np.pad(np.full((12, 4), 255, np.uint8), 8)).save(tmp_path / "digit.png")
     assert preprocess.prepare(tmp_path / "digit.png").shape == (28, 28, 1)
+
+
+def test_the_server_refuses_a_web_model_changed_since_export(exported_workspace, tmp_path):
+    ws = tmp_path / "ws"
+    shutil.copytree(exported_workspace[0], ws, ignore=shutil.ignore_patterns("vendor"))
+    changed = ws / "web" / "models" / "mnist_cnn.float16.tflite"
+    data = bytearray(changed.read_bytes())
+    data[-1] ^= 0xFF
+    changed.write_bytes(bytes(data))
+    with serve.serving(ws / "web") as url:
+        status, body, _ = _get(url, "/models/mnist_cnn.float16.tflite")
+        assert status == 409 and b"not certified" in body
+        status, body, _ = _get(url, "/models/mnist_cnn.float32.tflite")
+        assert status == 200 and body == (ws / "web" / "models" / "mnist_cnn.float32.tflite").read_bytes()

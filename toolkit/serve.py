@@ -24,7 +24,10 @@ from collections.abc import Iterator
 from http import HTTPStatus
 from pathlib import Path
 
+from toolkit import manifest
+from toolkit import workspace as ws
 from toolkit.errors import ToolkitError
+from toolkit.manifest import file_sha256
 
 MIME_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -48,6 +51,8 @@ ISOLATION_HEADERS = {
 class Handler(http.server.SimpleHTTPRequestHandler):
     extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, **MIME_TYPES}
     quiet = False
+    certified: dict[str, str] = {}  # real path of each web model -> its SHA-256 in the workspace's manifest
+    hashes: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> SHA-256: each file hashed once
 
     def end_headers(self) -> None:
         for name, value in ISOLATION_HEADERS.items():
@@ -65,6 +70,11 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         if path is None:
             self.send_error(status)
             return None
+        if not self.certified_ok(path):
+            self.send_error(
+                HTTPStatus.CONFLICT, "SHA-256 differs from the manifest: changed since export, not certified"
+            )
+            return None
         try:
             f = open(path, "rb")
         except OSError:
@@ -79,6 +89,17 @@ class Handler(http.server.SimpleHTTPRequestHandler):
             f.close()
             raise
         return f
+
+    def certified_ok(self, path: str) -> bool:
+        """A model the workspace's manifest certifies is served only while its bytes are the ones verified."""
+        expected = self.certified.get(path)
+        if expected is None:
+            return True
+        st = os.stat(path)
+        key = (path, st.st_size, st.st_mtime_ns)
+        if key not in self.hashes:
+            self.hashes[key] = file_sha256(Path(path))
+        return self.hashes[key] == expected
 
     def site_file(self) -> tuple[HTTPStatus, str | None]:
         """The regular file inside the site that the URL's path names (after symlinks), or why there is none."""
@@ -117,8 +138,17 @@ def check_site(root: Path) -> Path:
     return root
 
 
+def certified_files(root: Path) -> dict[str, str]:
+    """The web models that the manifest of the workspace around the site (DIR/web -> DIR) certifies, by real path."""
+    workspace = Path(root).resolve().parent
+    if not ws.manifest(workspace).is_file():
+        return {}
+    return {os.path.realpath(workspace / r.file): r.sha256 for r in manifest.records(workspace)}
+
+
 def make_server(root: Path, port: int = 8000, host: str = "127.0.0.1", quiet: bool = False) -> Server:
-    handler_class = type("QuietHandler" if quiet else "Handler", (Handler,), {"quiet": quiet})
+    attributes = {"quiet": quiet, "certified": certified_files(root), "hashes": {}}
+    handler_class = type("QuietHandler" if quiet else "Handler", (Handler,), attributes)
     handler = functools.partial(handler_class, directory=str(root))
     try:
         return Server((host, port), handler)
