@@ -635,9 +635,9 @@ def read_report(workspace: Path) -> Outcome | None:
 
 def pareto_png(outcome: Outcome, target: Path) -> Path:
     """Size against accuracy: passing green, failing red, the front joined; points far below drawn at the bottom."""
-    from toolkit.report import _plt, _save
+    from toolkit.report import pyplot, save_png
 
-    plt = _plt()
+    plt = pyplot()
     verified = [r for r in outcome.rows if r.accuracy is not None]
     reference = outcome.reference_accuracy * 100
     floor = reference - max(1.0, 5 * outcome.budget_pp)
@@ -681,7 +681,7 @@ def pareto_png(outcome: Outcome, target: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    return _save(fig, target)
+    return save_png(fig, target)
 
 
 def write_report(outcome: Outcome, folder: Path, stem: str) -> dict[str, str]:
@@ -697,7 +697,7 @@ def write_report(outcome: Outcome, folder: Path, stem: str) -> dict[str, str]:
 
 
 def write_explanation(result: Explanation, folder: Path) -> dict[str, str]:
-    from toolkit.report import _plt, _save
+    from toolkit.report import pyplot, save_png
 
     stem = f"explain-{result.recipe}"
     files = {"json": folder / f"{stem}.json", "markdown": folder / f"{stem}.md", "plot": folder / f"{stem}.png"}
@@ -720,7 +720,7 @@ def write_explanation(result: Explanation, folder: Path) -> dict[str, str]:
         "",
     ]
     fsio.write_text(files["markdown"], "\n".join(text))
-    plt = _plt()
+    plt = pyplot()
     shown = [e for e in result.layers if e.alone_snr_db is not None and math.isfinite(e.alone_snr_db)]
     fig, ax = plt.subplots(figsize=(8, 0.5 * max(len(result.layers), 4) + 1.5))
     names = [f"{e.layer} ({e.type}, {e.params:,})" for e in result.layers]
@@ -740,5 +740,5 @@ def write_explanation(result: Explanation, folder: Path) -> dict[str, str]:
     ax.set_title(f"{result.recipe}: which layer costs accuracy ({result.images} calibration images)")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    _save(fig, files["plot"])
+    save_png(fig, files["plot"])
     return result.files

@@ -163,11 +163,7 @@ def device_lines(rows: list[dict[str, Any]]) -> list[str]:
 
 def benchmark_plot(report: dict[str, Any], target: Path) -> Path:
     """Batch-1 latency per runtime and variant (p50 with p90/p99 whiskers), and size against accuracy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     ok = [r for r in report["results"] if r["status"] == "ok" and r["batch_size"] == 1]
     threads = sorted({r["threads"] for r in ok})
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 6), gridspec_kw={"width_ratios": [3, 2]})
@@ -208,10 +204,7 @@ def benchmark_plot(report: dict[str, Any], target: Path) -> Path:
     ax2.grid(alpha=0.3)
     fig.suptitle(f"{report['machine']['cpu']}, {report['machine']['cpus_usable']} CPU(s)")
     fig.tight_layout()
-    with fsio.atomic_path(Path(target)) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return Path(target)
+    return save_png(fig, target, dpi=110)
 
 
 def write_benchmark_outputs(report: dict[str, Any], folder: Path) -> dict[str, Path]:
@@ -226,7 +219,8 @@ def write_benchmark_outputs(report: dict[str, Any], folder: Path) -> dict[str, P
 # ------------------------------------------------------------------------------------ artifact reports
 
 
-def _plt():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend: every plot is a file, and no machine here has a display."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -235,17 +229,18 @@ def _plt():
     return plt
 
 
-def _save(fig, target: Path) -> Path:
+def save_png(fig, target: Path, dpi: int = 100) -> Path:
+    """Write the figure atomically and free it (pyplot keeps every open figure otherwise)."""
     with fsio.atomic_path(Path(target)) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    _plt().close(fig)
+        fig.savefig(tmp, dpi=dpi, format="png")
+    pyplot().close(fig)
     return Path(target)
 
 
 def confusion_matrix_png(matrix, labels: list[str], title: str, target: Path) -> Path:
     import numpy as np
 
-    plt = _plt()
+    plt = pyplot()
     matrix = np.asarray(matrix)
     fig, ax = plt.subplots(figsize=(7, 6))
     shown = np.where(matrix > 0, matrix, np.nan)
@@ -269,13 +264,13 @@ def confusion_matrix_png(matrix, labels: list[str], title: str, target: Path) ->
     ax.set_title(title)
     fig.colorbar(im, ax=ax, label="log10(count)")
     fig.tight_layout()
-    return _save(fig, target)
+    return save_png(fig, target)
 
 
 def image_grid_png(
     images, captions: list[str], title: str, target: Path, cols: int = 10, colours: list[str] | None = None
 ) -> Path:
-    plt = _plt()
+    plt = pyplot()
     n = len(images)
     rows = max(1, -(-n // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.8 + 0.4))
@@ -286,7 +281,7 @@ def image_grid_png(
             ax.set_title(captions[k], fontsize=7, color=(colours[k] if colours else "black"))
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, target)
+    return save_png(fig, target)
 
 
 def report_artifact(

@@ -15,7 +15,7 @@ from typing import Any
 
 from toolkit import fsio
 from toolkit import workspace as ws
-from toolkit.bench.driver import BenchRecord, BenchReport, Settings, compare_web_native, merge, run
+from toolkit.bench.driver import BenchRecord, BenchReport, Settings, compare_web_native, earlier_results, merge, run
 from toolkit.bench.machine import machine_info, machine_slug
 from toolkit.data import Dataset
 from toolkit.errors import ToolkitError
@@ -40,6 +40,7 @@ def measure(
     progress: Callable[[str], None] | None = None,
     timeout: float = 1800.0,
     seconds_per_measurement: float | None = None,
+    machine: dict[str, Any] | None = None,
 ) -> BenchReport:
     """Measure the workspace's artifacts (or `models`) natively, or with `browser` its web artifacts in Chromium.
     `seconds_per_measurement` caps the timed calls of a slow target (at least 20 are made)."""
@@ -64,7 +65,8 @@ def measure(
             NativeBackend(workspace, dataset, models, include_keras, timeout),
             EstimateBackend(workspace, models),
         ]
-    report = run(backends, Settings.of(batch_sizes, threads, iterations, warmup, seconds_per_measurement), progress)
+    settings = Settings.of(batch_sizes, threads, iterations, warmup, seconds_per_measurement)
+    report = run(backends, settings, progress, machine)
     if browser:
         report.comparison = compare_web_native(report.results)
     return report
@@ -106,12 +108,15 @@ def benchmark(
     then write results.json, SUMMARY.md and benchmark.png, merged with the folder's earlier results."""
     from toolkit import report as report_lib
 
-    folder = results_folder(workspace, machine_info(), out, publish)
+    machine = machine_info()
+    folder = results_folder(workspace, machine, out, publish)
     fsio.ensure_dir(folder)  # an unusable folder, or another machine's results in it, fail before the measuring
-    merge({"machine": machine_info(), "versions": {}, "settings": {}, "results": []}, folder / "results.json")
+    earlier_results(folder / "results.json", machine)
     plan = FULL if full or publish else QUICK
     sizes = batch_sizes or plan["batch_sizes"]
-    result = measure(workspace, dataset, sizes, seconds_per_measurement=plan["seconds_per_measurement"], **options)
+    result = measure(
+        workspace, dataset, sizes, seconds_per_measurement=plan["seconds_per_measurement"], machine=machine, **options
+    )
     merged = merge(result.to_dict(), folder / "results.json")
     files = report_lib.write_benchmark_outputs(merged, folder)
     failed = [r for r in result.results if r.status == "failed"]

@@ -180,12 +180,18 @@ def derive(row: BenchRecord, flops_per_image: int, peak_gflops: float) -> BenchR
     return row
 
 
-def run(backends: list[Backend], settings: Settings, progress: Callable[[str], None] | None = None) -> BenchReport:
-    """Measure every target of each backend on every thread count, on this machine, into one report."""
+def run(
+    backends: list[Backend],
+    settings: Settings,
+    progress: Callable[[str], None] | None = None,
+    machine: dict[str, Any] | None = None,
+) -> BenchReport:
+    """Measure every target of each backend on every thread count, on this machine (`machine`: its
+    `machine_info()`, if the caller has it already), into one report."""
     from toolkit.model import build_model, flops_per_image
 
     say = progress or (lambda msg: None)
-    info = machine_info()
+    info = dict(machine or machine_info())
     flops = flops_per_image(build_model())
     with contextlib.ExitStack() as stack:  # plans every backend's targets first: a bad request fails at once
         sessions = [stack.enter_context(backend.open(settings, say)) for backend in backends]
@@ -244,24 +250,36 @@ def compare_web_native(rows: list[BenchRecord]) -> list[dict[str, Any]]:
     return out
 
 
-def merge(report: dict[str, Any], previous: Path) -> dict[str, Any]:
-    """Fold this run's rows into an earlier results.json of the same machine: a row of this run replaces the row
-    with the same (artifact, runtime, threads, batch); the others stay, native rows before browser rows. So a
-    one-file run or a browser run adds to the results instead of wiping them."""
-    from toolkit.artifacts import BROWSER, kind_of
+def earlier_results(previous: Path, machine: dict[str, Any]) -> dict[str, Any] | None:
+    """The results.json already in a folder, if it is a readable one; ToolkitError if another machine made it
+    (its results are never overwritten)."""
     from toolkit.bench.machine import machine_slug
 
     try:
         prev = json.loads(Path(previous).read_text())
-        same_machine = machine_slug(prev["machine"]) == machine_slug(report["machine"])
-        old_rows = [r for r in prev["results"] if isinstance(r, dict)]
+        same_machine = machine_slug(prev["machine"]) == machine_slug(machine)
+        if not isinstance(prev["results"], list):
+            return None
     except (OSError, ValueError, KeyError, TypeError):
-        return report
+        return None
     if not same_machine:
         raise ToolkitError(
             f"{previous}: results of another machine ({prev['machine'].get('cpu')}); they are kept: "
             "write this run elsewhere with --out"
         )
+    return prev
+
+
+def merge(report: dict[str, Any], previous: Path) -> dict[str, Any]:
+    """Fold this run's rows into an earlier results.json of the same machine: a row of this run replaces the row
+    with the same (artifact, runtime, threads, batch); the others stay, native rows before browser rows. So a
+    one-file run or a browser run adds to the results instead of wiping them."""
+    from toolkit.artifacts import BROWSER, kind_of
+
+    prev = earlier_results(previous, report["machine"])
+    if prev is None:
+        return report
+    old_rows = [r for r in prev["results"] if isinstance(r, dict)]
 
     def key(r: dict[str, Any]) -> tuple:
         return (r.get("artifact"), r.get("runtime"), r.get("threads"), r.get("batch_size"))
