@@ -129,3 +129,31 @@ def test_report_and_model_card(exported_workspace, mnist, tmp_path):
     assert "# Model card: mnist_cnn" in text and "mnist_cnn.int8.tflite" in text
     assert "report/mnist_cnn_int8_tflite.confusion.png" in text
     assert "scale 0.00392156886" in text  # the int8 input's quantization, from the manifest
+
+
+def test_layer_profile_gives_every_node_to_a_layer(exported_workspace, mnist):
+    from toolkit.bench.layers import OVERHEAD, layer_of, profile
+    from toolkit.model import flops_by_layer, flops_per_image, load_keras_model
+
+    layers = ["conv1", "conv1_extra", "dense1", "dense10"]
+    assert layer_of("mnist_cnn_1/conv1_1/Relu:0_nchwc", layers) == "conv1"
+    assert layer_of("fused mnist_cnn_1/dense1_1/MatMul/MatMulAddFusion_", layers) == "dense1"
+    assert layer_of("model/dense10/BiasAdd", layers) == "dense10"
+    assert layer_of("ReorderOutput_token_9", layers) == OVERHEAD
+
+    workspace, _ = exported_workspace
+    result = profile(workspace, mnist, None, threads=1, calls=100)
+    keras_model = load_keras_model(workspace / "model.keras")
+    assert result.artifact == "mnist_cnn.float32.onnx" and result.calls == 100
+    rows = {r.layer: r for r in result.rows}
+    for name in ("conv1", "conv2", "conv3", "conv4", "dense1", "probabilities"):
+        assert rows[name].microseconds > 0 and {"Conv", "FusedGemm", "Gemm"} & set(rows[name].ops), name
+    assert sum(r.share for r in result.rows) == pytest.approx(1.0, abs=1e-2)
+    assert sum(r.microseconds for r in result.rows) == pytest.approx(result.profiled_ms * 1e3, rel=1e-2)
+    assert rows["dense1"].weight_bytes == 4 * keras_model.get_layer("dense1").count_params()  # float32 weights
+    assert rows["conv2"].mflop == pytest.approx(flops_by_layer(keras_model)["conv2"] / 1e6, abs=1e-3)
+    assert result.floor_ms == pytest.approx(flops_per_image(keras_model) / result.peak_gflops / 1e6, rel=1e-2)
+    assert 0 < result.p50_ms and result.machine["cpus_usable"] >= 1
+
+    out = CliRunner().invoke(app, ["profile", "--dir", str(workspace), "--model", "mnist_cnn.float32.tflite"])
+    assert out.exit_code == 1 and "not an ONNX artifact" in out.output

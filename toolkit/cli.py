@@ -367,6 +367,29 @@ def benchmark(
     outcome.raise_if_failed()
 
 
+@command
+def profile(
+    model: Optional[Path] = typer.Option(
+        None, "--model", help="The ONNX artifact to profile. Default: the workspace's float32 ONNX export."
+    ),
+    threads: int = typer.Option(1, "--threads", min=1, max=256, help="Intra-op threads."),
+    calls: int = typer.Option(2000, "--calls", min=50, help="Timed batch-1 calls (after 200 untimed ones)."),
+    data_dir: Optional[Path] = DataDirOption,
+    dataset: str = DatasetOption,
+    workspace: Path = DirOption,
+    json_out: Optional[str] = JsonOption,
+):
+    """Where a batch-1 call's time goes, layer by layer (ONNX Runtime's profiler), against the compute floor."""
+    from toolkit import data as data_lib
+    from toolkit.bench.layers import profile as profile_lib
+    from toolkit.console import console, layer_table
+
+    ds = data_lib.load(data_dir, dataset, progress=lambda msg: console.print(msg))
+    result = profile_lib(workspace, ds, model, threads, calls)
+    console.print(layer_table(result))
+    write_json_output(json_out, result.to_dict())
+
+
 # --------------------------------------------------------------------------------------------- serve
 
 

@@ -210,6 +210,31 @@ def benchmark_table(report):
     return Group(*parts)
 
 
+def layer_table(profile):
+    """`toolkit profile`: one row per layer, the costliest share first in the reader's eye by its share column."""
+    rows = [
+        [
+            r.layer,
+            ", ".join(r.ops),
+            f"{r.microseconds:.0f}",
+            f"{r.share:.0%}",
+            f"{r.mflop:.2f}" if r.mflop else "-",
+            f"{r.gflops_per_second:.1f}" if r.gflops_per_second else "-",
+            f"{r.fraction_of_peak:.0%}" if r.fraction_of_peak else "-",
+            f"{r.weight_bytes / 1024:.0f}" if r.weight_bytes else "-",
+            f"{r.weight_gb_per_second:.1f}" if r.weight_gb_per_second else "-",
+        ]
+        for r in profile.rows
+    ]
+    title = (
+        f"{profile.artifact}, batch 1, {profile.threads} thread(s): p50 {profile.p50_ms:.3f} ms unprofiled, "
+        f"{profile.profiled_ms:.3f} ms profiled; floor {profile.floor_ms:.3f} ms "
+        f"({profile.p50_ms / profile.floor_ms:.2f}x) at {profile.peak_gflops:.0f} GFLOP/s"
+    )
+    columns = ["layer", "kernels", "us", "share", "MFLOP", "GFLOP/s", "of peak", "weights KB", "weights GB/s"]
+    return table(title, columns, rows)
+
+
 def keras_progress_callback():
     """A Keras callback: one progress bar per epoch, then a one-line summary of that epoch."""
     from toolkit.backend import keras as _keras

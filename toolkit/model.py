@@ -55,20 +55,25 @@ def count_params(model) -> dict[str, int]:
 
 
 def flops_per_image(model) -> int:
-    """Floating-point operations of one forward pass (a multiply-add counts as 2), from the layer shapes.
+    """Floating-point operations of one forward pass (a multiply-add counts as 2), from the layer shapes."""
+    return sum(flops_by_layer(model).values())
+
+
+def flops_by_layer(model) -> dict[str, int]:
+    """Each layer's floating-point operations in one forward pass (a multiply-add counts as 2).
 
     Convolutions and dense layers (the multiply-adds that dominate), plus bias adds, activations, pooling
     comparisons and batch-norm scale/shift; dropout and flatten cost nothing at inference.
     """
-    total = 0
+    flops = {}
     for layer in model.layers:
         kind = type(layer).__name__
         if kind == "InputLayer":
             continue
-        out_shape = tuple(d for d in layer.output.shape[1:])
         out_size = 1
-        for d in out_shape:
+        for d in layer.output.shape[1:]:
             out_size *= int(d)
+        total = 0
         if kind == "Conv2D":
             kh, kw = layer.kernel_size
             cin = int(layer.input.shape[-1])
@@ -86,7 +91,8 @@ def flops_per_image(model) -> int:
             total += (ph * pw - 1) * out_size
         elif kind == "BatchNormalization":
             total += 2 * out_size  # folded into a scale and a shift at inference
-    return total
+        flops[layer.name] = total
+    return flops
 
 
 def load_keras_model(path: str | Path):

@@ -165,13 +165,23 @@ class OnnxRunner:
     runtime = "onnxruntime"
 
     def __init__(
-        self, path: Path, threads: int | None = None, providers: list[str] | None = None, optimize: bool = True
+        self,
+        path: Path,
+        threads: int | None = None,
+        providers: list[str] | None = None,
+        optimize: bool = True,
+        profile_prefix: str | None = None,
     ):
+        """`profile_prefix`: record ONNX Runtime's per-node timings into a JSON file of that prefix
+        (`end_profiling` returns it); for `toolkit profile`, never while a benchmark times the runner."""
         import onnxruntime as ort
 
         self.path, self.threads = path, threads
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        if profile_prefix:
+            opts.enable_profiling = True
+            opts.profile_file_prefix = profile_prefix
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
@@ -194,6 +204,10 @@ class OnnxRunner:
     def run(self, images: np.ndarray) -> np.ndarray:
         (y,) = self._session.run(self._fetch, {self._feed: check_images(images)})
         return y if y.dtype == np.float32 else y.astype(np.float32)
+
+    def end_profiling(self) -> Path:
+        """Stop profiling; the JSON trace of every node run since the session started."""
+        return Path(self._session.end_profiling())
 
 
 _ORT_TYPES = {
