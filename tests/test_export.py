@@ -131,41 +131,14 @@ def test_altered_weights_fail_parity(exported_workspace, mnist, tmp_path):
     assert any("max |diff|" in p for p in result.problems)
 
 
-def test_c_array_is_byte_identical_and_compiles(exported_workspace, tmp_path):
+def test_c_array_is_byte_identical(exported_workspace):
+    """The full export's C array holds the micro model byte for byte (test_micro compiles it with gcc and g++)."""
     workspace, _ = exported_workspace
     tflite = (workspace / "mnist_cnn.micro.tflite").read_bytes()
     data, length = parse_c_array(workspace / "mnist_cnn.micro.c")
     symbol = manifest.read(workspace)["artifacts"]["mnist_cnn.micro.c"]["made_with"]["symbol"]
     assert data == tflite and length == len(tflite)
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc not installed")
-    main = tmp_path / "main.c"
-    main.write_text(
-        '#include <stdio.h>\n#include <stdint.h>\n#include "mnist_cnn.micro.h"\n'
-        "int main(int argc, char **argv) {\n"
-        f"  if ((uintptr_t){symbol} % 16 != 0) return 3;\n"
-        '  FILE *f = fopen(argv[1], "wb");\n'
-        f"  fwrite({symbol}, 1, {symbol}_len, f);\n"
-        "  return fclose(f);\n}\n"
-    )
-    exe = tmp_path / "dump"
-    subprocess.run(
-        [
-            "gcc",
-            "-std=c11",
-            "-Wall",
-            "-Werror",
-            "-I",
-            str(workspace),
-            "-o",
-            str(exe),
-            str(main),
-            str(workspace / "mnist_cnn.micro.c"),
-        ],
-        check=True,
-    )
-    subprocess.run([str(exe), str(tmp_path / "out.tflite")], check=True)
-    assert (tmp_path / "out.tflite").read_bytes() == tflite
+    assert f"const unsigned char {symbol}[]" in (workspace / "mnist_cnn.micro.c").read_text()
 
 
 def test_c_array_mismatch_fails(exported_workspace, mnist, tmp_path):

@@ -42,10 +42,15 @@ def test_resume_continues_from_the_checkpoint(tmp_path, mnist):
     train_lib.train(tmp_path, mnist, config)
     state = json.loads((tmp_path / "checkpoint" / "state.json").read_text())
     assert state["epoch"] == 1
+    first = _schedule_config(tmp_path)
+    steps_per_epoch = first["decay_steps"] + first["warmup_steps"]
     result = train_lib.train(
         tmp_path, mnist, TrainConfig(epochs=2, limit=600, eval_limit=200, batch_size=64), resume=True
     )
     assert result.metrics["epochs"] == 2
+    # more epochs on resume stretch the schedule over the whole run: one warm-up epoch, then decay to the end
+    stretched = _schedule_config(tmp_path)
+    assert stretched["warmup_steps"] == steps_per_epoch and stretched["decay_steps"] == steps_per_epoch
     assert len(result.metrics["history"]["val_accuracy"]) == 2
     with pytest.raises(ToolkitError, match="already finished 2 of 2 epochs"):
         train_lib.train(tmp_path, mnist, TrainConfig(epochs=2, limit=600, eval_limit=200), resume=True)
@@ -54,6 +59,14 @@ def test_resume_continues_from_the_checkpoint(tmp_path, mnist):
     again = train_lib.train(tmp_path, mnist, TrainConfig(epochs=2, limit=600, eval_limit=200), resume=True)
     assert again.metrics["epochs"] == 2 and again.metrics["accuracy"] == result.metrics["accuracy"]
     assert again.metrics["train_seconds_this_run"] == 0
+
+
+def _schedule_config(workspace) -> dict:
+    """The learning-rate schedule saved with the optimizer in the checkpoint."""
+    import keras
+
+    model = keras.saving.load_model(workspace / "checkpoint" / "last.keras", safe_mode=True)
+    return model.optimizer.get_config()["learning_rate"]["config"]
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path, mnist):

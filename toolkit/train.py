@@ -319,6 +319,8 @@ def train(
     with scope:
         if resume:
             model = keras.saving.load_model(ckpt_dir / "last.keras", safe_mode=True)
+            # the schedule spans this call's epochs: more --epochs on resume stretch it, as if planned so from the start
+            model.optimizer.learning_rate = _schedule(config, len(batches))
         else:
             model = build_model(output_dtype="float32" if config.mixed_precision else None)
             schedule = _schedule(config, len(batches))
