@@ -349,7 +349,7 @@ def test_a_data_file_that_is_a_folder_is_called_a_folder(tmp_path, mnist_dir):
         (folder / f"{name}.gz").symlink_to(mnist_dir / f"{name}.gz")
     (folder / "train-labels-idx1-ubyte.gz").unlink()
     (folder / "train-labels-idx1-ubyte.gz").mkdir()
-    with pytest.raises(ToolkitError, match=r"train-labels-idx1-ubyte.gz: is a folder, expected a file$"):
+    with pytest.raises(ToolkitError, match=r"train-labels-idx1-ubyte.gz: is a folder, not a file$"):
         data.load(folder)
 
 

@@ -112,14 +112,7 @@ def idx_bytes(array: np.ndarray) -> bytes:
 
 
 def _read_maybe_gzip(path: Path) -> bytes:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ToolkitError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise ToolkitError(f"{path}: is a folder, expected a file") from None
-    except OSError as e:
-        raise ToolkitError(f"{path}: cannot read ({e.strerror or e})") from None
+    raw = fsio.read_bytes(path)
     if raw[:2] == b"\x1f\x8b":
         try:
             return gzip.decompress(raw)

@@ -197,16 +197,22 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def read_json(path: Path) -> Any:
+def read_bytes(path: Path) -> bytes:
+    """A file's bytes, or one line naming the file: missing, a folder, or unreadable."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return path.read_bytes()
     except FileNotFoundError:
         raise ToolkitError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise ToolkitError(f"{path}: is a folder, not a file") from None
     except OSError as e:
         raise ToolkitError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(read_bytes(path).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ToolkitError(f"{path}: not valid JSON ({e})") from None
 

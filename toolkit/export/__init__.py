@@ -87,6 +87,17 @@ def variants_of(fmt: str) -> tuple[str, ...]:
     return import_module(FORMATS[fmt]).VARIANTS
 
 
+def export_variants(
+    ctx: ExportContext, variants: list[str], fmt: str, write: Callable[[ExportContext, str, Path], dict[str, Any]]
+) -> list[ArtifactRecord]:
+    """Write each variant to its path with `write` (which returns how it was made) and record what it is."""
+    records = []
+    for variant in variants:
+        path = ctx.artifact_path(variant, fmt)
+        records.append(describe_artifact(path, fmt, variant, write(ctx, variant, path)))
+    return records
+
+
 def describe_artifact(path: Path, fmt: str, variant: str, made_with: dict[str, Any]) -> ArtifactRecord:
     """Load the written file in its runtime and record what it really is."""
     runner = load_runner(path, probe=False)  # written by us a moment ago

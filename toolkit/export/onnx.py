@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit import fsio
-from toolkit.export import ExportContext, describe_artifact
+from toolkit.export import ExportContext, export_variants
 from toolkit.manifest import ArtifactRecord
 from toolkit.model import INPUT_SHAPE, MODEL_NAME
 
@@ -124,8 +124,4 @@ def write(ctx: ExportContext, variant: str, target: Path, label: str = "onnx") -
 
 
 def export(ctx: ExportContext, variants: list[str]) -> list[ArtifactRecord]:
-    records = []
-    for variant in variants:
-        path = ctx.artifact_path(variant, "onnx")
-        records.append(describe_artifact(path, "onnx", variant, write(ctx, variant, path)))
-    return records
+    return export_variants(ctx, variants, "onnx", write)

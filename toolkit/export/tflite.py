@@ -6,7 +6,7 @@ from typing import Any
 
 from toolkit import fsio
 from toolkit.errors import ToolkitError
-from toolkit.export import ExportContext, describe_artifact
+from toolkit.export import ExportContext, export_variants
 from toolkit.manifest import ArtifactRecord
 
 VARIANTS = ("float32", "float16", "dynamic", "int8")
@@ -87,8 +87,4 @@ def write(ctx: ExportContext, variant: str, target, model=None, int8_io: bool = 
 
 
 def export(ctx: ExportContext, variants: list[str]) -> list[ArtifactRecord]:
-    records = []
-    for variant in variants:
-        path = ctx.artifact_path(variant, "tflite")
-        records.append(describe_artifact(path, "tflite", variant, write(ctx, variant, path)))
-    return records
+    return export_variants(ctx, variants, "tflite", write)
