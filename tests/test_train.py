@@ -98,3 +98,30 @@ def test_random_shift_moves_digits_without_losing_them():
     assert shifted.shape == images.shape and shifted.dtype == images.dtype
     assert np.array_equal(shifted.reshape(50, -1).sum(1), images.reshape(50, -1).sum(1))
     assert (shifted != images).any(axis=(1, 2)).sum() > 30  # most images moved
+
+
+def test_all_data_trains_on_every_training_image_and_keeps_the_last_epoch(tmp_path, mnist, mnist_dir):
+    from typer.testing import CliRunner
+
+    from toolkit.cli import app
+
+    (x, y), (xv, yv) = train_lib.training_data(mnist, TrainConfig())
+    assert len(x) == 48_000 and len(xv) == 12_000
+    (x_all, y_all), (xv_all, _) = train_lib.training_data(mnist, TrainConfig(all_data=True))
+    assert len(x_all) == 60_000 and len(xv_all) == 0
+    assert np.array_equal(x_all[48_000:], xv) and np.array_equal(y_all[:48_000], y)  # the held-out images join
+
+    args = ["train", "--all-data", "--epochs", "2", "--limit", "600", "--data-dir", str(mnist_dir)]
+    out = CliRunner().invoke(app, [*args, "--dir", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    assert "valid: -" in out.output  # nothing held out, nothing to show
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["config"]["all_data"] is True and metrics["train_images"] == 600
+    assert metrics["accuracy"]["valid"] is None and metrics["loss"]["valid"] is None
+    assert (
+        metrics["accuracy"]["test"] > 0.2 and metrics["best_epoch"] == metrics["epochs"] == 2
+    )  # learned (chance: 0.1); the last epoch kept
+    assert "val_accuracy" not in metrics["history"]
+    last = load_keras_model(tmp_path / "checkpoint" / "last.keras")
+    kept = load_keras_model(tmp_path / "model.keras")
+    assert all(np.array_equal(a, b) for a, b in zip(last.get_weights(), kept.get_weights()))

@@ -87,30 +87,39 @@ def _intro() -> list[str]:
     return lines
 
 
+def _or_dash(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def _training(metrics: dict[str, Any]) -> list[str]:
     """The data, the training run and the Keras model's accuracy, from metrics.json."""
-    lines: list[str] = []
     c = metrics["config"]
-    lines += [
+    acc, loss = metrics["accuracy"], metrics["loss"]
+    if c.get("all_data"):
+        split = f"train = all {metrics['train_images']:,} official training images (none held out), "
+        split += "test = the official 10,000"
+        kept = f"the last epoch ({metrics['best_epoch']}) is kept (`--all-data`)"
+    else:
+        split = "train = the first 48,000 official training images, valid = the last 12,000, test = the official "
+        split += "10,000"
+        kept = f"the best epoch by validation accuracy ({metrics['best_epoch']}) is kept"
+    return [
         "## Data and training",
         "",
         f"- MNIST ({metrics['dataset']}, SHA-256 of the four files' content checked; "
         f"fingerprint `{metrics['data_sha256'][:16]}...`):",
-        "  train = the first 48,000 official training images, valid = the last 12,000, test = the official 10,000.",
+        f"  {split}.",
         f"- Keras {metrics['versions']['keras']} on {metrics['backend']}, {metrics['device']}; "
         f"{metrics['params']:,} parameters,",
         f"  {metrics['flops_per_image'] / 1e6:.2f} MFLOP per image.",
         f"- Adam, learning rate {c['learning_rate']:g} with cosine decay, batch {c['batch_size']}, "
         f"{metrics['epochs']} epochs, "
         f"random shifts of up to 2 pixels {'on' if c['augment'] else 'off'}, seed {c['seed']};",
-        f"  the best epoch by validation accuracy ({metrics['best_epoch']}) is kept. "
-        f"{metrics['seconds_per_epoch']} s per epoch on average.",
-        f"- Keras model: accuracy train {metrics['accuracy']['train']:.4f}, valid {metrics['accuracy']['valid']:.4f}, "
-        f"**test {metrics['accuracy']['test']:.4f}**; loss {metrics['loss']['train']:.4f} / "
-        f"{metrics['loss']['valid']:.4f} / {metrics['loss']['test']:.4f}.",
+        f"  {kept}. {metrics['seconds_per_epoch']} s per epoch on average.",
+        f"- Keras model: accuracy train {acc['train']:.4f}, valid {_or_dash(acc['valid'])}, "
+        f"**test {acc['test']:.4f}**; loss {loss['train']:.4f} / {_or_dash(loss['valid'])} / {loss['test']:.4f}.",
         "",
     ]
-    return lines
 
 
 def _accuracy(arts: dict[str, Any]) -> list[str]:

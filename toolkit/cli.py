@@ -140,6 +140,11 @@ def train(
     ),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Random shifts of up to 2 pixels."),
     mixed_precision: bool = typer.Option(False, "--mixed-precision", help="float16 compute on a GPU."),
+    all_data: bool = typer.Option(
+        False,
+        "--all-data",
+        help="Train on all 60,000 training images, holding none out for validation, and keep the last epoch.",
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue from DIR/checkpoint after an interruption."),
     data_dir: Optional[Path] = DataDirOption,
     dataset: str = DatasetOption,
@@ -158,7 +163,8 @@ def train(
     console.print(f"      {sizes}; pixels {report.splits[0].pixel_min}-{report.splits[0].pixel_max} -> [0, 1]")
     devices = train_lib.detect_devices()
     where = devices["device"] if devices["gpus"] else "the CPU (no GPU visible)"
-    console.print(f"Training on {where} with Keras backend {devices['backend']}")
+    held_out = "all training images, none held out for validation (--all-data)" if all_data else "the train split"
+    console.print(f"Training on {where} with Keras backend {devices['backend']}, on {held_out}")
     config = train_lib.TrainConfig(
         epochs=epochs,
         batch_size=batch_size,
@@ -168,6 +174,7 @@ def train(
         limit=limit,
         augment=augment,
         mixed_precision=mixed_precision,
+        all_data=all_data,
     )
     result = train_lib.train(workspace, ds, config, resume=resume, callbacks=[keras_progress_callback()])
     m = result.metrics
@@ -175,12 +182,9 @@ def train(
         f"Best epoch {m['best_epoch']} of {m['epochs']}; {m['seconds_per_epoch']} s per epoch on {m['device']}"
     )
     console.print(f"Wrote {result.model_path} and {result.metrics_path}")
-    console.print(
-        "Accuracy:  " + "  ".join(f"{k}: {m['accuracy'][k]:.3f}" for k in ("train", "valid", "test")), style="bold"
-    )
-    console.print(
-        "    Loss:  " + "  ".join(f"{k}: {m['loss'][k]:.3f}" for k in ("train", "valid", "test")), style="bold"
-    )
+    for label, values in (("Accuracy", m["accuracy"]), ("    Loss", m["loss"])):
+        shown = (f"{k}: {'-' if values[k] is None else format(values[k], '.3f')}" for k in ("train", "valid", "test"))
+        console.print(f"{label}:  " + "  ".join(shown), style="bold")
     write_json_output(json_out, m)
 
 

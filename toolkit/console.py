@@ -262,8 +262,12 @@ def keras_progress_callback():
             logs = logs or {}
             err_console.print(
                 f"epoch {epoch + 1:>3}/{self._total}  loss {logs.get('loss', 0):.4f}  acc {logs.get('accuracy', 0):.4f}"
-                f"  val_loss {logs.get('val_loss', 0):.4f}  val_acc {logs.get('val_accuracy', 0):.4f}"
-                f"  {time.perf_counter() - self._t0:.1f} s"
+                + (
+                    f"  val_loss {logs['val_loss']:.4f}  val_acc {logs['val_accuracy']:.4f}"
+                    if "val_accuracy" in logs  # none with --all-data
+                    else ""
+                )
+                + f"  {time.perf_counter() - self._t0:.1f} s"
                 + (f"  {logs['gflop_per_s']:.1f} GFLOP/s" if "gflop_per_s" in logs else "")
                 + (f" ({logs['fraction_of_peak']:.0%} of peak)" if "fraction_of_peak" in logs else "")
             )

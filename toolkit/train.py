@@ -1,7 +1,7 @@
 """Train the reference CNN with plain Keras 3 (TensorFlow, JAX or PyTorch backend), on a GPU when one is visible.
 
-Writes `DIR/model.keras` (the best epoch by validation accuracy, without optimizer state) and
-`DIR/metrics.json`; keeps `DIR/checkpoint/` (the last finished epoch with its optimizer state) so that an
+Writes `DIR/model.keras` (the best epoch by validation accuracy, or with `all_data` the last; without optimizer
+state) and `DIR/metrics.json`; keeps `DIR/checkpoint/` (the last finished epoch with its optimizer state) so that an
 interrupted run continues with `resume=True`.
 """
 
@@ -46,6 +46,7 @@ class TrainConfig:
     eval_limit: int | None = None  # evaluate on the first N images of each split only (tests)
     augment: bool = True  # random shifts of up to 2 pixels; the architecture is unchanged
     mixed_precision: bool = False
+    all_data: bool = False  # train on all 60,000 training images (no validation split) and keep the last epoch
 
     def validate(self) -> None:
         """Refuse values out of range (or of the wrong type, from a damaged checkpoint) in one line each."""
@@ -63,7 +64,7 @@ class TrainConfig:
         warmup = self.warmup_epochs
         if not (isinstance(warmup, (int, float)) and not isinstance(warmup, bool) and 0 <= warmup < 10_000):
             raise ToolkitError(f"--warmup-epochs must be a number from 0 to 10,000, got {warmup}")
-        for name in ("augment", "mixed_precision"):
+        for name in ("augment", "mixed_precision", "all_data"):
             if not isinstance(getattr(self, name), bool):
                 raise ToolkitError(f"{name} must be true or false, got {getattr(self, name)!r}")
 
@@ -142,6 +143,19 @@ def random_shift(images: np.ndarray, rng: np.random.Generator, max_shift: int = 
     return padded[np.arange(n)[:, None, None], rows, cols]
 
 
+def training_data(dataset: Dataset, config: TrainConfig) -> tuple[tuple, tuple]:
+    """The (images, labels) trained on and those validated on: the 48,000 / 12,000 split, or with `all_data` all
+    60,000 training images and no validation. `limit` and `eval_limit` cut them for quick runs."""
+    splits = dataset.splits()
+    (x_train, y_train), (x_valid, y_valid) = splits.train, splits.valid
+    if config.all_data:
+        x_train, y_train = np.concatenate([x_train, x_valid]), np.concatenate([y_train, y_valid])
+        x_valid, y_valid = x_valid[:0], y_valid[:0]
+    if config.limit is not None:
+        x_train, y_train = x_train[: config.limit], y_train[: config.limit]
+    return (x_train, y_train), (x_valid[: config.eval_limit], y_valid[: config.eval_limit])
+
+
 def _make_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, augment: bool, first_epoch: int):
     keras = _keras()
 
@@ -197,7 +211,8 @@ def _checkpoint_callback(workspace: Path, state: dict, work: dict[str, int], pea
     ckpt_dir = ws.checkpoint(workspace)
 
     class Checkpoint(keras.callbacks.Callback):
-        """After each epoch: the last state (for --resume) and, when validation accuracy improved, the best."""
+        """After each epoch: the last state (for --resume) and, when validation accuracy improved (or without
+        validation, always), the best."""
 
         def on_epoch_begin(self, epoch, logs=None):
             self._t0 = time.perf_counter()
@@ -215,7 +230,7 @@ def _checkpoint_callback(workspace: Path, state: dict, work: dict[str, int], pea
                 if key not in ("gflop_per_s", "fraction_of_peak"):
                     state["history"].setdefault(key, []).append(float(value))
             val_acc = float(logs.get("val_accuracy", -1.0))
-            if val_acc > state["best_val_accuracy"]:
+            if val_acc > state["best_val_accuracy"] or "val_accuracy" not in logs:  # no validation: the last epoch
                 state["best_val_accuracy"], state["best_epoch"] = val_acc, epoch + 1
                 with fsio.atomic_path(ckpt_dir / "best.keras") as tmp:
                     self.model.save(tmp)
@@ -293,12 +308,8 @@ def train(
         config = replace(config, epochs=DEFAULT_EPOCHS)
         state["config"] = asdict(config)
 
-    splits = dataset.splits()
-    x_train, y_train = splits.train
-    if config.limit is not None:
-        x_train, y_train = x_train[: config.limit], y_train[: config.limit]
-    x_train = to_model_input(x_train)
-    x_valid, y_valid = to_model_input(splits.valid[0][: config.eval_limit]), splits.valid[1][: config.eval_limit]
+    (x_train, y_train), (x_valid, y_valid) = training_data(dataset, config)
+    x_train, x_valid = to_model_input(x_train), to_model_input(x_valid)
 
     keras.utils.set_random_seed(config.seed)
     if keras.config.backend() == "tensorflow":
@@ -333,7 +344,7 @@ def train(
         try:
             model.fit(
                 batches,
-                validation_data=(x_valid, y_valid),
+                validation_data=(x_valid, y_valid) if len(x_valid) else None,
                 epochs=config.epochs,
                 initial_epoch=state["epoch"],
                 callbacks=[_checkpoint_callback(workspace, state, work, peak), *(callbacks or [])],
@@ -449,13 +460,14 @@ def finish(
     model.set_weights(best.get_weights())
     model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
-    splits = dataset.splits()
+    (x_train, y_train), valid = training_data(dataset, replace(config, eval_limit=None))
     accuracy, loss = {}, {}
-    for name, (x, y) in splits.items():
-        if name == "train" and config.limit is not None:
-            x, y = x[: config.limit], y[: config.limit]
+    for name, (x, y) in (("train", (x_train, y_train)), ("valid", valid), ("test", dataset.splits().test)):
         if config.eval_limit is not None:
             x, y = x[: config.eval_limit], y[: config.eval_limit]
+        if not len(x):  # --all-data: nothing was held out
+            accuracy[name] = loss[name] = None
+            continue
         result = model.evaluate(to_model_input(x), y, batch_size=500, verbose=0, return_dict=True)
         accuracy[name], loss[name] = round(float(result["accuracy"]), 6), round(float(result["loss"]), 6)
 
@@ -483,7 +495,7 @@ def finish(
         "data_sha256": dataset.sha256,
         "dataset": dataset.name,
         "data_source": dataset.source,
-        "train_images": min(config.limit or len(splits.train[1]), len(splits.train[1])),
+        "train_images": len(y_train),
         "config": asdict(config),
         "history": state["history"],
         "model_sha256": file_sha256(model_path),
