@@ -24,6 +24,7 @@ import numpy as np
 
 from toolkit import manifest
 from toolkit import workspace as ws
+from toolkit.artifacts import NATIVE
 from toolkit.bench.machine import machine_info, measure_peak_gflops
 from toolkit.bench.stats import time_calls
 from toolkit.data import Dataset, to_model_input
@@ -105,9 +106,10 @@ def profile(
 
     workspace = Path(workspace)
     files = [str(model)] if model else None
-    onnx_records = [r for r in manifest.select(workspace, files, kinds=("native",)) if r.file.endswith(".onnx")]
+    onnx_records = [r for r in manifest.select(workspace, files, kinds=(NATIVE,)) if r.file.endswith(".onnx")]
     if not onnx_records:
-        raise ToolkitError(f"{model}: not an ONNX artifact; `toolkit profile` reads ONNX Runtime's per-node timings")
+        what = f"{model}: not an ONNX artifact" if model else f"{ws.manifest(workspace)}: no ONNX artifact"
+        raise ToolkitError(f"{what}; `toolkit profile` reads ONNX Runtime's per-node timings (export --format onnx)")
     record = next((r for r in onnx_records if r.variant == "float32"), onnx_records[0])
     path = manifest.certified(workspace, record)
     keras_model = load_keras_model(ws.model(workspace))
