@@ -128,7 +128,7 @@ async function classifyPad() {
 async function useModel(id) {
   const entry = state.models.models.find((m) => m.id === id);
   if (!entry) throw new Error(`no model "${id}" in models.json; choose one of: ${state.models.models.map((m) => m.id).join(", ")}`);
-  if (state.engine) state.engine.dispose();
+  if (state.engine) await state.engine.dispose();  // ONNX Runtime Web releases its sessions asynchronously
   state.engine = null;
   state.entry = entry;
   setStatus(`loading ${entry.file} in ${RUNTIME_NAMES[entry.runtime] || entry.runtime}…`);
