@@ -141,6 +141,21 @@ def test_c_array_is_byte_identical(exported_workspace):
     assert f"const unsigned char {symbol}[]" in (workspace / "mnist_cnn.micro.c").read_text()
 
 
+def test_verify_runs_the_micro_tflite_once(exported_workspace, mnist, tmp_path, monkeypatch):
+    """The micro .tflite is an artifact of its own and the C array's cross-check: one desktop run serves both."""
+    ws = _copy(exported_workspace[0], tmp_path)
+    loaded = []
+    real_load = runtimes.load
+    monkeypatch.setattr(
+        runtimes, "load", lambda path, *a, **k: loaded.append(Path(path).name) or real_load(path, *a, **k)
+    )
+    files = ["mnist_cnn.micro.tflite", "mnist_cnn.micro.c"]
+    results = {r.file: r for r in verify.run_parity(ws, mnist, files=files, limit=50, write=False)}
+    assert all(r.passed for r in results.values()), results
+    assert results["mnist_cnn.micro.c"].cross_check["file"] == "mnist_cnn.micro.tflite"
+    assert loaded.count("mnist_cnn.micro.tflite") == 1
+
+
 def test_c_array_mismatch_fails(exported_workspace, mnist, tmp_path):
     ws = _copy(exported_workspace[0], tmp_path)
     c = ws / "mnist_cnn.micro.c"

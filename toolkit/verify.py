@@ -101,10 +101,20 @@ class Reference:
     images: np.ndarray
     labels: np.ndarray
     probabilities: np.ndarray
+    # desktop runs on these images by the file's SHA-256, so that a file is run once per check: the micro model's
+    # .tflite is both an artifact of its own and the micro scorer's cross-check
+    native_runs: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def accuracy(self) -> float:
         return float(np.mean(self.probabilities.argmax(1) == self.labels))
+
+    def run_native(self, path: Path) -> np.ndarray:
+        """`path`'s probabilities on the images in its desktop runtime, computed once per file content."""
+        key = manifest.file_sha256(path)
+        if key not in self.native_runs:
+            self.native_runs[key] = runtimes.predict(runtimes.load(path), self.images)
+        return self.native_runs[key]
 
 
 def reference(workspace: Path, dataset: Dataset, limit: int | None = None, model_path: Path | None = None) -> Reference:
@@ -198,7 +208,7 @@ class NativeScorer:
         return record.runtime
 
     def score(self, record: ArtifactRecord, ref: Reference) -> Scored:
-        return Scored(runtimes.predict(runtimes.load(self.workspace / record.file), ref.images))
+        return Scored(ref.run_native(self.workspace / record.file))
 
 
 class MicroScorer(NativeScorer):
@@ -232,7 +242,7 @@ class MicroScorer(NativeScorer):
             self.say(f"{record.file}: {i:,}/{len(ref.images):,} images in LiteRT for Microcontrollers")
             chunks.append(runner.run(ref.images[i : i + 1000]))
         probabilities = np.concatenate(chunks)
-        desktop = runtimes.predict(runtimes.load(source_path), ref.images)
+        desktop = ref.run_native(source_path)
         agreement = float(np.mean(desktop.argmax(1) == probabilities.argmax(1)))
         cross = {
             "runtime": "litert",
