@@ -9,6 +9,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
+from tests.helpers import one_line_error
 from toolkit.cli import app
 
 runner = CliRunner()
@@ -29,18 +30,9 @@ def test_python_dash_m():
         assert command in proc.stdout
 
 
-def _one_line_error(result, *fragments):
-    assert result.exit_code == 1, result.output
-    text = result.stderr.strip()
-    assert "Traceback" not in result.output and "Traceback" not in text
-    assert text.startswith("error:") and len(text.splitlines()) == 1, text
-    for fragment in fragments:
-        assert fragment in text
-
-
 def test_missing_data_dir(tmp_path):
     result = runner.invoke(app, ["data", "--data-dir", str(tmp_path / "nowhere")])
-    _one_line_error(result, "nowhere", "not found")
+    one_line_error(result, "nowhere", "not found")
 
 
 def test_corrupt_data_exits_1(tmp_path, mnist_dir):
@@ -51,7 +43,7 @@ def test_corrupt_data_exits_1(tmp_path, mnist_dir):
     f = folder / "train-labels-idx1-ubyte.gz"
     f.write_bytes(f.read_bytes()[:-20])
     result = runner.invoke(app, ["train", "--data-dir", str(folder), "--dir", str(tmp_path / "ws")])
-    _one_line_error(result, "train-labels-idx1-ubyte.gz")
+    one_line_error(result, "train-labels-idx1-ubyte.gz")
     assert not (tmp_path / "ws" / "model.keras").exists()
 
 
@@ -71,12 +63,12 @@ def test_bad_options_exit_2(args):
 
 
 def test_unknown_format_and_variant(tmp_path):
-    _one_line_error(
+    one_line_error(
         runner.invoke(app, ["export", "--format", "tflight", "--dir", str(tmp_path)]),
         "unknown format 'tflight'",
         "tflite",
     )
-    _one_line_error(
+    one_line_error(
         runner.invoke(app, ["export", "--format", "onnx", "--quantize", "float16", "--dir", str(tmp_path)]),
         "unknown variant 'float16'",
     )
@@ -84,12 +76,12 @@ def test_unknown_format_and_variant(tmp_path):
 
 def test_export_without_a_model(tmp_path, mnist_dir):
     result = runner.invoke(app, ["export", "--dir", str(tmp_path), "--data-dir", str(mnist_dir)])
-    _one_line_error(result, "model.keras", "toolkit train")
+    one_line_error(result, "model.keras", "toolkit train")
 
 
 def test_verify_without_manifest(tmp_path, mnist_dir):
     result = runner.invoke(app, ["verify", "--dir", str(tmp_path), "--data-dir", str(mnist_dir)])
-    _one_line_error(result, "no artifacts to verify")
+    one_line_error(result, "no artifacts to verify")
 
 
 def test_data_report_json(mnist_dir, tmp_path):

@@ -51,6 +51,12 @@ def model_bytes(exported):
     return (out / "mnist_cnn.micro.tflite").read_bytes()
 
 
+def _compile(compiler: str, std: str, out, main, exe) -> None:
+    """Build `main` with the exported C array and header, warnings as errors, as a firmware build would."""
+    sources = [str(main), str(out / "mnist_cnn.micro.c")]
+    subprocess.run([compiler, std, "-Wall", "-Werror", "-I", str(out), "-o", str(exe), *sources], check=True)
+
+
 def _defines(header: str) -> dict[str, str]:
     return dict(re.findall(rf"^#define {P}_(\w+) (.+?)(?:  /\*.*\*/)?$", header, re.M))
 
@@ -156,21 +162,7 @@ def test_c_and_header_compile_in_c(exported, model_bytes, tmp_path):
         "  return fclose(f);\n}\n"
     )
     exe = tmp_path / "dump"
-    subprocess.run(
-        [
-            "gcc",
-            "-std=c11",
-            "-Wall",
-            "-Werror",
-            "-I",
-            str(out),
-            "-o",
-            str(exe),
-            str(main),
-            str(out / "mnist_cnn.micro.c"),
-        ],
-        check=True,
-    )
+    _compile("gcc", "-std=c11", out, main, exe)
     subprocess.run([str(exe), str(tmp_path / "out.tflite")], check=True)
     assert (tmp_path / "out.tflite").read_bytes() == model_bytes
 
@@ -190,21 +182,7 @@ def test_header_registers_the_operators_in_cpp(exported, model_bytes, tmp_path):
         "  return mnist_cnn_micro_register_ops(resolver);\n}\n"
     )
     exe = tmp_path / "register"
-    subprocess.run(
-        [
-            "g++",
-            "-std=c++17",
-            "-Wall",
-            "-Werror",
-            "-I",
-            str(out),
-            "-o",
-            str(exe),
-            str(main),
-            str(out / "mnist_cnn.micro.c"),
-        ],
-        check=True,
-    )
+    _compile("g++", "-std=c++17", out, main, exe)
     run = subprocess.run([str(exe)], capture_output=True, text=True, check=True)
     assert run.stdout.split() == calls
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from tests.helpers import one_line_error
 from toolkit import export, manifest, quantize, verify
 from toolkit.cli import app
 from toolkit.errors import ToolkitError
@@ -28,15 +29,6 @@ from toolkit.quantize import FAIL, NOT_SMALLER, PASS, QUANTIZE_FAILED, RUN_FAILE
 REPO = Path(__file__).resolve().parents[1]
 RELEASE = REPO / "exported"
 LIMIT = 300  # test images per verification here
-
-
-def _one_line_error(result, *fragments):
-    assert result.exit_code == 1, result.output
-    text = result.stderr.strip()
-    assert "Traceback" not in result.output and "Traceback" not in text
-    assert text.startswith("error:") and len(text.splitlines()) == 1, text
-    for fragment in fragments:
-        assert fragment in text, text
 
 
 def _guarded(dataset):
@@ -299,12 +291,12 @@ def test_a_changed_float32_source_is_refused(release_float32, tmp_path, mnist):
     ],
 )
 def test_cli_option_errors_are_one_line(args, fragment, tmp_path):
-    _one_line_error(CliRunner().invoke(app, ["quantize", *args, "--dir", str(tmp_path)]), fragment)
+    one_line_error(CliRunner().invoke(app, ["quantize", *args, "--dir", str(tmp_path)]), fragment)
 
 
 def test_cli_without_an_export_is_one_line(tmp_path, mnist_dir):
     result = CliRunner().invoke(app, ["quantize", "--dir", str(tmp_path), "--data-dir", str(mnist_dir)])
-    _one_line_error(result, "run `toolkit export` first")
+    one_line_error(result, "run `toolkit export` first")
 
 
 def test_cli_help():
