@@ -111,3 +111,14 @@ def exported_workspace(tmp_path_factory, trained_workspace, mnist):
     records = export.export(workspace, mnist, "all", calibration_size=200)
     verify.run_parity(workspace, mnist, limit=VERIFY_IMAGES)  # as `toolkit export` does after writing
     return workspace, records
+
+
+# The end-to-end tier: a test that needs the trained model, or every format exported from it, is slow by definition
+# (minutes of training and converting, shared by the session); `make test-fast` leaves it out.
+END_TO_END_FIXTURES = {"trained_workspace", "exported_workspace"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if END_TO_END_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from toolkit import bench, report
+from toolkit.bench import summary
 from toolkit.bench.stats import runs_for, stats_ms
 from toolkit.cli import app
 
@@ -75,7 +76,7 @@ def test_benchmark_of_two_artifacts(exported_workspace, mnist, tmp_path):
     if not d["machine"]["gpu"]["gpus"]:
         skipped = [r for r in d["results"] if r["status"] == "skipped"]
         assert [r["runtime"] for r in skipped] == ["onnxruntime-cuda"] and skipped[0]["note"] == "no GPU visible"
-    paths = report.write_benchmark_outputs(d, tmp_path / "out")
+    paths = summary.write_benchmark_outputs(d, tmp_path / "out")
     assert json.loads(paths["json"].read_text())["results"]
     assert "| mnist_cnn.float32.tflite | litert | 1 |" in paths["markdown"].read_text()
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -132,7 +133,7 @@ def test_report_and_model_card(exported_workspace, mnist, tmp_path):
 
 
 def test_layer_profile_gives_every_node_to_a_layer(exported_workspace, mnist):
-    from toolkit.bench.layers import OVERHEAD, layer_of, profile
+    from toolkit.bench.profile import OVERHEAD, layer_of, profile
     from toolkit.model import flops_by_layer, flops_per_image, load_keras_model
 
     layers = ["conv1", "conv1_extra", "dense1", "dense10"]

@@ -34,7 +34,7 @@ def test_train_export_verify_benchmark(tmp_path, mnist_dir):
     # 8 native artifacts (the micro .c in LiteRT for Microcontrollers), then 6 web models verified in Chromium;
     # the Vela-compiled files run on an Ethos-U only and are not run
     assert out["passed"] and len(out["results"]) == 14
-    assert sum("Chromium" in r["runtime"] for r in out["results"]) == 6
+    assert sum("Chromium" in r["where"] for r in out["results"]) == 6
     assert sum(r["runtime"] == "litert-micro" for r in out["results"]) == 1
     artifacts = json.loads((ws / "manifest.json").read_text())["artifacts"]
     native = {f for f, a in artifacts.items() if a["format"] not in ("web", "vela")}

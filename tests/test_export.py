@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import VERIFY_IMAGES
 from toolkit import artifacts, export, manifest, runtimes, verify
 from toolkit.errors import ToolkitError
-from toolkit.export.micro import parse_c_array
+from toolkit.micro.runtime import read_c_array
 
 EXPECTED_FILES = {
     "mnist_cnn.float32.tflite",
@@ -135,9 +135,9 @@ def test_c_array_is_byte_identical(exported_workspace):
     """The full export's C array holds the micro model byte for byte (test_micro compiles it with gcc and g++)."""
     workspace, _ = exported_workspace
     tflite = (workspace / "mnist_cnn.micro.tflite").read_bytes()
-    data, length = parse_c_array(workspace / "mnist_cnn.micro.c")
+    data = read_c_array(workspace / "mnist_cnn.micro.c")
     symbol = manifest.read(workspace)["artifacts"]["mnist_cnn.micro.c"]["made_with"]["symbol"]
-    assert data == tflite and length == len(tflite)
+    assert data == tflite
     assert f"const unsigned char {symbol}[]" in (workspace / "mnist_cnn.micro.c").read_text()
 
 

@@ -11,13 +11,15 @@ import subprocess
 import numpy as np
 import pytest
 
-from toolkit import micro, runtimes
-from toolkit.bench.estimates import vela_estimates
+from toolkit import runtimes
 from toolkit.data import to_model_input
 from toolkit.errors import ToolkitError
 from toolkit.export import ExportContext, make_calibration
-from toolkit.export import micro as micro_export
-from toolkit.export.micro import FORBIDDEN_OPERATORS, parse_c_array
+from toolkit.micro import carray as micro_export
+from toolkit.micro import runtime as micro
+from toolkit.micro.carray import FORBIDDEN_OPERATORS
+from toolkit.micro.runtime import read_c_array
+from toolkit.micro.vela import vela_estimates
 
 P = "MNIST_CNN_MICRO"  # the header's macro prefix
 
@@ -139,8 +141,7 @@ def test_resolver_calls_match_micro_mutable_op_resolver():
 
 
 def test_c_array_reads_back_as_the_model(exported, model_bytes):
-    data, length = parse_c_array(exported[0] / "mnist_cnn.micro.c")
-    assert data == model_bytes and length == len(model_bytes)
+    assert read_c_array(exported[0] / "mnist_cnn.micro.c") == model_bytes
     assert micro.load_c_array(exported[0] / "mnist_cnn.micro.c").model == model_bytes
 
 
@@ -202,7 +203,7 @@ def test_micro_agrees_with_litert(exported, mnist):
     assert np.abs(p_micro - p_litert).max() <= 8 * runner.output.scale
 
 
-def test_non_int8_and_non_tflite_models_are_refused(random_model, tmp_path):
+def test_non_int8_and_non_tflite_models_are_refused(random_model, exported, tmp_path):
     from toolkit.export.tflite import convert
     from toolkit.model import with_fixed_batch
 
@@ -214,6 +215,10 @@ def test_non_int8_and_non_tflite_models_are_refused(random_model, tmp_path):
     (tmp_path / "empty.c").write_text("int x;\n")
     with pytest.raises(ToolkitError, match="no C array"):
         micro.load_c_array(tmp_path / "empty.c")
+    declared = (exported[0] / "mnist_cnn.micro.c").read_text().replace("_len = ", "_len = 1")
+    (tmp_path / "wrong-length.c").write_text(declared)
+    with pytest.raises(ToolkitError, match="its length says"):
+        read_c_array(tmp_path / "wrong-length.c")
 
 
 def test_vela_estimates(exported):

@@ -20,11 +20,13 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.helpers import one_line_error
-from toolkit import export, manifest, quantize, verify
+from toolkit import export, manifest, verify
 from toolkit.cli import app
 from toolkit.errors import ToolkitError
-from toolkit.export import recipes as rc
-from toolkit.quantize import FAIL, NOT_SMALLER, PASS, QUANTIZE_FAILED, RUN_FAILED, SCREENED, Row
+from toolkit.quantize import backends, recipes
+from toolkit.quantize import explain as explain_lib
+from toolkit.quantize import search as search_lib
+from toolkit.quantize.report import FAIL, NOT_SMALLER, PASS, QUANTIZE_FAILED, RUN_FAILED, SCREENED, Row
 
 REPO = Path(__file__).resolve().parents[1]
 RELEASE = REPO / "exported"
@@ -97,33 +99,33 @@ def _copy(source: Path, tmp_path: Path) -> Path:
 
 def test_recipe_names_and_fallback_widening():
     layers = [
-        rc.Layer("conv1", "CONV_2D", "a;", (8, 3, 3, 1)),
-        rc.Layer("dense1", "FULLY_CONNECTED", "b;", (64, 1352)),
-        rc.Layer("probabilities", "FULLY_CONNECTED", "c;", (10, 64)),
+        recipes.Layer("conv1", "CONV_2D", "a;", (8, 3, 3, 1)),
+        recipes.Layer("dense1", "FULLY_CONNECTED", "b;", (64, 1352)),
+        recipes.Layer("probabilities", "FULLY_CONNECTED", "c;", (10, 64)),
     ]
-    int4_dense = rc.recipe_named("int4-dense")
+    int4_dense = recipes.recipe_named("int4-dense")
     assert [int4_dense.type_of(layer, layers) for layer in layers] == ["int8", "int4", "int8"]
-    wider = rc.recipe_named("int4").widened("probabilities", "int8").widened("conv1", "int8")
+    wider = recipes.recipe_named("int4").widened("probabilities", "int8").widened("conv1", "int8")
     assert wider.name == "int4+probabilities-int8+conv1-int8"
     assert [wider.type_of(layer, layers) for layer in layers] == ["int8", "int4", "int8"]
     again = wider.widened("probabilities", "float")
     assert again.name == "int4+conv1-int8+probabilities-float"
     assert again.type_of(layers[2], layers) == "float"
     assert again.alone(layers[2], layers) is None  # a float layer has no error to measure
-    assert not rc.recipe_named("int16x8").widenable and not rc.recipe_named("int4-matmulnbits").widenable
+    assert not recipes.recipe_named("int16x8").widenable and not recipes.recipe_named("int4-matmulnbits").widenable
     with pytest.raises(ToolkitError, match="unknown recipe 'int3'"):
-        rc.recipe_named("int3")
+        recipes.recipe_named("int3")
 
 
 def test_model_layers_of_the_release():
-    layers = rc.model_layers((RELEASE / "mnist_cnn.float32.tflite").read_bytes())
+    layers = backends.model_layers((RELEASE / "mnist_cnn.float32.tflite").read_bytes())
     assert [layer.name for layer in layers] == ["conv1", "conv2", "conv3", "conv4", "dense1", "dense2", "probabilities"]
-    assert rc.largest_dense(layers).name == "dense1" and rc.largest_dense(layers).params == 410_112 - 512
+    assert recipes.largest_dense(layers).name == "dense1" and recipes.largest_dense(layers).params == 410_112 - 512
 
 
 def test_all_formats_leave_the_recipes_out():
     assert "recipes" not in [f for f, _ in export.parse_selection("all", None)]
-    assert export.parse_selection("recipes", None) == [("recipes", list(rc.VARIANTS))]
+    assert export.parse_selection("recipes", None) == [("recipes", list(recipes.VARIANTS))]
     assert export.parse_selection("recipes", ["int4"]) == [("recipes", ["int4"])]
 
 
@@ -133,7 +135,7 @@ def test_all_formats_leave_the_recipes_out():
 def test_recipes_that_fail_are_reported_and_skipped(release_float32, tmp_path, mnist):
     """On the committed model (measured): Hadamard int4 fails in LiteRT's XNNPACK, blocks of 64 do not divide 800."""
     workspace = _copy(release_float32, tmp_path)
-    outcome = quantize.search(
+    outcome = search_lib.search(
         workspace, mnist, recipes=["int4-hadamard", "int4-block64", "int8-dynamic"], limit=LIMIT, out=tmp_path / "r"
     )
     rows = {r.recipe: r for r in outcome.rows}
@@ -167,12 +169,12 @@ def test_export_format_recipes_skips_a_recipe_that_fails(release_float32, tmp_pa
 def test_budget_search_keeps_the_smallest_passing_file(small_workspace, tmp_path, mnist):
     workspace = _copy(small_workspace, tmp_path)
     names = ["int8-dynamic", "int4", "int2"]
-    anything = quantize.search(workspace, mnist, budget=100, recipes=names, limit=LIMIT, out=tmp_path / "any")
+    anything = search_lib.search(workspace, mnist, budget=100, recipes=names, limit=LIMIT, out=tmp_path / "any")
     made = [r for r in anything.rows if r.recipe in names and r.bytes is not None]
     assert len(made) == 3 and anything.best.bytes == min(r.bytes for r in made)  # 100 pp: whatever runs passes
 
     workspace = _copy(small_workspace, tmp_path / "strict")
-    outcome = quantize.search(workspace, mnist, budget=0.0, recipes=names, limit=LIMIT, out=tmp_path / "strict-r")
+    outcome = search_lib.search(workspace, mnist, budget=0.0, recipes=names, limit=LIMIT, out=tmp_path / "strict-r")
     best = outcome.best
     assert best is not None and best.passed and best.accuracy_delta_pp >= 0
     smaller = [r for r in outcome.rows if r.bytes is not None and r.bytes < best.bytes and r.status != "source"]
@@ -188,7 +190,7 @@ def test_budget_search_keeps_the_smallest_passing_file(small_workspace, tmp_path
 
 def test_recipe_records_in_the_manifest(small_workspace, tmp_path, mnist):
     workspace = _copy(small_workspace, tmp_path)
-    outcome = quantize.search(workspace, mnist, budget=100, recipes=["int8-dynamic"], limit=LIMIT, out=tmp_path / "r")
+    outcome = search_lib.search(workspace, mnist, budget=100, recipes=["int8-dynamic"], limit=LIMIT, out=tmp_path / "r")
     (record,) = [r for r in manifest.records(workspace) if r.format == "recipes"]
     assert record.file == outcome.best.kept == "mnist_cnn.int8-dynamic.tflite"
     assert (record.variant, record.runtime) == ("int8-dynamic", "litert")
@@ -221,7 +223,7 @@ def test_pareto_front():
         Row("c", "litert", "", "recipe", bytes=300, accuracy=0.98),
         Row("d", "litert", "", "recipe", bytes=300, accuracy=0.995),
     ]
-    quantize.mark_pareto(rows)
+    search_lib.mark_pareto(rows)
     assert [r.recipe for r in rows if r.pareto] == ["a", "b", "d"]
 
 
@@ -240,15 +242,15 @@ def test_calibration_images_come_from_the_training_split_only(tiny_idx):
 
 def test_search_calibrates_on_training_images(release_float32, tmp_path, mnist, monkeypatch):
     seen = []
-    real = rc.quantize_bytes
+    real = backends.quantize_bytes
 
     def spy(recipe, source, calibration):
         seen.append(calibration.images)
         return real(recipe, source, calibration)
 
-    monkeypatch.setattr(rc, "quantize_bytes", spy)
+    monkeypatch.setattr(backends, "quantize_bytes", spy)
     workspace = _copy(release_float32, tmp_path)
-    outcome = quantize.search(
+    outcome = search_lib.search(
         workspace, mnist, recipes=["int8-static"], calibration_size=50, limit=LIMIT, out=tmp_path / "r"
     )
     assert seen and outcome.calibration["images"] == 50
@@ -259,7 +261,7 @@ def test_search_calibrates_on_training_images(release_float32, tmp_path, mnist, 
 
 def test_explain_never_reads_the_test_split(small_workspace, tmp_path, mnist):
     workspace = _copy(small_workspace, tmp_path)
-    result = quantize.explain(workspace, _guarded(mnist), "int2", calibration_size=100, out=tmp_path / "r")
+    result = explain_lib.explain(workspace, _guarded(mnist), "int2", calibration_size=100, out=tmp_path / "r")
     assert [e.layer for e in result.layers] and {e.layer for e in result.layers} == {"conv1", "dense1", "probabilities"}
     snrs = [e.alone_snr_db for e in result.layers]
     assert snrs == sorted(snrs) and all(e.type == "int2" for e in result.layers)
@@ -273,7 +275,7 @@ def test_a_changed_float32_source_is_refused(release_float32, tmp_path, mnist):
     path = workspace / "mnist_cnn.float32.tflite"
     path.write_bytes(path.read_bytes()[:-1] + b"\0")
     with pytest.raises(ToolkitError, match="no certified float32 .tflite of model.keras to quantize"):
-        quantize.search(workspace, mnist, recipes=["int4"], limit=LIMIT, out=tmp_path / "r")
+        search_lib.search(workspace, mnist, recipes=["int4"], limit=LIMIT, out=tmp_path / "r")
 
 
 # --------------------------------------------------------------------------------------------------- CLI

@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from toolkit import data, fsio, preprocess, serve
+from toolkit import data, fsio, preprocess
 from toolkit import train as train_lib
 from toolkit.errors import Interrupted, ToolkitError
 from toolkit.train import TrainConfig
+from toolkit.web import server as serve
 
 
 def _no_temporaries(folder: Path) -> bool:

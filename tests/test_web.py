@@ -19,8 +19,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from toolkit import browser, manifest, preprocess, runtimes, serve, web
-from toolkit.export.web import SITE_DIR
+from toolkit import manifest, preprocess, runtimes
+from toolkit import workspace as ws_paths
+from toolkit.web import app as web
+from toolkit.web import chromium as browser
+from toolkit.web import server as serve
 
 pytestmark = pytest.mark.browser
 
@@ -37,7 +40,7 @@ WEB_FILES = {
 @pytest.fixture(scope="module")
 def site(exported_workspace) -> Path:
     workspace, _ = exported_workspace
-    return workspace / SITE_DIR
+    return workspace / ws_paths.SITE_DIR
 
 
 @pytest.fixture()
@@ -166,7 +169,7 @@ def test_verify_in_the_browser_records_parity_in_the_manifest(exported_workspace
     results = verify.run_parity(workspace, mnist, limit=300, kinds=("browser",))
     assert {r.file for r in results} == set(WEB_FILES)
     for r in results:
-        assert r.passed and r.images == 300 and "Chromium" in r.runtime, (r.file, r.problems)
+        assert r.passed and r.images == 300 and "Chromium" in r.where, (r.file, r.problems)
         if r.variant == "float32":
             assert r.max_abs_diff < 1e-5 and r.agreement == 1.0
     stored = manifest.read(workspace)["artifacts"]["web/models/mnist_cnn.float32.onnx"]["verification"]

@@ -27,24 +27,95 @@ class Runtime:
     device: str = "cpu"
 
 
+# runtime names: every record and row names its runtime with one of these
+LITERT, ONNXRUNTIME, ONNXRUNTIME_CUDA = "litert", "onnxruntime", "onnxruntime-cuda"
+KERAS, KERAS_PREDICT, KERAS_COMPILED, TENSORFLOW_GPU = "keras", "keras-predict", "keras-compiled", "tensorflow-gpu"
+LITERTJS, ORT_WEB = "litertjs-wasm", "onnxruntime-web-wasm"
+LITERT_MICRO, ETHOS_U = "litert-micro", "ethos-u"
+
 RUNTIMES: dict[str, Runtime] = {
     r.name: r
     for r in (
-        Runtime("litert", NATIVE, ".tflite", "LiteRT (ai_edge_litert Interpreter, XNNPACK)"),
-        Runtime("onnxruntime", NATIVE, ".onnx", "ONNX Runtime, CPU execution provider"),
-        Runtime("onnxruntime-cuda", NATIVE, ".onnx", "ONNX Runtime, CUDA execution provider", device="gpu"),
-        Runtime("keras", NATIVE, ".keras", "Keras"),
-        Runtime("keras-predict", NATIVE, ".keras", "Keras model.predict (baseline)"),
-        Runtime("keras-compiled", NATIVE, ".keras", "Keras model in a tf.function (baseline)"),
-        Runtime("tensorflow-gpu", NATIVE, ".keras", "Keras on TensorFlow's GPU device", device="gpu"),
-        Runtime("litertjs-wasm", BROWSER, ".tflite", "LiteRT.js (WebAssembly) in Chromium"),
-        Runtime("onnxruntime-web-wasm", BROWSER, ".onnx", "ONNX Runtime Web (WebAssembly) in Chromium"),
-        Runtime("litert-micro", MICRO, ".c", "LiteRT for Microcontrollers (tflite-micro, reference kernels)"),
-        Runtime("ethos-u", ESTIMATE, ".tflite", "Arm Ethos-U NPU: Vela-compiled, Vela's performance-model estimates"),
+        Runtime(LITERT, NATIVE, ".tflite", "LiteRT (ai_edge_litert Interpreter, XNNPACK)"),
+        Runtime(ONNXRUNTIME, NATIVE, ".onnx", "ONNX Runtime, CPU execution provider"),
+        Runtime(ONNXRUNTIME_CUDA, NATIVE, ".onnx", "ONNX Runtime, CUDA execution provider", device="gpu"),
+        Runtime(KERAS, NATIVE, ".keras", "Keras"),
+        Runtime(KERAS_PREDICT, NATIVE, ".keras", "Keras model.predict (baseline)"),
+        Runtime(KERAS_COMPILED, NATIVE, ".keras", "Keras model in a tf.function (baseline)"),
+        Runtime(TENSORFLOW_GPU, NATIVE, ".keras", "Keras on TensorFlow's GPU device", device="gpu"),
+        Runtime(LITERTJS, BROWSER, ".tflite", "LiteRT.js (WebAssembly) in Chromium"),
+        Runtime(ORT_WEB, BROWSER, ".onnx", "ONNX Runtime Web (WebAssembly) in Chromium"),
+        Runtime(LITERT_MICRO, MICRO, ".c", "LiteRT for Microcontrollers (tflite-micro, reference kernels)"),
+        Runtime(ETHOS_U, ESTIMATE, ".tflite", "Arm Ethos-U NPU: Vela-compiled, Vela's performance-model estimates"),
     )
 }
-KERAS_BASELINES = ("keras-predict", "keras-compiled")  # how the benchmark measures the Keras model
-NATIVE_BY_SUFFIX = {".tflite": "litert", ".onnx": "onnxruntime", ".keras": "keras"}  # what runs a file given by path
+KERAS_BASELINES = (KERAS_PREDICT, KERAS_COMPILED)  # how the benchmark measures the Keras model
+# The one suffix table: which native runtime runs a file given by path, and which browser runtime runs a web model
+NATIVE_BY_SUFFIX = {".tflite": LITERT, ".onnx": ONNXRUNTIME, ".keras": KERAS}
+BROWSER_BY_SUFFIX = {".tflite": LITERTJS, ".onnx": ORT_WEB}
+
+
+# format names: the `format` of every manifest record
+TFLITE_FORMAT, ONNX_FORMAT, MICRO_FORMAT, WEB_FORMAT, RECIPES_FORMAT = "tflite", "onnx", "micro", "web", "recipes"
+VELA_FORMAT = "vela"  # written by the micro export (one per Ethos-U configuration), never asked for by name
+KERAS_FORMAT = "keras"  # the Keras model itself, as a benchmark row
+
+
+@dataclass(frozen=True)
+class Format:
+    """One export format: the module that writes it (its `VARIANTS` and `export(ctx, variants)`), the suffixes of
+    the files it writes, whether `--format all` includes it, other names it answers to, and its one-line help."""
+
+    name: str
+    module: str
+    suffixes: tuple[str, ...]
+    in_all: bool
+    aliases: tuple[str, ...]
+    help: str
+
+
+FORMATS: dict[str, Format] = {
+    f.name: f
+    for f in (
+        Format(
+            TFLITE_FORMAT, "toolkit.export.tflite", (".tflite",), True, (), "LiteRT: float32, float16, dynamic, int8"
+        ),
+        Format(ONNX_FORMAT, "toolkit.export.onnx", (".onnx",), True, (), "ONNX: float32, int8"),
+        Format(
+            MICRO_FORMAT,
+            "toolkit.micro.carray",
+            (".tflite", ".c", ".h"),
+            True,
+            ("c",),
+            "microcontrollers: batch-1 int8 .tflite, C array and header, Vela builds for Ethos-U",
+        ),
+        Format(
+            WEB_FORMAT,
+            "toolkit.web.export",
+            (".tflite", ".onnx"),
+            True,
+            (),
+            "the web app (LiteRT.js, ONNX Runtime Web)",
+        ),
+        Format(
+            RECIPES_FORMAT,
+            "toolkit.quantize.export",
+            (".tflite", ".onnx"),
+            False,  # minutes of quantizing, and some recipes fail by design
+            (),
+            "quantization recipes (ai-edge-quantizer, MatMulNBits); not in all",
+        ),
+    )
+}
+FORMAT_ALIASES = {alias: f.name for f in FORMATS.values() for alias in f.aliases}
+
+
+def formats_help() -> str:
+    """The `--format` help, from the registry: every format, what it writes, and `all`."""
+    listed = "; ".join(
+        f"{f.name}" + (f" (or {', '.join(f.aliases)})" if f.aliases else "") + f": {f.help}" for f in FORMATS.values()
+    )
+    return f"Comma-separated formats, or all (every format but recipes). {listed}."
 
 
 def runtime(name: str) -> Runtime:

@@ -9,7 +9,11 @@ from typing import Any
 
 from toolkit import fsio, manifest
 from toolkit import workspace as ws
+from toolkit.artifacts import LITERT_MICRO, VELA_FORMAT
+from toolkit.micro.boards import fits
 from toolkit.preprocess import __doc__ as PREPROCESS_DOC
+from toolkit.quantize import report as quantize_report
+from toolkit.tables import markdown_table
 
 RELEASE_COMMANDS = """make release   # which runs:
 toolkit train
@@ -184,9 +188,7 @@ def _latency(bench: dict[str, Any]) -> list[str]:
 def _microcontrollers(arts: dict[str, Any]) -> list[str]:
     """The microcontroller artifact: its measured arena and flash, the operators to register, which boards it fits,
     and the Ethos-U NPU estimates of Vela (labelled as estimates)."""
-    from toolkit.micro import fits
-
-    c = next((a for a in arts.values() if a.get("runtime") == "litert-micro"), None)
+    c = next((a for a in arts.values() if a.get("runtime") == LITERT_MICRO), None)
     if c is None:
         return []
     w = c["made_with"]
@@ -211,7 +213,7 @@ def _microcontrollers(arts: dict[str, Any]) -> list[str]:
             f"| {f['ram_used']:.0%} | {f['flash_used']:.0%} | {'yes' if f['fits'] else '**no**'} "
             f"| {f['source']} |"
         )
-    vela = [a for a in arts.values() if a.get("format") == "vela"]
+    vela = [a for a in arts.values() if a.get("format") == VELA_FORMAT]
     if vela:
         lines += [
             "",
@@ -233,12 +235,10 @@ def _microcontrollers(arts: dict[str, Any]) -> list[str]:
 
 def _quantization(workspace: Path) -> list[str]:
     """The quantization recipes `toolkit quantize` tried: every row, passing or not, and the file it kept."""
-    from toolkit import quantize
-
-    outcome = quantize.read_report(workspace)
+    outcome = quantize_report.read_report(workspace)
     if outcome is None:
         return []
-    columns, rows, _ = quantize.table_rows(outcome)
+    columns, rows, _ = quantize_report.table_rows(outcome)
     best = outcome.best
     kept = (
         f"it kept `{best.kept}`: {best.bytes:,} B, {best.percent_of_float32:.1f}% of the float32 file, "
@@ -257,9 +257,9 @@ def _quantization(workspace: Path) -> list[str]:
         f"({outcome.calibration['images']:,}, {outcome.calibration['sampling']}). Failures are in the quantizer's or "
         "the runtime's own words; latency is a short batch-1 timing on one thread.",
         "",
-        *quantize.markdown_table(columns, rows),
+        *markdown_table(columns, rows),
         "",
-        f"![size against accuracy]({quantize.REPORT_DIR}/quantization.png)",
+        f"![size against accuracy]({quantize_report.REPORT_DIR}/quantization.png)",
     ]
 
 

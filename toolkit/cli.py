@@ -15,7 +15,32 @@ from typing import Optional
 
 import typer
 
+from toolkit import bench, fsio
+from toolkit import data as data_lib
+from toolkit import export as export_lib
+from toolkit import predict as predict_lib
+from toolkit import report as report_lib
+from toolkit import train as train_lib
+from toolkit import verify as verify_lib
+from toolkit.artifacts import BROWSER, formats_help, kind_of
+from toolkit.bench.profile import profile as profile_lib
+from toolkit.console import (
+    benchmark_table,
+    console,
+    error,
+    export_table,
+    keras_progress_callback,
+    layer_table,
+    parity_table,
+    table,
+)
 from toolkit.errors import Interrupted, ToolkitError
+from toolkit.quantize import explain as explain_lib
+from toolkit.quantize import report as quantize_report
+from toolkit.quantize import search as search_lib
+from toolkit.web import app as web_app
+from toolkit.web import chromium as chromium_lib
+from toolkit.web import server as server_lib
 
 app = typer.Typer(
     name="toolkit",
@@ -50,17 +75,12 @@ def command(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from toolkit.console import error
 
         signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
         if kwargs.get("json_out") == "-":  # stdout carries the JSON alone; tables go to stderr
-            from toolkit.console import console
-
             console.file = sys.stderr
         try:
             if kwargs.get("json_out") not in (None, "-"):  # a bad --json path fails now, not after the work
-                from toolkit import fsio
-
                 fsio.check_writable_target(kwargs["json_out"])
             return fn(*args, **kwargs)
         except ToolkitError as e:
@@ -79,7 +99,6 @@ def write_json_output(target: Optional[str], obj) -> None:
     if target == "-":
         sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
         return
-    from toolkit import fsio
 
     fsio.write_json(Path(target), obj)
 
@@ -95,9 +114,6 @@ def data(
     json_out: Optional[str] = JsonOption,
 ):
     """Show where the data comes from, that its checksums hold, the splits, class counts and pixel range."""
-    from toolkit import data as data_lib
-    from toolkit.console import console, table
-
     if fetch:
         folder, origin = data_lib.fetch_mnist(progress=lambda msg: console.print(msg))
         console.print(f"MNIST cached in {folder} (from {origin}); checksums verified")
@@ -152,10 +168,6 @@ def train(
     json_out: Optional[str] = JsonOption,
 ):
     """Train the reference CNN (on a GPU when one is visible) and write DIR/model.keras and DIR/metrics.json."""
-    from toolkit import data as data_lib
-    from toolkit import train as train_lib
-    from toolkit.console import console, keras_progress_callback
-
     ds = data_lib.load(data_dir, dataset, progress=lambda msg: console.print(msg))
     report = data_lib.describe(ds)
     sizes = "  ".join(f"{s.name} {s.count:,}" for s in report.splits)
@@ -196,10 +208,8 @@ def _split_list(value: Optional[str]) -> Optional[list[str]]:
 
 
 def _show_verification(outcome) -> None:
-    from toolkit.artifacts import BROWSER, kind_of
-    from toolkit.console import console, parity_table
 
-    browser = [r for r in outcome.results if kind_of(r.runtime.split(" in ")[0]) == BROWSER]
+    browser = [r for r in outcome.results if kind_of(r.runtime) == BROWSER]
     native = [r for r in outcome.results if r not in browser]
     for results, title in (
         (native, "Verification against the Keras model"),
@@ -213,9 +223,7 @@ def _show_verification(outcome) -> None:
 
 @command
 def export(
-    fmt: str = typer.Option(
-        "all", "--format", "-f", help="tflite, onnx, c (int8 C array), web (the browser app), comma-separated, or all."
-    ),
+    fmt: str = typer.Option("all", "--format", "-f", help=formats_help()),
     quantize: Optional[str] = typer.Option(
         None, "--quantize", "--variant", help="Only these variants, comma-separated: float32, float16, dynamic, int8."
     ),
@@ -233,10 +241,6 @@ def export(
     json_out: Optional[str] = JsonOption,
 ):
     """Export DIR/model.keras to TFLite/LiteRT, ONNX, a microcontroller C array and a web app; verify them."""
-    from toolkit import data as data_lib
-    from toolkit import export as export_lib
-    from toolkit.console import console, export_table
-
     plan = export_lib.parse_selection(fmt, _split_list(quantize))  # bad options fail before any slow work
     ds = data_lib.load(data_dir, dataset, progress=lambda msg: console.print(msg))
     say = lambda msg: console.print(f"[dim]{msg}[/]")  # noqa: E731
@@ -247,7 +251,7 @@ def export(
     if not verify:
         write_json_output(json_out, {"artifacts": [r.to_dict() for r in records]})
         return
-    outcome = export_lib.verify_new(workspace, ds, records, limit, progress=say)
+    outcome = verify_lib.check_new(workspace, ds, records, limit, progress=say)
     _show_verification(outcome)
     write_json_output(json_out, outcome.to_dict())
     outcome.raise_if_failed()
@@ -271,11 +275,6 @@ def verify(
     json_out: Optional[str] = JsonOption,
 ):
     """Check every artifact against the Keras model on the test split, in its own runtime; exit 1 on failure."""
-    from toolkit import data as data_lib
-    from toolkit import verify as verify_lib
-    from toolkit.artifacts import BROWSER
-    from toolkit.console import console
-
     ds = data_lib.load(data_dir, dataset, progress=lambda msg: console.print(msg))
     files = [str(m) for m in model] if model else None
     kinds = (BROWSER,) if browser else verify_lib.NATIVE_KINDS
@@ -342,10 +341,6 @@ def benchmark(
     json_out: Optional[str] = JsonOption,
 ):
     """Measure cold start, batch-1 latency, throughput, size and memory of every artifact in its runtime."""
-    from toolkit import bench
-    from toolkit import data as data_lib
-    from toolkit.console import benchmark_table, console
-
     sizes = _int_list(batch_sizes, "--batch-sizes") if batch_sizes else None
     thread_list = _int_list(threads, "--threads") if threads else None
     ds = data_lib.load(data_dir, dataset, progress=lambda msg: console.print(msg))
@@ -384,10 +379,6 @@ def profile(
     json_out: Optional[str] = JsonOption,
 ):
     """Where a batch-1 call's time goes, layer by layer (ONNX Runtime's profiler), against the compute floor."""
-    from toolkit import data as data_lib
-    from toolkit.bench.layers import profile as profile_lib
-    from toolkit.console import console, layer_table
-
     ds = data_lib.load(data_dir, dataset, progress=lambda msg: console.print(msg))
     result = profile_lib(workspace, ds, model, threads, calls)
     console.print(layer_table(result))
@@ -403,13 +394,9 @@ def serve(
     workspace: Path = DirOption,
 ):
     """Serve DIR/web (the offline digit app) on http://127.0.0.1:PORT, cross-origin isolated; Ctrl-C stops it."""
-    from toolkit import serve as serve_lib
-    from toolkit import web
-    from toolkit.console import console
-
-    site = web.prepare_site(workspace, lambda msg: console.print(f"[dim]{msg}[/]"))
-    server = serve_lib.make_server(site, port)
-    console.print(f"Serving {site} at [bold]{serve_lib.url_of(server)}[/] (Ctrl-C to stop)", soft_wrap=True)
+    site = web_app.prepare_site(workspace, lambda msg: console.print(f"[dim]{msg}[/]"))
+    server = server_lib.make_server(site, port)
+    console.print(f"Serving {site} at [bold]{server_lib.url_of(server)}[/] (Ctrl-C to stop)", soft_wrap=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -430,12 +417,8 @@ def screenshot(
     workspace: Path = DirOption,
 ):
     """Draw a test digit on the web app's pad in headless Chromium and save a picture of the page."""
-    from toolkit import browser
-    from toolkit import data as data_lib
-    from toolkit.console import console
-
     ds = data_lib.load(data_dir, dataset, progress=lambda msg: console.print(msg))
-    result = browser.screenshot(workspace, out, ds, model_id, index)
+    result = chromium_lib.screenshot(workspace, out, ds, model_id, index)
     console.print(f"Wrote {result['file']}: the page shows {result['digit']} ({result['status']})")
 
 
@@ -466,23 +449,19 @@ def quantize(
     json_out: Optional[str] = JsonOption,
 ):
     """Find the smallest artifact within an accuracy budget among quantization recipes, verified on the test split."""
-    from toolkit import data as data_lib
-    from toolkit import quantize as quantize_lib
-    from toolkit.console import console, table
-
-    quantize_lib.check_budget(budget)  # bad options fail before any slow work
-    chosen = quantize_lib.parse_recipes(recipe, explain)
+    search_lib.check_budget(budget)  # bad options fail before any slow work
+    chosen = search_lib.parse_recipes(recipe, explain)
     ds = data_lib.load(data_dir, dataset, progress=lambda msg: console.print(msg))
     say = lambda msg: console.print(f"[dim]{msg}[/]")  # noqa: E731
     if explain:
-        result = quantize_lib.explain(workspace, ds, chosen[0], calibration_size, out=out, progress=say)
-        columns, rows = quantize_lib.explain_rows(result)
+        result = explain_lib.explain(workspace, ds, chosen[0], calibration_size, out=out, progress=say)
+        columns, rows = quantize_report.explain_rows(result)
         console.print(table(f"Per-layer error of {result.recipe}, costliest first", columns, rows))
         console.print(f"Wrote {', '.join(result.files.values())}")
         write_json_output(json_out, result.to_dict())
         return
-    outcome = quantize_lib.search(workspace, ds, budget, chosen, calibration_size, limit=limit, out=out, progress=say)
-    columns, rows, styles = quantize_lib.table_rows(outcome)
+    outcome = search_lib.search(workspace, ds, budget, chosen, calibration_size, limit=limit, out=out, progress=say)
+    columns, rows, styles = quantize_report.table_rows(outcome)
     console.print(
         table(f"Quantization recipes within {budget:g} pp on {outcome.images:,} test images", columns, rows, styles)
     )
@@ -509,9 +488,6 @@ def predict(
     json_out: Optional[str] = JsonOption,
 ):
     """Classify image files: grey, invert dark-on-light, crop, centre as MNIST, 28x28, then run the artifact."""
-    from toolkit import predict as predict_lib
-    from toolkit.console import console, table
-
     model_path = model or predict_lib.best_artifact(workspace)
     results = predict_lib.classify(images, model_path, top)
     rows = [
@@ -534,10 +510,6 @@ def report(
     json_out: Optional[str] = JsonOption,
 ):
     """Per-class precision/recall/F1, a confusion matrix, the hardest test images, and the model card."""
-    from toolkit import data as data_lib
-    from toolkit import report as report_lib
-    from toolkit.console import console, table
-
     ds = data_lib.load(data_dir, dataset, progress=lambda msg: console.print(msg))
     result = report_lib.report_artifact(workspace, ds, model, out, card=card)
     rows = [

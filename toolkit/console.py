@@ -12,6 +12,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from toolkit.artifacts import BROWSER, kind_of
+from toolkit.backend import keras as _keras
+
 
 def _console(stderr: bool = False) -> Console:
     probe = Console(stderr=stderr)
@@ -77,6 +80,13 @@ def export_table(records, title: str):
     return table(title, ["artifact", "format", "variant", "runtime", "bytes", "input", "output"], rows)
 
 
+def _runtime_where(r) -> str:
+    """A verification's runtime, with the browser it ran in for web models (native ones all run on this CPU)."""
+    if kind_of(r.runtime) == BROWSER and r.where:
+        return f"{r.runtime} in {r.where.replace(' (headless)', '')}"
+    return r.runtime
+
+
 def parity_table(results, title: str):
     """Verification results (toolkit.verify.ParityRecord), a row each, with their problems below the table."""
     rows, styles = [], []
@@ -84,7 +94,7 @@ def parity_table(results, title: str):
         rows.append(
             [
                 _short(r.file),
-                r.runtime.replace(" (headless)", ""),
+                _runtime_where(r),
                 f"{r.images:,}",
                 "-" if r.accuracy is None else f"{r.accuracy:.4f}",
                 "-" if r.accuracy_delta_pp is None else f"{r.accuracy_delta_pp:+.2f}",
@@ -237,8 +247,6 @@ def layer_table(profile):
 
 def keras_progress_callback():
     """A Keras callback: one progress bar per epoch, then a one-line summary of that epoch."""
-    from toolkit.backend import keras as _keras
-
     keras = _keras()
 
     class RichEpochProgress(keras.callbacks.Callback):

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit import fsio
+from toolkit.cache import cache_dir
 from toolkit.errors import ToolkitError
 
 IMAGE_SHAPE = (28, 28)
@@ -251,13 +252,6 @@ def _load_folder_or_npz(path: Path, dataset: str) -> tuple[dict[str, np.ndarray]
 
 
 # ------------------------------------------------------------------------------------------- sources
-
-
-def cache_dir() -> Path:
-    if os.environ.get("TOOLKIT_CACHE_DIR"):
-        return Path(os.environ["TOOLKIT_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "edge-toolkit"
 
 
 def mnist_cache_dir() -> Path:

@@ -1,4 +1,5 @@
-"""The one error type for problems a user can fix: the CLI shows its message as one red line, exit code 1."""
+"""The one error type for problems a user can fix (the CLI shows its message as one red line, exit code 1), and
+the first line of a library's exception, which is what such a message quotes."""
 
 
 class ToolkitError(Exception):
@@ -10,3 +11,9 @@ class ToolkitError(Exception):
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM, with a message saying what was kept and how to continue."""
+
+
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """A library exception as one short line: its first non-empty line, else its type's name."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return (lines[0] if lines else type(e).__name__)[:limit]

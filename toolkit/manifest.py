@@ -17,7 +17,7 @@ from typing import Any
 
 from toolkit import fsio
 from toolkit import workspace as ws
-from toolkit.artifacts import TensorSpec
+from toolkit.artifacts import BROWSER, TensorSpec, kind_of
 from toolkit.errors import ToolkitError
 
 MANIFEST_FILE = ws.MANIFEST_FILE
@@ -220,8 +220,6 @@ def put_verification(workspace: Path, results: dict[str, dict[str, Any]], full_s
 def select(workspace: Path, files: list[str] | None, kinds: tuple[str, ...]) -> list[ArtifactRecord]:
     """The manifest's artifacts whose runtime is of one of `kinds` (toolkit.artifacts: native, browser, micro), or
     those of them named in `files` (by manifest path, file name, or a path to the file)."""
-    from toolkit.artifacts import BROWSER, kind_of
-
     workspace = Path(workspace)
     chosen = [r for r in records(workspace) if kind_of(r.runtime) in kinds]
     if not chosen:

@@ -1,287 +1,19 @@
-"""Pictures and summaries people read: the benchmark's Markdown summary and plots."""
+"""The per-artifact report: per-class precision, recall and F1, the confusion matrix, the hardest test images and
+sample images of each class, from the test split run in the artifact's own runtime (and, with --card, the model card
+rewritten from them)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from toolkit import fsio
+from toolkit import card as card_lib
+from toolkit import fsio, manifest, runtimes
 from toolkit import workspace as ws
-
-
-def _label(r: dict[str, Any]) -> str:
-    return f"{r['artifact'].rsplit('/', 1)[-1]} ({r['runtime']})"
-
-
-def _floor(r: dict[str, Any]) -> str:
-    """A row's p50 against its compute floor; rows measured before the floor was recorded have none."""
-    return f"{r['ratio_to_floor']:.2f}x" if r.get("ratio_to_floor") is not None else "-"
-
-
-def benchmark_markdown(report: dict[str, Any]) -> str:
-    m, s, v = report["machine"], report["settings"], report["versions"]
-    ok = [r for r in report["results"] if r["status"] == "ok"]
-    isa = ", ".join(k for k, on in m["isa"].items() if on) or "none detected"
-    lines = [
-        "# Benchmark results",
-        "",
-        f"- Machine: {m['cpu']} ({m['arch']}), {m['cpus_usable']} usable CPU(s), {m['memory_gb']} GB; ISA: {isa}",
-        f"- GPU: {', '.join(m['gpu']['gpus']) or 'none visible'}",
-        "- float32 peak (numpy matmul): "
-        + ", ".join(f"{g} GFLOP/s on {t} thread(s)" for t, g in m["peak_float32_gflops"].items()),
-        "- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
-        f"- Started {s['started_at']}; warm-up {s['warmup']} calls; {s['iterations_batch1']} timed calls at batch 1; "
-        f"{s['flops_per_image'] / 1e6:.2f} MFLOP per image",
-        f"- Method: {s['method']}",
-        f"- int8 on this CPU: {m['int8_note']}",
-    ]
-    b = report.get("browser")
-    if b:
-        bs = report.get("browser_settings", s)
-        web = ", ".join(sorted({r["runtime"] for r in report["results"] if r["device"] == b["name"]}))
-        lines.append(
-            f"- Browser rows ({web}): "
-            f"{b['name']}, cross-origin isolated: {b['cross_origin_isolated']}; started {bs['started_at']}; "
-            f"warm-up {bs['warmup']} calls, {bs['iterations_batch1']} timed calls at batch 1. Method: {bs['method']}"
-        )
-    hc = report.get("harness_check")
-    if hc and "error" in hc:
-        lines.append(f"- Harness check ({hc['artifact']}): failed: {hc['error']}")
-    elif hc:
-        lines.append(
-            f"- Harness check ({hc['artifact']}, 1 thread, batch 1): harness p50 {hc['harness_p50_ms']:.4f} ms vs bare "
-            f"set_tensor/invoke/get_tensor loop {hc['bare_loop_p50_ms']:.4f} ms: {hc['overhead_fraction']:+.1%} "
-            f"({'within' if hc['within_10_percent'] else 'NOT within'} 10%)"
-        )
-    lines += [
-        "",
-        "## Batch-1 latency (ms)",
-        "",
-        "| artifact | runtime | threads | p50 | p90 | p99 | mean ± std | cold start | peak RSS MB | size KB "
-        "| accuracy |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in sorted((r for r in ok if r["batch_size"] == 1), key=lambda r: (r["threads"], r["p50_ms"])):
-        acc = f"{r['accuracy']:.4f}" if r.get("accuracy") is not None else "-"
-        lines.append(
-            f"| {r['artifact']} | {r['runtime']} | {r['threads']} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} "
-            f"| {r['p99_ms']:.3f} | {r['mean_ms']:.3f} ± {r['std_ms']:.3f} | {r['load_ms']:.0f} ms "
-            f"| {'-' if r['peak_rss_mb'] is None else round(r['peak_rss_mb'])} "
-            f"| {r['bytes'] / 1024:.0f} | {acc} |"
-        )
-    lines += [
-        "",
-        "## Throughput (images/s) and achieved GFLOP/s",
-        "",
-        "| artifact | runtime | threads | batch | images/s | GFLOP/s | of float32 peak | p50 / compute floor |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in sorted(ok, key=lambda r: (r["artifact"], r["runtime"], r["threads"], r["batch_size"])):
-        lines.append(
-            f"| {r['artifact']} | {r['runtime']} | {r['threads']} | {r['batch_size']} | {r['images_per_second']:,.0f} "
-            f"| {r['gflops_per_second']:.1f} | {r['fraction_of_peak']:.0%} "
-            f"| {_floor(r)} |"
-        )
-    lines += comparison_lines(report)
-    lines += device_lines(report["results"])
-    other = [r for r in report["results"] if r["status"] in ("skipped", "failed")]
-    if other:
-        lines += ["", "## Not measured", ""] + [
-            f"- {r['runtime']} ({r['device']}): {r['status']}: {r['note']}" for r in other
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def comparison_lines(report: dict[str, Any]) -> list[str]:
-    """The browser against native, from rows of one `toolkit benchmark --browser` run, and each web row against
-    the page's own float32 peak (WebAssembly SIMD is 128 bits wide: the page's ceiling is below the CPU's)."""
-    web = [r for r in report["results"] if r["status"] == "ok" and r.get("page_peak_gflops")]
-    lines = []
-    if report.get("comparison"):
-        lines += [
-            "",
-            "## Browser against native (batch 1, one run)",
-            "",
-            "| threads | best web | p50 ms | best native | p50 ms | web / native |",
-            "|---:|---|---:|---|---:|---:|",
-        ]
-        lines += [
-            f"| {c['threads']} | {c['best_web']} | {c['best_web_p50_ms']:.3f} | {c['best_native']} "
-            f"| {c['best_native_p50_ms']:.3f} | {c['web_over_native']:.2f}x |"
-            for c in report["comparison"]
-        ]
-    if web:
-        lines += [
-            "",
-            "## Web rows against the page's own float32 peak (a MatMul in ONNX Runtime Web)",
-            "",
-            "| artifact | runtime | threads | batch | GFLOP/s | page peak GFLOP/s | of page peak | p99 / p50 |",
-            "|---|---|---:|---:|---:|---:|---:|---:|",
-        ]
-        lines += [
-            f"| {r['artifact']} | {r['runtime']} | {r['threads']} | {r['batch_size']} "
-            f"| {r['gflops_per_second']:.1f} | {r['page_peak_gflops']:.1f} | {r['fraction_of_page_peak']:.0%} "
-            f"| {r['p99_ms'] / r['p50_ms']:.2f} |"
-            for r in web
-        ]
-    return lines
-
-
-def device_lines(rows: list[dict[str, Any]]) -> list[str]:
-    """Microcontroller and NPU rows: sizes measured at export, and Vela's estimates, kept apart from timed rows."""
-    sized = [r for r in rows if r["status"] == "sized"]
-    estimated = [r for r in rows if r["status"] == "estimate"]
-    lines = []
-    if sized:
-        lines += [
-            "",
-            "## Microcontroller (LiteRT for Microcontrollers): RAM and flash, measured",
-            "",
-            "| artifact | tensor arena (RAM) | model (flash) | how |",
-            "|---|---:|---:|---|",
-        ]
-        lines += [f"| {r['artifact']} | {r['ram_bytes']:,} B | {r['flash_bytes']:,} B | {r['method']} |" for r in sized]
-    if estimated:
-        lines += [
-            "",
-            "## Arm Ethos-U NPUs: ESTIMATES from Vela's performance model, not measurements",
-            "",
-            "| configuration | system / memory mode | clock MHz | NPU ops | CPU ops | SRAM B | flash/DRAM B | cycles "
-            "| inference ms | inferences/s | MACs | method |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-        ]
-        for r in estimated:
-            e = r["estimate"]
-            lines.append(
-                f"| {e['accelerator']} | {e['system_config']} / {e['memory_mode']} | {e['clock_mhz']:g} "
-                f"| {e['npu_ops']} | {e['cpu_ops']} | {e['sram_bytes']:,} | {r['flash_bytes']:,} "
-                f"| {e['cycles']:,} | {e['inference_ms']:.3f} | {e['inferences_per_second']:,.0f} "
-                f"| {e['macs']:,} | {r['method']} |"
-            )
-    return lines
-
-
-def benchmark_plot(report: dict[str, Any], target: Path) -> Path:
-    """Batch-1 latency per runtime and variant (p50 with p90/p99 whiskers), and size against accuracy."""
-    plt = pyplot()
-    ok = [r for r in report["results"] if r["status"] == "ok" and r["batch_size"] == 1]
-    threads = sorted({r["threads"] for r in ok})
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 6), gridspec_kw={"width_ratios": [3, 2]})
-    labels = sorted({_label(r) for r in ok}, key=lambda l: min(r["p50_ms"] for r in ok if _label(r) == l))
-    width = 0.8 / max(1, len(threads))
-    for i, t in enumerate(threads):
-        rows = {_label(r): r for r in ok if r["threads"] == t}
-        ys = [y + i * width for y in range(len(labels))]
-        p50 = [rows[l]["p50_ms"] if l in rows else 0 for l in labels]
-        p90 = [rows[l]["p90_ms"] - rows[l]["p50_ms"] if l in rows else 0 for l in labels]
-        ax1.barh(
-            ys, p50, height=width, xerr=[[0] * len(labels), p90], capsize=2, label=f"{t} thread(s), p50 (whisker: p90)"
-        )
-        for y, l in zip(ys, labels):
-            if l in rows:
-                ax1.plot(rows[l]["p99_ms"], y, "k|", markersize=8)
-    ax1.set_yticks([y + width * (len(threads) - 1) / 2 for y in range(len(labels))], labels, fontsize=8)
-    ax1.set_xscale("log")
-    ax1.set_xlabel("batch-1 latency, ms (log scale; | = p99)")
-    ax1.set_title("Latency per runtime and variant")
-    ax1.legend(fontsize=8)
-    sized = {}
-    for r in ok:
-        if r.get("accuracy") is not None and r["format"] not in ("keras", "web"):  # web models: the same networks
-            sized[r["artifact"]] = (r["bytes"] / 1024, r["accuracy"] * 100)
-    for i, (name, (kb, acc)) in enumerate(sorted(sized.items())):
-        ax2.scatter(kb, acc)
-        ax2.annotate(
-            name.replace("mnist_cnn.", ""),
-            (kb, acc),
-            fontsize=8,
-            xytext=(4, 4 + 10 * (i % 2)),
-            textcoords="offset points",
-        )
-    ax2.set_xlabel("file size, KB")
-    ax2.set_ylabel("test accuracy, % (from verification)")
-    ax2.set_title("Size against accuracy")
-    ax2.grid(alpha=0.3)
-    fig.suptitle(f"{report['machine']['cpu']}, {report['machine']['cpus_usable']} CPU(s)")
-    fig.tight_layout()
-    return save_png(fig, target, dpi=110)
-
-
-def write_benchmark_outputs(report: dict[str, Any], folder: Path) -> dict[str, Path]:
-    folder = fsio.ensure_dir(Path(folder))
-    return {
-        "json": fsio.write_json(folder / "results.json", report),
-        "markdown": fsio.write_text(folder / "SUMMARY.md", benchmark_markdown(report)),
-        "plot": benchmark_plot(report, folder / "benchmark.png"),
-    }
-
-
-# ------------------------------------------------------------------------------------ artifact reports
-
-
-def pyplot():
-    """matplotlib's pyplot on the Agg backend: every plot is a file, and no machine here has a display."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_png(fig, target: Path, dpi: int = 100) -> Path:
-    """Write the figure atomically and free it (pyplot keeps every open figure otherwise)."""
-    with fsio.atomic_path(Path(target)) as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png")
-    pyplot().close(fig)
-    return Path(target)
-
-
-def confusion_matrix_png(matrix, labels: list[str], title: str, target: Path) -> Path:
-    import numpy as np
-
-    plt = pyplot()
-    matrix = np.asarray(matrix)
-    fig, ax = plt.subplots(figsize=(7, 6))
-    shown = np.where(matrix > 0, matrix, np.nan)
-    im = ax.imshow(np.log10(shown), cmap="Blues")
-    for i in range(len(labels)):
-        for j in range(len(labels)):
-            if matrix[i, j]:
-                ax.text(
-                    j,
-                    i,
-                    str(matrix[i, j]),
-                    ha="center",
-                    va="center",
-                    fontsize=8,
-                    color="white" if i == j else ("red" if matrix[i, j] else "black"),
-                )
-    ax.set_xticks(range(len(labels)), labels)
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    fig.colorbar(im, ax=ax, label="log10(count)")
-    fig.tight_layout()
-    return save_png(fig, target)
-
-
-def image_grid_png(
-    images, captions: list[str], title: str, target: Path, cols: int = 10, colours: list[str] | None = None
-) -> Path:
-    plt = pyplot()
-    n = len(images)
-    rows = max(1, -(-n // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.8 + 0.4))
-    for k, ax in enumerate(getattr(axes, "flat", [axes])):
-        ax.axis("off")
-        if k < n:
-            ax.imshow(images[k], cmap="gray", vmin=0, vmax=255)
-            ax.set_title(captions[k], fontsize=7, color=(colours[k] if colours else "black"))
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return save_png(fig, target)
+from toolkit.data import to_model_input
+from toolkit.model import LABELS
+from toolkit.plots import confusion_matrix_png, image_grid_png
+from toolkit.predict import best_artifact
 
 
 def report_artifact(
@@ -296,11 +28,6 @@ def report_artifact(
     with `card`, the workspace's model card is rewritten from them."""
     import numpy as np
     from sklearn.metrics import classification_report, confusion_matrix
-
-    from toolkit import manifest, runtimes
-    from toolkit.data import to_model_input
-    from toolkit.model import LABELS
-    from toolkit.predict import best_artifact
 
     workspace = Path(workspace)
     artifact = Path(artifact) if artifact else best_artifact(workspace)
@@ -344,7 +71,5 @@ def report_artifact(
     }
     fsio.write_json(out_dir / f"{stem}.report.json", result)
     if card:
-        from toolkit import card as card_lib
-
         result["model_card"] = str(card_lib.write_model_card(workspace))
     return result

@@ -14,8 +14,8 @@ from typing import Protocol
 
 import numpy as np
 
-from toolkit.artifacts import TensorSpec
-from toolkit.errors import ToolkitError
+from toolkit.artifacts import KERAS, LITERT, NATIVE_BY_SUFFIX, ONNXRUNTIME, RUNTIMES, TensorSpec
+from toolkit.errors import ToolkitError, first_line
 from toolkit.fsio import captured_output
 from toolkit.model import INPUT_SHAPE, NUM_CLASSES
 
@@ -99,7 +99,7 @@ def predict(runner: Runner, images: np.ndarray, batch_size: int = 1000) -> np.nd
 
 
 class LiteRTRunner:
-    runtime = "litert"
+    runtime = LITERT
 
     def __init__(self, path: Path, threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter
@@ -111,7 +111,7 @@ class LiteRTRunner:
                 self._interp = Interpreter(model_content=path.read_bytes(), num_threads=threads)
                 self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as e:
-            raise ToolkitError(f"{path}: LiteRT cannot load it ({_first_line(e)})") from None
+            raise ToolkitError(f"{path}: LiteRT cannot load it ({first_line(e)})") from None
         inp, out = self._interp.get_input_details(), self._interp.get_output_details()
         if len(inp) != 1 or len(out) != 1:
             raise ToolkitError(f"{path}: expected one input and one output, found {len(inp)} and {len(out)}")
@@ -141,7 +141,7 @@ class LiteRTRunner:
             interp.set_tensor(self._in_index, images if self._in_q is None else quantize(images, *self._in_q))
             interp.invoke()
         except (RuntimeError, ValueError) as e:  # a file that loads but cannot run a batch (some int4 recipes)
-            raise ToolkitError(f"{self.path}: LiteRT failed to run it on a batch of {n} ({_first_line(e)})") from None
+            raise ToolkitError(f"{self.path}: LiteRT failed to run it on a batch of {n} ({first_line(e)})") from None
         y = interp.get_tensor(self._out_index)
         return y if self._out_q is None else dequantize(y, *self._out_q)
 
@@ -162,7 +162,7 @@ def _litert_spec(d: dict) -> TensorSpec:
 
 
 class OnnxRunner:
-    runtime = "onnxruntime"
+    runtime = ONNXRUNTIME
 
     def __init__(
         self,
@@ -192,7 +192,7 @@ class OnnxRunner:
                 path.read_bytes(), sess_options=opts, providers=providers or ["CPUExecutionProvider"]
             )
         except Exception as e:  # onnxruntime raises its own exception types for malformed files
-            raise ToolkitError(f"{path}: ONNX Runtime cannot load it ({_first_line(e)})") from None
+            raise ToolkitError(f"{path}: ONNX Runtime cannot load it ({first_line(e)})") from None
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
             raise ToolkitError(f"{path}: expected one input and one output, found {len(inputs)} and {len(outputs)}")
@@ -227,7 +227,7 @@ def _ort_spec(arg) -> TensorSpec:
 
 
 class KerasRunner:
-    runtime = "keras"
+    runtime = KERAS
 
     def __init__(self, path: Path, threads: int | None = None):
         from toolkit.model import load_keras_model  # imports Keras: only here, lazily
@@ -250,7 +250,7 @@ class KerasRunner:
 
 # ---------------------------------------------------------------------------------------------- load
 
-RUNNERS = {".tflite": LiteRTRunner, ".onnx": OnnxRunner, ".keras": KerasRunner}
+RUNNERS = {LITERT: LiteRTRunner, ONNXRUNTIME: OnnxRunner, KERAS: KerasRunner}  # by runtime name
 
 
 def load(
@@ -264,9 +264,9 @@ def load(
     """
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in RUNNERS:
+    if suffix not in NATIVE_BY_SUFFIX:
         raise ToolkitError(
-            f"{path}: unknown artifact type {suffix or '(no suffix)'}; expected one of {', '.join(RUNNERS)}"
+            f"{path}: unknown artifact type {suffix or '(no suffix)'}; expected one of {', '.join(NATIVE_BY_SUFFIX)}"
         )
     if not path.exists():
         raise ToolkitError(f"{path}: file not found")
@@ -284,14 +284,14 @@ def load(
         if suffix != ".onnx":
             raise ToolkitError(f"{path}: execution providers apply to .onnx files only")
         return OnnxRunner(path, threads=threads, providers=providers)
-    return RUNNERS[suffix](path, threads=threads)
+    return RUNNERS[NATIVE_BY_SUFFIX[suffix]](path, threads=threads)
 
 
 # What the child process runs: load the file and run one image, reporting a ToolkitError as one line.
 PROBE_CODE = """
 import sys
 import numpy as np
-from toolkit.errors import ToolkitError
+from toolkit.errors import ToolkitError, first_line
 from toolkit.runtimes import load
 try:
     load(sys.argv[1], probe=False).run(np.zeros((1, 28, 28, 1), np.float32))
@@ -322,7 +322,7 @@ def probe_in_child(path: Path, timeout: float = 120.0) -> None:
         )
     except subprocess.TimeoutExpired:
         raise ToolkitError(f"{path}: loading it did not finish within {timeout:.0f} s") from None
-    runtime = "LiteRT" if path.suffix.lower() == ".tflite" else "ONNX Runtime"
+    runtime = RUNTIMES[NATIVE_BY_SUFFIX[path.suffix.lower()]].label
     if proc.returncode < 0:
         try:
             name = signal.Signals(-proc.returncode).name
@@ -349,8 +349,3 @@ def check_file_header(path: Path) -> None:
         raise ToolkitError(f"{path}: not a Keras .keras archive (not a zip file)")
     if suffix == ".onnx" and head[:1] not in ONNX_FIRST_TAGS:
         raise ToolkitError(f"{path}: not an ONNX protobuf (unexpected first byte 0x{head[:1].hex() or '00'})")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:200]

@@ -19,6 +19,7 @@ import numpy as np
 from toolkit import __version__, fsio
 from toolkit import workspace as ws
 from toolkit.backend import keras as _keras
+from toolkit.bench.machine import measure_peak_gflops, usable_cpus
 from toolkit.data import Dataset, to_model_input
 from toolkit.errors import Interrupted, ToolkitError
 from toolkit.manifest import file_sha256
@@ -260,8 +261,6 @@ def _schedule(config: TrainConfig, steps_per_epoch: int):
 
 def _cpu_peak() -> float:
     """This machine's float32 matrix-product rate on every usable core, the ceiling training is measured against."""
-    from toolkit.bench.machine import measure_peak_gflops, usable_cpus
-
     return round(measure_peak_gflops(usable_cpus(), seconds=0.5), 1)
 
 

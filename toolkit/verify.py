@@ -12,6 +12,7 @@ probabilities: a native runner, the web app in headless Chromium, or the microco
 from __future__ import annotations
 
 import contextlib
+import platform
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,10 @@ from toolkit import workspace as ws
 from toolkit.data import Dataset, to_model_input
 from toolkit.errors import ToolkitError
 from toolkit.manifest import ArtifactRecord
+from toolkit.micro import runtime as micro
+from toolkit.web import app as web_app
+from toolkit.web import chromium as chromium_lib
+from toolkit.web import server
 
 # Pass criteria per variant. float32 must match Keras exactly up to float rounding. A reduced-precision variant
 # moves every probability a little; whether that flips a prediction depends on how many images sit near the
@@ -41,13 +46,12 @@ CRITERIA: dict[str, dict[str, float]] = {
 }
 # A quantization recipe (format "recipes", `toolkit quantize`) is judged by the accuracy budget it was kept under,
 # recorded in its made_with; where none is recorded, by the default budget: never by no criterion at all.
-RECIPE_FORMAT = "recipes"
 RECIPE_BUDGET_PP = 0.1
 
 
 def criteria_of(record: ArtifactRecord) -> dict[str, float]:
     """The pass criteria of one artifact: its variant's, or a recipe's accuracy budget."""
-    if record.format != RECIPE_FORMAT:
+    if record.format != artifacts.RECIPES_FORMAT:
         return CRITERIA.get(record.variant, {})
     budget = record.made_with.get("accuracy_budget_pp")
     valid = isinstance(budget, int | float) and not isinstance(budget, bool) and 0 <= budget <= 100
@@ -72,8 +76,9 @@ class ParityRecord:
     file: str
     format: str
     variant: str
-    runtime: str
+    runtime: str  # a name of toolkit.artifacts.RUNTIMES
     images: int
+    where: str = ""  # where the runtime ran: this machine's CPU, a named browser, tflite-micro's host build
     accuracy: float | None = None
     reference_accuracy: float | None = None
     accuracy_delta_pp: float | None = None
@@ -193,7 +198,7 @@ class Scored:
 class Scorer(Protocol):
     """Turns one artifact into probabilities on the reference images, in the runtime its record names."""
 
-    def runtime_label(self, record: ArtifactRecord) -> str: ...
+    where: str  # where its runtime runs, for the record and the tables
 
     def score(self, record: ArtifactRecord, ref: Reference) -> Scored: ...
 
@@ -201,11 +206,10 @@ class Scorer(Protocol):
 class NativeScorer:
     """Desktop runtimes (LiteRT, ONNX Runtime), loaded through `toolkit.runtimes`."""
 
+    where = f"this machine's CPU ({platform.machine()})"
+
     def __init__(self, workspace: Path, say=lambda msg: None):
         self.workspace, self.say = workspace, say
-
-    def runtime_label(self, record: ArtifactRecord) -> str:
-        return record.runtime
 
     def score(self, record: ArtifactRecord, ref: Reference) -> Scored:
         return Scored(ref.run_native(self.workspace / record.file))
@@ -216,22 +220,19 @@ class MicroScorer(NativeScorer):
     are run, after checking they are byte for byte the `.tflite` they were made from; desktop LiteRT runs that
     `.tflite` too, and their agreement is reported."""
 
-    def score(self, record: ArtifactRecord, ref: Reference) -> Scored:
-        from toolkit import micro
-        from toolkit.export.micro import parse_c_array
+    where = f"tflite-micro's reference kernels on this machine ({platform.machine()})"
 
+    def score(self, record: ArtifactRecord, ref: Reference) -> Scored:
         source = record.made_with.get("source")
         source_path = manifest.artifact_path(self.workspace, source) if isinstance(source, str) else None
         if source_path is None or not source_path.is_file():
             return Scored(None, [f"source {source or '(unknown)'} not found"])
-        data, declared = parse_c_array(self.workspace / record.file)
+        data = micro.read_c_array(self.workspace / record.file)
         expected = source_path.read_bytes()
         problems = []
         if data != expected:
             first = next((i for i, (a, b) in enumerate(zip(data, expected)) if a != b), min(len(data), len(expected)))
             problems.append(f"C array differs from {source} at byte {first} ({len(data)} vs {len(expected)} bytes)")
-        if declared != len(data):
-            problems.append(f"declared length {declared} != {len(data)} bytes in the array")
         if manifest.file_sha256(source_path) != record.made_with.get("source_sha256"):
             problems.append(f"{source} changed since the C array was made")
         if problems:
@@ -245,7 +246,7 @@ class MicroScorer(NativeScorer):
         desktop = ref.run_native(source_path)
         agreement = float(np.mean(desktop.argmax(1) == probabilities.argmax(1)))
         cross = {
-            "runtime": "litert",
+            "runtime": artifacts.LITERT,
             "file": source,
             "agreement": round(agreement, 6),
             "max_abs_diff": float(np.max(np.abs(desktop - probabilities))),
@@ -257,25 +258,18 @@ class BrowserScorer:
     """The web app in headless Chromium: each web model in its browser runtime, on the same images."""
 
     def __init__(self, workspace: Path, chromium, url: str, site: Path, threads: int):
-        from toolkit import browser
-
         self.workspace, self.chromium, self.url, self.threads = workspace, chromium, url, threads
-        self.name = browser.browser_name(chromium)
+        self.where = chromium_lib.browser_name(chromium)
         self.entries = {e["file"]: e for e in fsio.read_json(site / "models.json")["models"]}
 
-    def runtime_label(self, record: ArtifactRecord) -> str:
-        return f"{record.runtime} in {self.name}"
-
     def score(self, record: ArtifactRecord, ref: Reference) -> Scored:
-        from toolkit import browser
-
         entry = self.entries.get(str(Path(record.file).relative_to(ws.SITE_DIR)))
         if entry is None or entry["sha256"] != record.sha256:
             return Scored(
                 None, [f"{ws.SITE_DIR}/models.json does not list this file as exported; export --format web again"]
             )
         images = np.ascontiguousarray(np.round(ref.images[..., 0] * 255).astype(np.uint8)).tobytes()  # page: / 255
-        app = browser.open_app(self.chromium, self.url, entry["id"], self.threads, images)
+        app = chromium_lib.open_app(self.chromium, self.url, entry["id"], self.threads, images)
         try:
             probabilities, _ = app.classify(len(ref.labels))
         finally:
@@ -287,11 +281,9 @@ class BrowserScorer:
 def open_scorer(workspace: Path, kind: str, threads: int = 1, say=lambda msg: None) -> Iterator[Scorer]:
     """The scorer for artifacts of one runtime kind (toolkit.artifacts: native, micro, browser)."""
     if kind == artifacts.BROWSER:
-        from toolkit import browser, serve, web
-
-        site = web.prepare_site(workspace, say)
-        with serve.serving(site) as url, browser.launch() as chromium:
-            yield BrowserScorer(workspace, chromium, url, site, threads)
+        site = web_app.prepare_site(workspace, say)
+        with server.serving(site) as url, chromium_lib.launch() as browser:
+            yield BrowserScorer(workspace, browser, url, site, threads)
     else:
         yield MicroScorer(workspace, say) if kind == artifacts.MICRO else NativeScorer(workspace, say)
 
@@ -312,7 +304,7 @@ def verify_artifact(workspace: Path, record: ArtifactRecord, ref: Reference, sco
             scored.problems.append(str(e))
     problems = scored.problems
     result = score(record, scored.probabilities, ref)
-    result.runtime = scorer.runtime_label(record)
+    result.where = scorer.where
     result.cross_check = scored.cross_check
     if artifacts.kind_of(record.runtime) == artifacts.MICRO:
         result.criteria = "byte-identical to its .tflite; " + result.criteria
@@ -374,7 +366,7 @@ def check(
         try:
             with open_scorer(workspace, kind, threads, say) as scorer:
                 for record in chosen:
-                    say(f"verifying {record.file} ({scorer.runtime_label(record)})")
+                    say(f"verifying {record.file} ({record.runtime}, {scorer.where})")
                     outcome.results.append(verify_artifact(workspace, record, ref, scorer))
                     outcome.results[-1].data_sha256 = dataset.sha256
         except ToolkitError as e:
@@ -423,3 +415,17 @@ def select_records(workspace: Path, files: list[str] | None, kinds: tuple[str, .
     if model_sha and model_path.is_file() and manifest.file_sha256(model_path) != model_sha:
         raise ToolkitError(f"{model_path}: differs from the model the artifacts were exported from; export again")
     return records
+
+
+def check_new(
+    workspace: Path,
+    dataset: Dataset,
+    records: list[ArtifactRecord],
+    limit: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Verification:
+    """Verify what an export just wrote, in one pass over one Keras reference. The web models need Chromium:
+    on a machine without it they get a note (verify them later with `toolkit verify --browser`)."""
+    kinds = (*NATIVE_KINDS, artifacts.BROWSER)
+    runnable = [r.file for r in records if artifacts.kind_of(r.runtime) in kinds]  # Vela's files run on an Ethos-U
+    return check(workspace, dataset, runnable, limit, kinds, optional=(artifacts.BROWSER,), progress=progress)

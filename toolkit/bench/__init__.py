@@ -15,8 +15,12 @@ from typing import Any
 
 from toolkit import fsio
 from toolkit import workspace as ws
+from toolkit.bench.browser import MIN_ITERATIONS, BrowserBackend
 from toolkit.bench.driver import BenchRecord, BenchReport, Settings, compare_web_native, earlier_results, merge, run
+from toolkit.bench.estimates import EstimateBackend
 from toolkit.bench.machine import machine_info, machine_slug
+from toolkit.bench.native import NativeBackend
+from toolkit.bench.summary import write_benchmark_outputs
 from toolkit.data import Dataset
 from toolkit.errors import ToolkitError
 
@@ -45,22 +49,15 @@ def measure(
     """Measure the workspace's artifacts (or `models`) natively, or with `browser` its web artifacts in Chromium.
     `seconds_per_measurement` caps the timed calls of a slow target (at least 20 are made)."""
     if browser:
-        from toolkit.bench.browser import MIN_ITERATIONS, BrowserBackend
-
         if iterations < MIN_ITERATIONS:
             raise ToolkitError(
                 f"--iterations must be at least {MIN_ITERATIONS} for the browser (timer resolution and "
                 f"noise), got {iterations}"
             )
-        from toolkit.bench.native import NativeBackend
-
         # the native rows are measured in the same run, so that the browser's ratio to them is honest
         web = BrowserBackend(workspace, dataset, [str(m) for m in models] if models else None)
         backends = [NativeBackend(workspace, dataset, None, False, timeout), web]
     else:
-        from toolkit.bench.estimates import EstimateBackend
-        from toolkit.bench.native import NativeBackend
-
         backends = [
             NativeBackend(workspace, dataset, models, include_keras, timeout),
             EstimateBackend(workspace, models),
@@ -106,8 +103,6 @@ def benchmark(
 ) -> BenchOutcome:
     """`measure` with the quick plan (the full one with `full` or `publish`: published results are always full),
     then write results.json, SUMMARY.md and benchmark.png, merged with the folder's earlier results."""
-    from toolkit import report as report_lib
-
     machine = machine_info()
     folder = results_folder(workspace, machine, out, publish)
     fsio.ensure_dir(folder)  # an unusable folder, or another machine's results in it, fail before the measuring
@@ -118,6 +113,6 @@ def benchmark(
         workspace, dataset, sizes, seconds_per_measurement=plan["seconds_per_measurement"], machine=machine, **options
     )
     merged = merge(result.to_dict(), folder / "results.json")
-    files = report_lib.write_benchmark_outputs(merged, folder)
+    files = write_benchmark_outputs(merged, folder)
     failed = [r for r in result.results if r.status == "failed"]
     return BenchOutcome(result, merged, files, failed)

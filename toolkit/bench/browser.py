@@ -19,11 +19,15 @@ import numpy as np
 
 from toolkit import artifacts, fsio, manifest
 from toolkit import workspace as ws
+from toolkit.artifacts import ORT_WEB
 from toolkit.bench.driver import BenchRecord, BenchReport, Settings, Target
 from toolkit.bench.stats import runs_for, stats_ms, warmup_for
 from toolkit.data import Dataset
 from toolkit.errors import ToolkitError
 from toolkit.versions import package_versions
+from toolkit.web import app as web_app
+from toolkit.web import chromium as chromium_lib
+from toolkit.web import server
 
 PEAK_PATH = "__toolkit__/peak-matmul-"  # answered by a Playwright route, like the test images
 PEAK_SIZES = (256, 512, 1024)
@@ -61,31 +65,25 @@ class BrowserBackend:
         self.workspace, self.dataset, self.files = Path(workspace), dataset, files
 
     def versions(self) -> dict[str, str]:
-        from toolkit import web
-
-        return {**package_versions(("numpy",)), **{k: v["version"] for k, v in web.locked_packages().items()}}
+        return {**package_versions(("numpy",)), **{k: v["version"] for k, v in web_app.locked_packages().items()}}
 
     @contextlib.contextmanager
     def open(self, settings: Settings, say: Callable[[str], None]) -> Iterator[BrowserSession]:
-        from toolkit import browser, serve, web
-
         records = manifest.select(self.workspace, self.files, kinds=(artifacts.BROWSER,))
-        site = web.prepare_site(self.workspace, say)
+        site = web_app.prepare_site(self.workspace, say)
         entries = {e["file"]: e for e in fsio.read_json(site / "models.json")["models"]}
         targets = [
             Target.of(self.workspace, r, entries.get(str(Path(r.file).relative_to(ws.SITE_DIR)))) for r in records
         ]
         images = self.dataset.x_test[: max(256, max(settings.batch_sizes))].tobytes()
-        with serve.serving(site) as url, browser.launch() as chromium:
+        with server.serving(site) as url, chromium_lib.launch() as chromium:
             yield BrowserSession(targets, settings, chromium, url, images)
 
 
 class BrowserSession:
     def __init__(self, targets: list[Target], settings: Settings, chromium, url: str, images: bytes):
-        from toolkit import browser
-
         self.targets, self.settings, self.chromium, self.url, self.images = targets, settings, chromium, url, images
-        self.name = browser.browser_name(chromium)
+        self.name = chromium_lib.browser_name(chromium)
         self.info: dict | None = None
         self.page_peaks: dict[int, float | None] = {}
 
@@ -96,8 +94,6 @@ class BrowserSession:
         return f"{target.artifact} in {self.name} ({target.runtime}), {threads} thread(s)"
 
     def measure(self, target: Target, threads: int) -> list[BenchRecord]:
-        from toolkit import browser
-
         if target.entry is None:
             return [
                 target.row(
@@ -109,7 +105,7 @@ class BrowserSession:
                 )
             ]
         try:
-            app = browser.open_app(self.chromium, self.url, target.entry["id"], threads, self.images)
+            app = chromium_lib.open_app(self.chromium, self.url, target.entry["id"], threads, self.images)
         except ToolkitError as e:
             return [target.row(device=self.name, batch_size=1, threads=threads, status="failed", note=str(e)[:300])]
         try:
@@ -156,16 +152,14 @@ class BrowserSession:
     def page_peak(self, threads: int) -> float | None:
         """The page's float32 peak on `threads` (WebAssembly SIMD is 128 bits wide, AVX2's 256, AVX-512's 512):
         the best of square MatMuls in ONNX Runtime Web, in a fresh page started with that thread count."""
-        from toolkit import browser
-
         if threads in self.page_peaks:
             return self.page_peaks[threads]
-        entry = next((t.entry for t in self.targets if t.entry and t.runtime == "onnxruntime-web-wasm"), None)
+        entry = next((t.entry for t in self.targets if t.entry and t.runtime == ORT_WEB), None)
         best = None
         if entry is not None:
             files = {f"{PEAK_PATH}{n}.onnx": matmul_model(n) for n in PEAK_SIZES}
             try:
-                app = browser.open_app(self.chromium, self.url, entry["id"], threads, files=files)
+                app = chromium_lib.open_app(self.chromium, self.url, entry["id"], threads, files=files)
             except ToolkitError:
                 app = None
             if app is not None:

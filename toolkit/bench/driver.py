@@ -15,8 +15,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
-from toolkit.bench.machine import machine_info, measure_peak_gflops, usable_cpus
+from toolkit import manifest
+from toolkit.artifacts import BROWSER, NATIVE, kind_of
+from toolkit.bench.machine import machine_info, machine_slug, measure_peak_gflops, usable_cpus
 from toolkit.errors import ToolkitError
+from toolkit.model import build_model, flops_per_image
 
 
 @dataclass
@@ -78,8 +81,6 @@ class Target:
     @classmethod
     def of(cls, workspace: Path, record, entry: dict[str, Any] | None = None) -> Target:
         """A manifest record's target, after checking its file is the one that was certified."""
-        from toolkit import manifest
-
         path = manifest.certified(workspace, record)
         accuracy = (record.verification or {}).get("accuracy")
         return cls(record.file, path, record.format, record.variant, record.runtime, record.bytes, accuracy, entry)
@@ -188,8 +189,6 @@ def run(
 ) -> BenchReport:
     """Measure every target of each backend on every thread count, on this machine (`machine`: its
     `machine_info()`, if the caller has it already), into one report."""
-    from toolkit.model import build_model, flops_per_image
-
     say = progress or (lambda msg: None)
     info = dict(machine or machine_info())
     flops = flops_per_image(build_model())
@@ -225,8 +224,6 @@ def run(
 def compare_web_native(rows: list[BenchRecord]) -> list[dict[str, Any]]:
     """Per thread count, the best browser row's batch-1 p50 against the best native row's, both from one run
     (the machine's drift cancels only then), and each browser row's p99 against its own p50."""
-    from toolkit.artifacts import BROWSER, NATIVE, kind_of
-
     ok = [r for r in rows if r.status == "ok" and r.batch_size == 1 and not r.format == "keras"]
     out = []
     for t in sorted({r.threads for r in ok}):
@@ -253,8 +250,6 @@ def compare_web_native(rows: list[BenchRecord]) -> list[dict[str, Any]]:
 def earlier_results(previous: Path, machine: dict[str, Any]) -> dict[str, Any] | None:
     """The results.json already in a folder, if it is a readable one; ToolkitError if another machine made it
     (its results are never overwritten)."""
-    from toolkit.bench.machine import machine_slug
-
     try:
         prev = json.loads(Path(previous).read_text())
         same_machine = machine_slug(prev["machine"]) == machine_slug(machine)
@@ -274,8 +269,6 @@ def merge(report: dict[str, Any], previous: Path) -> dict[str, Any]:
     """Fold this run's rows into an earlier results.json of the same machine: a row of this run replaces the row
     with the same (artifact, runtime, threads, batch); the others stay, native rows before browser rows. So a
     one-file run or a browser run adds to the results instead of wiping them."""
-    from toolkit.artifacts import BROWSER, kind_of
-
     prev = earlier_results(previous, report["machine"])
     if prev is None:
         return report

@@ -20,6 +20,7 @@ import numpy as np
 
 from toolkit import artifacts, manifest
 from toolkit import workspace as ws
+from toolkit.artifacts import LITERT, ONNXRUNTIME, ONNXRUNTIME_CUDA, TENSORFLOW_GPU
 from toolkit.bench.driver import BenchRecord, BenchReport, Settings, Target
 from toolkit.bench.machine import gpu_info
 from toolkit.data import Dataset, to_model_input
@@ -56,7 +57,7 @@ def plan_targets(
         variant = rec.variant if rec else path.name.split(".")[-2] if path.name.count(".") >= 2 else "?"
         accuracy = (rec.verification or {}).get("accuracy") if rec else None  # never a certificate of another file
         runtime = artifacts.NATIVE_BY_SUFFIX[suffix]
-        for name in (runtime, "onnxruntime-cuda") if runtime == "onnxruntime" and cuda else (runtime,):
+        for name in (runtime, ONNXRUNTIME_CUDA) if runtime == ONNXRUNTIME and cuda else (runtime,):
             targets.append(Target(path.name, path, suffix[1:], variant, name, path.stat().st_size, accuracy))
     keras_path = next((Path(m) for m in (models or []) if Path(m).suffix == ".keras"), None) or ws.model(workspace)
     if (include_keras and not models) or (models and any(Path(m).suffix == ".keras" for m in models)):
@@ -171,16 +172,16 @@ def gpu_rows(gpu: dict[str, Any], measured: list[BenchRecord]) -> list[BenchReco
     rows = []
     on_gpu = {r.runtime for r in measured if r.device == "gpu"}
     reasons = {
-        "onnxruntime-cuda": "no GPU visible"
+        ONNXRUNTIME_CUDA: "no GPU visible"
         if not gpu["gpus"]
         else "onnxruntime has no CUDAExecutionProvider here (pip install onnxruntime-gpu)",
-        "tensorflow-gpu": "no GPU visible" if not gpu["gpus"] else "TensorFlow sees no GPU (pip install -e .[gpu])",
+        TENSORFLOW_GPU: "no GPU visible" if not gpu["gpus"] else "TensorFlow sees no GPU (pip install -e .[gpu])",
     }
     keras_measured = any(r.format == "keras" for r in measured)
     for runtime, reason in reasons.items():
-        if runtime == "onnxruntime-cuda" and runtime in on_gpu:
+        if runtime == ONNXRUNTIME_CUDA and runtime in on_gpu:
             continue
-        if runtime == "tensorflow-gpu" and (set(artifacts.KERAS_BASELINES) & on_gpu or not keras_measured):
+        if runtime == TENSORFLOW_GPU and (set(artifacts.KERAS_BASELINES) & on_gpu or not keras_measured):
             continue
         rows.append(
             BenchRecord(
@@ -203,8 +204,8 @@ def harness_check(
 ) -> dict[str, Any] | None:
     """LiteRT float32, 1 thread, batch 1: the harness' p50 against a bare set_tensor/invoke/get_tensor loop,
     interleaved in one process (see toolkit.bench.worker.harness_check)."""
-    ok = {r.artifact for r in report.results if r.runtime == "litert" and r.status == "ok"}
-    target = next((t for t in targets if t.runtime == "litert" and t.variant == "float32" and t.artifact in ok), None)
+    ok = {r.artifact for r in report.results if r.runtime == LITERT and r.status == "ok"}
+    target = next((t for t in targets if t.runtime == LITERT and t.variant == "float32" and t.artifact in ok), None)
     if target is None:
         return None
     say("harness check: the runner against a bare LiteRT loop, interleaved")
@@ -222,7 +223,7 @@ def harness_check(
     except (RuntimeError, subprocess.TimeoutExpired) as e:
         return {"artifact": target.artifact, "error": str(e)[:300]}
     overhead = (out["harness_p50_ms"] - out["bare_loop_p50_ms"]) / out["bare_loop_p50_ms"]
-    row = next((r for r in report.results if r.key == (target.artifact, "litert", 1, 1) and r.status == "ok"), None)
+    row = next((r for r in report.results if r.key == (target.artifact, LITERT, 1, 1) and r.status == "ok"), None)
     return {
         "artifact": target.artifact,
         "threads": 1,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.artifacts import KERAS_BASELINES
+from toolkit.artifacts import KERAS_BASELINES, KERAS_PREDICT, LITERT, ONNXRUNTIME_CUDA
 from toolkit.bench.machine import current_rss_mb, vm_hwm_mb
 from toolkit.bench.stats import runs_for, stats_ms, time_calls, warmup_for
 
@@ -32,11 +32,11 @@ def _import_runtime(runtime: str, threads: int) -> str:
         import keras  # noqa: F401
 
         return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
-    if runtime == "litert":
+    if runtime == LITERT:
         from ai_edge_litert.interpreter import Interpreter  # noqa: F401
     else:
         import onnxruntime  # noqa: F401
-    return "gpu" if runtime == "onnxruntime-cuda" else "cpu"
+    return "gpu" if runtime == ONNXRUNTIME_CUDA else "cpu"
 
 
 def _make_call(spec: dict):
@@ -48,13 +48,13 @@ def _make_call(spec: dict):
         from toolkit.model import load_keras_model
 
         model = load_keras_model(path)
-        if runtime == "keras-predict":
+        if runtime == KERAS_PREDICT:
             return lambda x: model.predict(x, verbose=0)
         serve = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
         return lambda x: serve(tf.constant(x)).numpy()
     from toolkit import runtimes
 
-    if runtime == "onnxruntime-cuda":
+    if runtime == ONNXRUNTIME_CUDA:
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         runner = runtimes.load(path, threads=threads, providers=providers, probe=False)
         if runner.providers[0] != "CUDAExecutionProvider":

@@ -1,9 +1,12 @@
-"""The export registry: one module per format, all registered in `FORMATS`, keyed by format name.
+"""The export driver: the formats of `toolkit.artifacts.FORMATS`, each written by its own module.
 
 Each format module provides `VARIANTS` (its variant names, in export order) and
 `export(ctx: ExportContext, variants: list[str]) -> list[ArtifactRecord]`, writing every file atomically and
-returning a record for each; only this registry writes the manifest. A new format is a module here plus its
-entry in `FORMATS` (and, if it brings a new runtime, an entry in `toolkit.artifacts.RUNTIMES`).
+returning a record for each; only this driver writes the manifest. A new format is a module plus its entry in
+`FORMATS` (and, if it brings a new runtime, an entry in `toolkit.artifacts.RUNTIMES`). This package holds the
+context every format module gets, the calibration sample, and the two desktop formats (tflite, onnx); the
+microcontroller, web and recipe formats live with the rest of their job (`toolkit.micro`, `toolkit.web`,
+`toolkit.quantize`).
 """
 
 from __future__ import annotations
@@ -18,23 +21,14 @@ import numpy as np
 
 from toolkit import manifest
 from toolkit import workspace as ws
+from toolkit.artifacts import FORMAT_ALIASES, FORMATS
 from toolkit.data import Dataset, to_model_input
 from toolkit.errors import ToolkitError
 from toolkit.manifest import ArtifactRecord
-from toolkit.model import LABELS, MODEL_NAME
+from toolkit.model import LABELS, MODEL_NAME, load_keras_model
 from toolkit.runtimes import load as load_runner
 from toolkit.versions import package_versions
 
-# format name -> module (imported only when that format is exported)
-FORMATS: dict[str, str] = {
-    "tflite": "toolkit.export.tflite",
-    "onnx": "toolkit.export.onnx",
-    "micro": "toolkit.export.micro",
-    "web": "toolkit.export.web",
-    "recipes": "toolkit.export.recipes",  # quantization recipes (toolkit quantize searches them)
-}
-ALIASES = {"c": "micro"}  # the earlier name of the microcontroller format
-ONLY_WHEN_NAMED = ("recipes",)  # not in --format all: minutes of quantizing, and some recipes fail by design
 DEFAULT_CALIBRATION_SIZE = 1000
 
 
@@ -84,7 +78,7 @@ class ExportContext:
 
 def variants_of(fmt: str) -> tuple[str, ...]:
     """The variants a format module exports, in export order (its `VARIANTS`)."""
-    return import_module(FORMATS[fmt]).VARIANTS
+    return import_module(FORMATS[fmt].module).VARIANTS
 
 
 def export_variants(
@@ -117,13 +111,13 @@ def describe_artifact(path: Path, fmt: str, variant: str, made_with: dict[str, A
 def parse_selection(fmt: str, variants: list[str] | None) -> list[tuple[str, list[str]]]:
     """('all' | formats, comma-separated; variants or None) -> [(format, [variants])], in export order; errors
     name the choices."""
-    names = [ALIASES.get(f.strip(), f.strip()) for f in fmt.split(",") if f.strip()]
+    names = [FORMAT_ALIASES.get(f.strip(), f.strip()) for f in fmt.split(",") if f.strip()]
     if not names:
         raise ToolkitError(
             f"no format given in --format {fmt!r}; choose one or more of: {', '.join([*FORMATS, 'all'])}"
         )
     formats = (
-        [f for f in FORMATS if f not in ONLY_WHEN_NAMED]
+        [f for f, entry in FORMATS.items() if entry.in_all]
         if "all" in names
         else [f for f in FORMATS if f in names] + [f for f in names if f not in FORMATS]
     )
@@ -155,8 +149,6 @@ def export(
     progress: Callable[[str], None] | None = None,
 ) -> list[ArtifactRecord]:
     """Export the Keras model to the chosen format(s) and variants; record each artifact in the manifest."""
-    from toolkit.model import load_keras_model
-
     workspace = Path(workspace)
     plan = parse_selection(fmt, variants)
     if ws.manifest(workspace).exists():
@@ -178,25 +170,8 @@ def export(
     }
     written: list[ArtifactRecord] = []
     for f, chosen in plan:
-        module = import_module(FORMATS[f])
+        module = import_module(FORMATS[f].module)  # a format imports its libraries only when asked for
         records = module.export(ctx, chosen)
         manifest.put_artifacts(workspace, records, header)  # each format lands as soon as it is written
         written.extend(records)
     return written
-
-
-def verify_new(
-    workspace: Path,
-    dataset: Dataset,
-    records: list[ArtifactRecord],
-    limit: int | None = None,
-    progress: Callable[[str], None] | None = None,
-):
-    """Verify what an export just wrote, in one pass over one Keras reference. The web models need Chromium:
-    on a machine without it they get a note (verify them later with `toolkit verify --browser`)."""
-    from toolkit import verify
-    from toolkit.artifacts import BROWSER, kind_of
-
-    kinds = (*verify.NATIVE_KINDS, BROWSER)
-    runnable = [r.file for r in records if kind_of(r.runtime) in kinds]  # Vela's files run on an Ethos-U only
-    return verify.check(workspace, dataset, runnable, limit, kinds, optional=(BROWSER,), progress=progress)

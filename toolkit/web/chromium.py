@@ -1,7 +1,7 @@
 """Drive the web app in a real headless Chromium (Debian's `chromium`) through Playwright.
 
 Playwright (from PyPI) launches the system Chromium with `executable_path`; its own browser download is never
-used. The app is served by `toolkit.serve` (cross-origin isolated); test images reach the page through a
+used. The app is served by `toolkit.web.server` (cross-origin isolated); test images reach the page through a
 Playwright route, so nothing is added to DIR/web. One browser context per model keeps runs apart: each gets a
 fresh page, a cold cache and (with Chromium's site isolation) its own renderer process, whose peak memory
 is read from /proc.
@@ -19,8 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from toolkit import fsio
+from toolkit import workspace as ws
 from toolkit.bench.machine import vm_hwm_mb
 from toolkit.errors import ToolkitError
+from toolkit.web import server
 
 CHROMIUM_CANDIDATES = (
     "/usr/lib/chromium/chromium",
@@ -256,11 +259,8 @@ def screenshot(
     workspace: Path, target: Path, dataset, model_id: str = "litertjs-float32", index: int = 0
 ) -> dict[str, Any]:
     """Draw test image `index` on the pad of DIR/web with the mouse and save a PNG of the page (for the README)."""
-    from toolkit import fsio, serve
-    from toolkit import workspace as ws
-
     x, _ = dataset.splits().test
-    with serve.serving(ws.site(workspace)) as url, launch() as chromium:
+    with server.serving(ws.site(workspace)) as url, launch() as chromium:
         app = open_app(chromium, url, model_id)
         try:
             out = draw(app, strokes_from_image(x[index] / 255.0))

@@ -19,18 +19,22 @@ from pathlib import Path
 import numpy as np
 
 from toolkit import fsio
-from toolkit.artifacts import TensorSpec
+from toolkit.artifacts import LITERT_MICRO, TensorSpec
 from toolkit.errors import ToolkitError
 from toolkit.runtimes import INPUT_SHAPE, TFLITE_IDENTIFIER, check_images, dequantize, quantize
 
-RUNTIME = "litert-micro"
 KERNELS = "reference"  # the kernels of the tflite-micro wheel, and so of every arena figure measured here
+
 ARENA_GRANULARITY = 16  # bytes: tflite-micro aligns arena allocations to 16
+
 # Below about 464 bytes the interpreter crashes (segmentation fault) instead of failing, since its own allocator
 # lives in the arena: no arena smaller than this is ever handed to it.
 ARENA_FLOOR = 1024
+
 ARENA_LIMIT = 64 << 20  # the largest arena tried before a model is declared impossible to allocate
+
 ARENA_MARGIN = 0.10  # recommended arena = measured minimum + 10%, rounded up to whole KiB
+
 # Operator names whose MicroMutableOpResolver method is not the CamelCase of the name (checked against every Add*()
 # method of tensorflow/lite/micro/micro_mutable_op_resolver.h, tflite-micro commit 90b983c, 2026-08-20).
 RESOLVER_EXCEPTIONS = {
@@ -108,9 +112,6 @@ def resolver_call(operator: str) -> str:
     return f"{name}()"
 
 
-# ------------------------------------------------------------------------------------------------------ arena
-
-
 def _interpreter(model: bytes, arena_size: int):
     """A tflite-micro interpreter with its tensors allocated; RuntimeError when they do not fit. Call it with the
     C++ side's stderr captured: a failed allocation prints its reasons there."""
@@ -162,14 +163,11 @@ def recommended_arena(min_bytes: int) -> int:
     return math.ceil(min_bytes * (1 + ARENA_MARGIN) / 1024) * 1024
 
 
-# ----------------------------------------------------------------------------------------------------- runner
-
-
 class MicroRunner:
     """A full-integer int8 model in tflite-micro's interpreter, with the `toolkit.runtimes` Runner interface: float32
     pixels / 255 in, float32 probabilities out, image by image as on a microcontroller."""
 
-    runtime = RUNTIME
+    runtime = LITERT_MICRO
     threads = None
 
     def __init__(self, model: bytes, path: str | Path = "model", arena_size: int | None = None):
@@ -237,77 +235,23 @@ def _spec(name: str, details: dict) -> TensorSpec:
     )
 
 
+def read_c_array(path: str | Path) -> bytes:
+    """The model bytes in a generated C file, checked against the length it declares: what a firmware links."""
+    path = Path(path)
+    try:
+        text = fsio.read_bytes(path).decode("ascii", errors="replace")
+    except FileNotFoundError:
+        raise ToolkitError(f"{path}: file not found") from None
+    m = re.search(r"const unsigned char \w+\[\] = \{(.*?)\};", text, re.S)
+    n = re.search(r"const unsigned int \w+_len = (\d+);", text)
+    if not m or not n:
+        raise ToolkitError(f"{path}: no C array and length found")
+    data = bytes(int(h, 16) for h in re.findall(r"0x([0-9a-fA-F]{2})", m.group(1)))
+    if len(data) != int(n.group(1)):
+        raise ToolkitError(f"{path}: the array holds {len(data):,} bytes but its length says {int(n.group(1)):,}")
+    return data
+
+
 def load_c_array(path: str | Path, arena_size: int | None = None) -> MicroRunner:
     """Parse a generated `.c` file back to bytes and run those bytes, so that what a firmware links is what runs."""
-    from toolkit.export.micro import parse_c_array  # the export package imports the runtimes, which may import us
-
-    path = Path(path)
-    data, declared = parse_c_array(path)
-    if len(data) != declared:
-        raise ToolkitError(f"{path}: the array holds {len(data):,} bytes but its length says {declared:,}")
-    return MicroRunner(data, path, arena_size)
-
-
-# ------------------------------------------------------------------------------------------------- boards
-
-
-@dataclass(frozen=True)
-class Board:
-    name: str
-    chip: str
-    ram_bytes: int  # on-chip SRAM
-    flash_bytes: int  # flash the firmware can use
-    source: str  # where the figures come from
-
-
-BOARDS = (
-    Board("Arduino Uno", "ATmega328P", 2 * 1024, 32 * 1024, "Microchip ATmega328P datasheet: 32 KB flash, 2 KB SRAM"),
-    Board(
-        'STM32 "Blue Pill"', "STM32F103C8", 20 * 1024, 64 * 1024, "ST STM32F103x8 datasheet: 64 KB flash, 20 KB SRAM"
-    ),
-    Board(
-        "Arduino Nano 33 BLE Sense",
-        "nRF52840",
-        256 * 1024,
-        1024 * 1024,
-        "Nordic nRF52840 product specification: 1 MB flash, 256 KB RAM",
-    ),
-    Board(
-        "Raspberry Pi Pico",
-        "RP2040",
-        264 * 1024,
-        2 * 1024 * 1024,
-        "Raspberry Pi RP2040 datasheet: 264 KB SRAM; Pico datasheet: 2 MB QSPI flash on the board",
-    ),
-    Board(
-        "ESP32-S3-DevKitC-1 N8",
-        "ESP32-S3",
-        512 * 1024,
-        8 * 1024 * 1024,
-        "Espressif ESP32-S3 datasheet: 512 KB SRAM; the N8 module carries 8 MB flash",
-    ),
-    Board(
-        "STM32F746G-DISCO", "STM32F746NG", 320 * 1024, 1024 * 1024, "ST STM32F746xx datasheet: 1 MB flash, 320 KB SRAM"
-    ),
-    Board(
-        "NUCLEO-H743ZI", "STM32H743ZI", 1024 * 1024, 2 * 1024 * 1024, "ST STM32H743xI datasheet: 2 MB flash, 1 MB RAM"
-    ),
-)
-
-
-def fits(arena_bytes: int, model_bytes: int, boards: tuple[Board, ...] = BOARDS) -> list[dict]:
-    """Does the model fit each board: the arena in its RAM and the model in its flash (the application's own RAM
-    and code come on top, so the headroom is shown, not only yes or no)."""
-    return [
-        {
-            "board": b.name,
-            "chip": b.chip,
-            "ram_bytes": b.ram_bytes,
-            "flash_bytes": b.flash_bytes,
-            "ram_used": arena_bytes / b.ram_bytes,
-            "flash_used": model_bytes / b.flash_bytes,
-            "fits": arena_bytes <= b.ram_bytes and model_bytes <= b.flash_bytes,
-            "source": b.source,
-        }
-        for b in boards
-    ]
+    return MicroRunner(read_c_array(path), path, arena_size)

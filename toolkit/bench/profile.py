@@ -29,6 +29,8 @@ from toolkit.bench.machine import machine_info, measure_peak_gflops
 from toolkit.bench.stats import time_calls
 from toolkit.data import Dataset, to_model_input
 from toolkit.errors import ToolkitError
+from toolkit.model import flops_by_layer, load_keras_model
+from toolkit.runtimes import OnnxRunner
 
 OVERHEAD = "(no layer: layout, shapes)"  # nodes that belong to no Keras layer
 
@@ -101,9 +103,6 @@ def profile(
     workspace: str | Path, dataset: Dataset, model: str | Path | None = None, threads: int = 1, calls: int = 2000
 ) -> LayerProfile:
     """Profile one ONNX artifact of the workspace (default: its float32 ONNX export) at batch 1 on `threads`."""
-    from toolkit.model import flops_by_layer, load_keras_model
-    from toolkit.runtimes import OnnxRunner
-
     workspace = Path(workspace)
     files = [str(model)] if model else None
     onnx_records = [r for r in manifest.select(workspace, files, kinds=(NATIVE,)) if r.file.endswith(".onnx")]

@@ -1,4 +1,4 @@
-"""The web app: DIR/web/, a static site that classifies hand-drawn digits offline in the browser.
+"""The `web` export format: DIR/web/, a static site that classifies hand-drawn digits offline in the browser.
 
 Models in DIR/web/models/, each recorded in the manifest (format "web") with the browser runtime that runs it:
 - LiteRT.js (`litertjs-wasm`): float32, float16, dynamic and int8 `.tflite`, converted from a copy of the
@@ -7,7 +7,7 @@ Models in DIR/web/models/, each recorded in the manifest (format "web") with the
 - ONNX Runtime Web (`onnxruntime-web-wasm`): float32 and int8 (QDQ) `.onnx`, made exactly as the native ones
   (dynamic batch, so verification runs in batches).
 The page, its scripts and `models.json` (what the page offers) come beside them, and the runtimes' files
-are copied from npm packages into DIR/web/vendor/ (see `toolkit.web`).
+are copied from npm packages into DIR/web/vendor/ (see `toolkit.web.app`).
 """
 
 from __future__ import annotations
@@ -16,18 +16,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from toolkit import fsio, manifest, web
+from toolkit import fsio, manifest
 from toolkit import workspace as ws
+from toolkit.artifacts import BROWSER_BY_SUFFIX, WEB_FORMAT
 from toolkit.export import ExportContext, describe_artifact
 from toolkit.export import onnx as onnx_export
 from toolkit.export import tflite as tflite_export
 from toolkit.manifest import PREPROCESSING, ArtifactRecord
 from toolkit.model import LABELS, MODEL_NAME, with_fixed_batch
+from toolkit.web import app
 
 VARIANTS = ("float32", "float16", "dynamic", "int8")  # LiteRT.js all four, ONNX Runtime Web float32 and int8
 SITE_DIR = ws.SITE_DIR
 MODELS_DIR = ws.SITE_MODELS_DIR
-RUNTIMES = {"tflite": "litertjs-wasm", "onnx": "onnxruntime-web-wasm"}
 # (file suffix, variant) in the order the page lists them; ONNX Runtime Web gets the two ONNX variants
 WEB_MODELS = (
     ("tflite", "float32"),
@@ -83,15 +84,17 @@ def export(ctx: ExportContext, variants: list[str]) -> list[ArtifactRecord]:
             made_with = tflite_export.write(ctx, variant, path, model=batch1, int8_io=False, label="web tflite")
         else:
             made_with = onnx_export.write(ctx, variant, path, label="web onnx")
-        record = describe_artifact(path, "web", variant, made_with)
+        record = describe_artifact(path, WEB_FORMAT, variant, made_with)
         record.file = str(path.relative_to(ctx.out_dir))
-        record.runtime = RUNTIMES[fmt]
+        record.runtime = BROWSER_BY_SUFFIX[path.suffix]
         records.append(record)
     ctx.progress("web: copying the page and the runtimes (npm packages) into " + str(site))
-    web.copy_site(site)
-    vendor = web.install_vendor(site, ctx.progress)
+    app.copy_site(site)
+    vendor = app.install_vendor(site, ctx.progress)
     # the page lists every web model present, also those exported by an earlier run
-    known = {r.file: r for r in manifest.records(ctx.out_dir) if r.format == "web" and (ctx.out_dir / r.file).is_file()}
+    known = {
+        r.file: r for r in manifest.records(ctx.out_dir) if r.format == WEB_FORMAT and (ctx.out_dir / r.file).is_file()
+    }
     known.update({r.file: r for r in records})
     order = {f"{SITE_DIR}/{MODELS_DIR}/{MODEL_NAME}.{v}.{f}": i for i, (f, v) in enumerate(WEB_MODELS)}
     write_models_json(site, sorted(known.values(), key=lambda r: order.get(r.file, 99)), vendor)
