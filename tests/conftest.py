@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +88,16 @@ def tiny_idx(tmp_path) -> Path:
 # A small model, trained once: 6,000 images, 2 epochs of 188 steps (enough for batch-norm statistics to settle).
 SMALL_TRAIN = dict(epochs=2, limit=6000, eval_limit=500, seed=1, batch_size=32)
 VERIFY_IMAGES = 300
+EXPECTED_FILES = {
+    "mnist_cnn.float32.tflite",
+    "mnist_cnn.float16.tflite",
+    "mnist_cnn.dynamic.tflite",
+    "mnist_cnn.int8.tflite",
+    "mnist_cnn.float32.onnx",
+    "mnist_cnn.int8.onnx",
+    "mnist_cnn.micro.tflite",
+    "mnist_cnn.micro.c",
+}
 
 
 @pytest.fixture(scope="session")
@@ -111,6 +122,14 @@ def exported_workspace(tmp_path_factory, trained_workspace, mnist):
     records = export.export(workspace, mnist, "all", calibration_size=200)
     verify.run_parity(workspace, mnist, limit=VERIFY_IMAGES)  # as `toolkit export` does after writing
     return workspace, records
+
+
+@pytest.fixture()
+def workspace(exported_workspace, tmp_path) -> Path:
+    """A copy of the exported workspace (less its web app) that a test may change."""
+    ws = tmp_path / "ws"
+    shutil.copytree(exported_workspace[0], ws, ignore=shutil.ignore_patterns("web"))
+    return ws
 
 
 # The end-to-end tier: a test that needs the trained model, or every format exported from it, is slow by definition

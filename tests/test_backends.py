@@ -1,8 +1,12 @@
 """Every Keras backend trains the reference model, and what it saves is the same model for TensorFlow's exporters.
 
 The GPU machines this project may be lent carry JAX with CUDA and no TensorFlow, so a model trained there must
-load, export and verify here like one trained with TensorFlow (issue 16). Keras fixes its backend when it is
+load, export and verify here like one trained with TensorFlow. Keras fixes its backend when it is
 first imported, so each training runs in a subprocess; the check runs in this (TensorFlow) process.
+
+The exports are verified on the whole test split, as `toolkit verify` does: on a few hundred images one image is
+0.3 pp, more than the int8 criterion allows, and numerics differ between AVX2 and AVX-512 machines.
+PyTorch is installed only where a local CPU build exists (`make setup`); elsewhere its case is skipped, saying so.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from toolkit.model import load_keras_model
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_a_model_trained_on_another_backend_loads_exports_and_verifies(backend, tmp_path, mnist_dir, mnist):
+    if backend == "torch" and importlib.util.find_spec("torch") is None:
+        pytest.skip("PyTorch is not installed: `make setup` installs it only from a local CPU build (PyPI's is CUDA)")
     assert importlib.util.find_spec(backend), f"{backend} is missing; it is in the test extra: pip install -e '.[test]'"
     assert keras().config.backend() == "tensorflow", "the check must run where the exporters run: TensorFlow"
     ws = tmp_path / "ws"
@@ -63,5 +69,5 @@ def test_a_model_trained_on_another_backend_loads_exports_and_verifies(backend, 
 
     records = export.export(ws, mnist, "tflite", ["float32", "int8"], calibration_size=200)
     assert sorted(r.file for r in records) == ["mnist_cnn.float32.tflite", "mnist_cnn.int8.tflite"]
-    results = verify.run_parity(ws, mnist, limit=300)
+    results = verify.run_parity(ws, mnist)
     assert len(results) == 2 and all(r.passed for r in results), [(r.file, r.problems) for r in results]

@@ -9,18 +9,44 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from tests.helpers import one_line_error
+from tests.helpers import one_line_error, run_toolkit
+from toolkit.artifacts import FORMATS
 from toolkit.cli import app
 
 runner = CliRunner()
-COMMANDS = ["data", "train", "export", "verify", "benchmark", "predict", "report"]
+COMMANDS = [c.name or c.callback.__name__ for c in app.registered_commands]
+
+
+def test_every_command_is_listed():
+    assert set(COMMANDS) == {
+        "data",
+        "train",
+        "export",
+        "verify",
+        "benchmark",
+        "profile",
+        "serve",
+        "screenshot",
+        "quantize",
+        "predict",
+        "report",
+    }
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_help(command):
-    result = runner.invoke(app, [command, "--help"])
+    result = runner.invoke(app, [command, "--help"], terminal_width=200)
     assert result.exit_code == 0, result.output
-    assert "--dir" in result.output or "--data-dir" in result.output
+    assert f"toolkit {command} [OPTIONS]" in result.output
+    assert "--dir" in result.output or command == "data"  # data reads the dataset only
+
+
+def test_format_help_comes_from_the_registry():
+    result = runner.invoke(app, ["export", "--help"], terminal_width=400)
+    text = " ".join(result.output.split())
+    for name in FORMATS:
+        assert f"{name}:" in text or f"{name} (or" in text, name
+    assert "micro (or c)" in text and "recipes" in text
 
 
 def test_python_dash_m():
@@ -118,3 +144,12 @@ def test_train_command_prints_the_reference_table(mnist_dir, tmp_path):
     assert any(l.startswith("    Loss:  train: ") for l in lines)
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["accuracy"]["test"] > 0.5 and (tmp_path / "model.keras").is_file()
+
+
+def test_unwritable_output_folder(tmp_path, mnist_dir):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    proc = run_toolkit(
+        "train", "--epochs", "1", "--limit", "100", "--data-dir", str(mnist_dir), "--dir", str(blocker / "ws")
+    )
+    assert proc.returncode == 1 and "cannot create folder" in proc.stderr and "Traceback" not in proc.stderr

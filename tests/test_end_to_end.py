@@ -28,7 +28,8 @@ def test_train_export_verify_benchmark(tmp_path, mnist_dir):
     ws = tmp_path / "exported"  # the default workspace
     assert (ws / "model.keras").is_file() and (ws / "metrics.json").is_file()
 
-    p = _toolkit("export", "--calibration-size", "100", "--limit", "1000", *data, "--json", "export.json", cwd=tmp_path)
+    # verified on the whole test split, as a user runs it: on a part, one image can exceed an accuracy criterion
+    p = _toolkit("export", "--calibration-size", "100", *data, "--json", "export.json", cwd=tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr
     out = json.loads((tmp_path / "export.json").read_text())
     # 8 native artifacts (the micro .c in LiteRT for Microcontrollers), then 6 web models verified in Chromium;
@@ -39,7 +40,7 @@ def test_train_export_verify_benchmark(tmp_path, mnist_dir):
     artifacts = json.loads((ws / "manifest.json").read_text())["artifacts"]
     native = {f for f, a in artifacts.items() if a["format"] not in ("web", "vela")}
 
-    p = _toolkit("verify", "--limit", "1000", *data, "--json", "-", cwd=tmp_path)
+    p = _toolkit("verify", *data, "--json", "-", cwd=tmp_path)
     assert p.returncode == 0
     verified = json.loads(p.stdout)  # with --json -, stdout holds the JSON alone
     assert verified["passed"] and {r["file"] for r in verified["results"]} == native

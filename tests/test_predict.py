@@ -123,3 +123,16 @@ def test_blank_and_huge_images(tmp_path):
     Image.new("L", (9000, 9000)).save(tmp_path / "huge.png")
     with pytest.raises(ToolkitError, match="larger than"):
         preprocess.prepare(tmp_path / "huge.png")
+
+
+def test_a_huge_image_is_refused_with_its_size(tmp_path):
+    from PIL import Image
+
+    Image.new("L", (9000, 9000)).save(tmp_path / "huge.png")  # over twice the limit: PIL itself would refuse it
+    with pytest.raises(ToolkitError, match=r"huge.png: image is 9000x9000, larger than 40,000,000 pixels$"):
+        preprocess.prepare(tmp_path / "huge.png")
+    Image.new("L", (7000, 6000)).save(tmp_path / "big.png")
+    with pytest.raises(ToolkitError, match=r"big.png: image is 7000x6000, larger than 40,000,000 pixels$"):
+        preprocess.prepare(tmp_path / "big.png")
+    Image.fromarray(np.pad(np.full((12, 4), 255, np.uint8), 8)).save(tmp_path / "digit.png")
+    assert preprocess.prepare(tmp_path / "digit.png").shape == (28, 28, 1)

@@ -1,14 +1,21 @@
-"""Training: a short real run learns, writes its output contract, resumes, and is deterministic."""
+"""toolkit.train: a short real run learns, writes its output contract and is deterministic; an interrupted run
+keeps its last finished epoch and resumes on its own plan, and damaged checkpoints and absurd options are refused in
+one line."""
 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 
+from tests.helpers import run_toolkit
 from toolkit import train as train_lib
-from toolkit.errors import ToolkitError
+from toolkit.errors import Interrupted, ToolkitError
 from toolkit.model import load_keras_model
 from toolkit.train import TrainConfig, random_shift
 
@@ -125,3 +132,151 @@ def test_all_data_trains_on_every_training_image_and_keeps_the_last_epoch(tmp_pa
     last = load_keras_model(tmp_path / "checkpoint" / "last.keras")
     kept = load_keras_model(tmp_path / "model.keras")
     assert all(np.array_equal(a, b) for a, b in zip(last.get_weights(), kept.get_weights()))
+
+
+TINY = dict(limit=300, eval_limit=100, batch_size=32)
+
+
+def _steps_callback(seen: list):
+    from toolkit.backend import keras
+
+    class Steps(keras().callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen.append(self.params["steps"])
+            assert self.params["steps"] == 10, f"{self.params['steps']} steps per epoch, expected 10 (300 images)"
+
+    return Steps()
+
+
+def test_resume_trains_on_the_interrupted_plans_limit(tmp_path, mnist):
+    train_lib.train(tmp_path, mnist, TrainConfig(epochs=1, **TINY))
+    steps: list = []
+    result = train_lib.train(
+        tmp_path, mnist, TrainConfig(epochs=2, eval_limit=100), resume=True, callbacks=[_steps_callback(steps)]
+    )
+    assert steps == [10]  # ceil(300 / 32): the saved limit, not all 48,000 images
+    assert result.metrics["train_images"] == 300 and result.metrics["config"]["limit"] == 300
+    assert result.metrics["epochs"] == 2
+
+
+def _interrupt_at(when: str):
+    from toolkit.backend import keras
+
+    class Interrupt(keras().callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if when == "first batch":
+                raise KeyboardInterrupt
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if when == "second epoch" and epoch == 1:
+                raise KeyboardInterrupt
+
+    return Interrupt()
+
+
+def test_an_interrupt_before_the_first_epoch_claims_no_checkpoint(tmp_path, mnist):
+    with pytest.raises(KeyboardInterrupt) as e:  # (not Interrupted: a plain one would end the test session)
+        train_lib.train(tmp_path, mnist, TrainConfig(epochs=2, **TINY), callbacks=[_interrupt_at("first batch")])
+    assert isinstance(e.value, Interrupted)
+    assert str(e.value) == "interrupted before the first epoch finished; nothing was kept: start again"
+    with pytest.raises(ToolkitError, match="no checkpoint to resume from"):
+        train_lib.train(tmp_path, mnist, TrainConfig(**TINY), resume=True)
+
+
+def test_an_interrupt_after_an_epoch_keeps_it_and_says_how_to_resume(tmp_path, mnist):
+    with pytest.raises(KeyboardInterrupt) as e:
+        train_lib.train(tmp_path, mnist, TrainConfig(epochs=2, **TINY), callbacks=[_interrupt_at("second epoch")])
+    assert isinstance(e.value, Interrupted)
+    assert str(e.value) == (
+        f"interrupted; the last finished epoch is kept in {tmp_path / 'checkpoint'}: "
+        "continue with `toolkit train --resume`"
+    )
+    assert json.loads((tmp_path / "checkpoint" / "state.json").read_text())["epoch"] == 1
+
+
+@pytest.mark.parametrize("content", ['{"epoch": 1, "best_ep', "[]", '{"epoch": 1}', "{}"])
+def test_a_damaged_state_json_is_reported_as_damaged(tmp_path, mnist, content):
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "last.keras").write_bytes(b"PK")
+    (checkpoint / "state.json").write_text(content)
+    with pytest.raises(ToolkitError, match=r"state.json: the checkpoint state is damaged .*start without --resume$"):
+        train_lib.train(tmp_path, mnist, TrainConfig(**TINY), resume=True)
+
+
+def test_a_damaged_saved_configuration_is_reported_as_damaged(tmp_path, mnist):
+    train_lib.train(tmp_path, mnist, TrainConfig(epochs=1, **TINY))
+    state_path = tmp_path / "checkpoint" / "state.json"
+    state = json.loads(state_path.read_text())
+    state["config"]["batch_size"] = "many"
+    state_path.write_text(json.dumps(state))
+    with pytest.raises(ToolkitError, match=r"checkpoint state is damaged \(its configuration: --batch-size must be"):
+        train_lib.train(tmp_path, mnist, TrainConfig(epochs=2), resume=True)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("epochs", 100_000_000_000_000_000_000),
+        ("epochs", 10_001),
+        ("batch_size", 1_000_001),
+        ("limit", 10**12),
+        ("eval_limit", 10**12),
+        ("seed", -1),
+        ("seed", 2**32),
+    ],
+)
+def test_absurd_options_are_refused_in_one_line(field, value):
+    with pytest.raises(ToolkitError, match="must be") as e:
+        TrainConfig(**{field: value}).validate()
+    assert "\n" not in str(e.value)
+
+
+def test_train_with_absurd_epochs_is_one_line(tmp_path, mnist_dir):
+    args = [
+        "train",
+        "--epochs",
+        "100000000000000000000",
+        "--limit",
+        "100",
+        "--data-dir",
+        str(mnist_dir),
+        "--dir",
+        str(tmp_path / "ws"),
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "toolkit", *args], capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-800:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --epochs must be a whole number from 1 to 10,000")
+
+
+@pytest.mark.slow
+def test_sigterm_during_training_keeps_the_last_epoch_and_resume_finishes(tmp_path, mnist_dir):
+    ws = tmp_path / "ws"
+    args = ["train", "--limit", "1500", "--batch-size", "32", "--data-dir", str(mnist_dir), "--dir", str(ws)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "toolkit", *args, "--epochs", "4"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    state = ws / "checkpoint" / "state.json"
+    deadline = time.time() + 300
+    while not state.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert state.exists(), "no checkpoint was written"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-800:]
+    assert "toolkit train --resume" in err and "Traceback" not in err
+    assert not [p for p in ws.rglob("*") if ".tmp-" in p.name]  # nothing half-written
+    done = load_keras_model(ws / "checkpoint" / "last.keras")  # the last good checkpoint loads
+    assert done.count_params() == 471_914
+    import json
+
+    assert 1 <= json.loads(state.read_text())["epoch"] < 4
+    proc = run_toolkit(*args, "--resume")  # the checkpoint's own plan (4 epochs) is carried on
+    assert proc.returncode == 0, proc.stderr[-800:]
+    metrics = json.loads((ws / "metrics.json").read_text())
+    assert metrics["epochs"] == 4 and len(metrics["history"]["val_accuracy"]) == 4

@@ -1,4 +1,4 @@
-"""The reference CNN (the architecture is fixed: see README) and its work per image in FLOPs."""
+"""The reference CNN (the architecture is fixed: docs/training.md) and its work per image in FLOPs."""
 
 from __future__ import annotations
 

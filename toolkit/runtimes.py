@@ -14,7 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-from toolkit.artifacts import KERAS, LITERT, NATIVE_BY_SUFFIX, ONNXRUNTIME, RUNTIMES, TensorSpec
+from toolkit.artifacts import KERAS, LITERT, NATIVE_BY_SUFFIX, ONNXRUNTIME, TensorSpec
 from toolkit.errors import ToolkitError, first_line
 from toolkit.fsio import captured_output
 from toolkit.model import INPUT_SHAPE, NUM_CLASSES
@@ -322,7 +322,7 @@ def probe_in_child(path: Path, timeout: float = 120.0) -> None:
         )
     except subprocess.TimeoutExpired:
         raise ToolkitError(f"{path}: loading it did not finish within {timeout:.0f} s") from None
-    runtime = RUNTIMES[NATIVE_BY_SUFFIX[path.suffix.lower()]].label
+    runtime = "LiteRT" if path.suffix.lower() == ".tflite" else "ONNX Runtime"  # as a person names it
     if proc.returncode < 0:
         try:
             name = signal.Signals(-proc.returncode).name

@@ -1,12 +1,7 @@
-"""Arm Ethos-U NPU figures from Arm's Vela compiler (PyPI `ethos-u-vela`): a performance model's estimates, never
-measurements.
-
-Why: no Ethos-U hardware is at hand, but Vela compiles a full-integer int8 `.tflite` for a given NPU configuration and
-reports what its performance model predicts (cycles, inference time, SRAM and flash, which operators stay on the
-CPU). Those figures answer "would this model fit and run on that NPU" before anyone buys a board, as long as every
-row says how it was obtained: each one carries `method` = "estimate: Arm Vela <version> performance model", and the
-compiled model it describes, which runs only on an Ethos-U system.
-"""
+"""The benchmark's rows for targets this machine cannot time as they will run: the microcontroller artifact (its RAM
+and flash, measured at export by allocating in LiteRT for Microcontrollers) and the Vela-compiled Ethos-U models (the
+estimates of Vela's performance model, recorded at export by `toolkit.micro.vela`). Every row says how its figures
+were obtained, and the driver keeps these rows apart from timed ones."""
 
 from __future__ import annotations
 

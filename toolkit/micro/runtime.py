@@ -246,7 +246,7 @@ def read_c_array(path: str | Path) -> bytes:
     n = re.search(r"const unsigned int \w+_len = (\d+);", text)
     if not m or not n:
         raise ToolkitError(f"{path}: no C array and length found")
-    data = bytes(int(h, 16) for h in re.findall(r"0x([0-9a-fA-F]{2})", m.group(1)))
+    data = bytes(int(h, 16) for h in re.findall(r"0[xX]([0-9a-fA-F]{2})", m.group(1)))
     if len(data) != int(n.group(1)):
         raise ToolkitError(f"{path}: the array holds {len(data):,} bytes but its length says {int(n.group(1)):,}")
     return data

@@ -1,4 +1,5 @@
-"""Benchmark: the records carry every field, the numbers are consistent, failures and GPUs are reported."""
+"""toolkit.bench, the measurements the published numbers come from: the records carry every field, the numbers are
+consistent, failures and GPUs are reported, and an ad-hoc run never touches the committed results."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from toolkit import bench, report
+from tests.helpers import clean_failure
+from toolkit import bench
 from toolkit.bench import summary
 from toolkit.bench.stats import runs_for, stats_ms
 from toolkit.cli import app
@@ -113,25 +115,6 @@ def test_bad_benchmark_options_exit_2(args):
     assert result.exit_code == 2
 
 
-def test_report_and_model_card(exported_workspace, mnist, tmp_path):
-    import shutil
-
-    from toolkit import card
-
-    ws = tmp_path / "ws"
-    shutil.copytree(exported_workspace[0], ws)
-    result = report.report_artifact(ws, mnist, ws / "mnist_cnn.int8.tflite")
-    assert sum(map(sum, result["confusion_matrix"])) == 10_000
-    assert set(result["per_class"]) == {str(d) for d in range(10)}
-    assert result["errors"] == 10_000 - int(np.trace(result["confusion_matrix"]))
-    for path in result["files"].values():
-        assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
-    text = card.write_model_card(ws, repo_root=tmp_path).read_text()
-    assert "# Model card: mnist_cnn" in text and "mnist_cnn.int8.tflite" in text
-    assert "report/mnist_cnn_int8_tflite.confusion.png" in text
-    assert "scale 0.00392156886" in text  # the int8 input's quantization, from the manifest
-
-
 def test_layer_profile_gives_every_node_to_a_layer(exported_workspace, mnist):
     from toolkit.bench.profile import OVERHEAD, layer_of, profile
     from toolkit.model import flops_by_layer, flops_per_image, load_keras_model
@@ -158,3 +141,53 @@ def test_layer_profile_gives_every_node_to_a_layer(exported_workspace, mnist):
 
     out = CliRunner().invoke(app, ["profile", "--dir", str(workspace), "--model", "mnist_cnn.float32.tflite"])
     assert out.exit_code == 1 and "not an ONNX artifact" in out.output
+
+
+def test_an_adhoc_benchmark_never_touches_committed_results(workspace, mnist, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    published = tmp_path / "benchmarks" / "results"
+    outcome = bench.benchmark(
+        workspace,
+        mnist,
+        batch_sizes=[1],
+        threads=[1],
+        iterations=20,
+        warmup=2,
+        models=[workspace / "mnist_cnn.int8.onnx"],
+    )
+    assert outcome.files["json"] == workspace / "benchmark" / "results.json" and not published.exists()
+    first = {(r["artifact"], r["runtime"]) for r in outcome.merged["results"]}
+    again = bench.benchmark(
+        workspace,
+        mnist,
+        batch_sizes=[1],
+        threads=[1],
+        iterations=20,
+        warmup=2,
+        models=[workspace / "mnist_cnn.float32.tflite"],
+    )
+    kept = {(r["artifact"], r["runtime"]) for r in again.merged["results"]}
+    assert first <= kept and ("mnist_cnn.float32.tflite", "litert") in kept  # merged by (artifact, runtime, ...)
+    assert not again.failed
+
+
+def test_benchmark_exits_1_when_an_asked_for_artifact_fails(tmp_path, mnist_dir):
+    bad = tmp_path / "broken.float32.tflite"
+    bad.write_bytes(b"\x00\x00\x00\x00TFL3" + bytes(200))
+    args = [
+        "benchmark",
+        "--model",
+        str(bad),
+        "--iterations",
+        "5",
+        "--warmup",
+        "1",
+        "--threads",
+        "1",
+        "--batch-sizes",
+        "1",
+        "--dir",
+        str(tmp_path / "ws"),
+    ]
+    out = clean_failure(CliRunner().invoke(app, args, env={"TOOLKIT_DATA_DIR": str(mnist_dir)}))
+    assert "could not be measured: broken.float32.tflite" in out

@@ -1,0 +1,175 @@
+"""toolkit.manifest, the record every command trusts before it runs a file: a changed artifact is refused by
+every command, no entry leads outside the workspace, a malformed manifest is a one-line error, and concurrent
+writers lose nothing."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from tests.helpers import clean_failure
+from toolkit import bench, manifest, predict, report, runtimes
+from toolkit.cli import app
+from toolkit.errors import ToolkitError
+
+DIGIT = Path(__file__).resolve().parents[1] / "examples" / "digits" / "test00001_label2.pgm"
+
+
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_tampered_artifact_is_refused_by_every_command(workspace, mnist, mnist_dir, exported_workspace):
+    target = workspace / "mnist_cnn.dynamic.tflite"
+    _flip_a_byte(target)
+    for run in (
+        lambda: predict.classify([DIGIT], target),
+        lambda: report.report_artifact(workspace, mnist, target),
+        lambda: bench.measure(workspace, mnist, [1], [1], 5, 1, models=[target]),
+    ):
+        with pytest.raises(ToolkitError, match="SHA-256 differs from the manifest"):
+            run()
+    # the default of predict (the best verified artifact) and of benchmark (every artifact) are checked too
+    shutil.copy(exported_workspace[0] / target.name, target)
+    best = predict.best_artifact(workspace)
+    _flip_a_byte(best)
+    out = clean_failure(CliRunner().invoke(app, ["predict", str(DIGIT), "--dir", str(workspace)]))
+    assert "SHA-256 differs" in out
+    out = clean_failure(
+        CliRunner().invoke(
+            app, ["benchmark", "--iterations", "5", "--dir", str(workspace)], env={"TOOLKIT_DATA_DIR": str(mnist_dir)}
+        )
+    )
+    assert "SHA-256 differs" in out
+
+
+def test_a_file_in_no_manifest_runs(workspace, tmp_path):
+    loose = tmp_path / "loose" / "model.tflite"
+    loose.parent.mkdir()
+    shutil.copy(workspace / "mnist_cnn.float32.tflite", loose)
+    assert manifest.record_of(loose) is None
+    assert predict.classify([DIGIT], loose)[0].digit == "2"
+
+
+@pytest.mark.parametrize("file", ["../m/x.tflite", "/etc/passwd", "../../../../etc/passwd", "sub/../../x.onnx"])
+def test_manifest_paths_cannot_leave_the_workspace(workspace, mnist_dir, tmp_path, file):
+    outside = tmp_path / "m" / "x.tflite"
+    outside.parent.mkdir(exist_ok=True)
+    shutil.copy(workspace / "mnist_cnn.float32.tflite", outside)
+    m = json.loads((workspace / "manifest.json").read_text())
+    m["artifacts"]["mnist_cnn.float32.tflite"]["file"] = file
+    (workspace / "manifest.json").write_text(json.dumps(m))
+    env = {"TOOLKIT_DATA_DIR": str(mnist_dir)}
+    for args in (["verify", "--limit", "20"], ["predict", str(DIGIT)], ["benchmark", "--iterations", "5"]):
+        out = clean_failure(CliRunner().invoke(app, [*args, "--dir", str(workspace)], env=env))
+        assert "workspace" in out and "refused" in out
+
+
+def test_a_symlink_out_of_the_workspace_is_refused(workspace, tmp_path):
+    target = workspace / "mnist_cnn.float32.tflite"
+    outside = tmp_path / "elsewhere.tflite"
+    shutil.move(target, outside)
+    target.symlink_to(outside)
+    with pytest.raises(ToolkitError, match="leads out of the workspace"):
+        manifest.records(workspace)
+
+
+def test_a_string_entry_and_a_bad_format_are_one_line_errors(workspace, mnist_dir):
+    env = {"TOOLKIT_DATA_DIR": str(mnist_dir)}
+    for fmt in ("", ",,,"):
+        result = CliRunner().invoke(app, ["export", "--format", fmt, "--dir", str(workspace)], env=env)
+        assert result.exit_code == 1 and "no format given" in result.output
+    m = json.loads((workspace / "manifest.json").read_text())
+    m["artifacts"]["mnist_cnn.micro.c"] = "oops"
+    (workspace / "manifest.json").write_text(json.dumps(m))
+    before = (workspace / "mnist_cnn.float32.onnx").stat().st_mtime_ns
+    for args in (["verify"], ["predict", str(DIGIT)], ["export", "--format", "onnx", "--no-verify"]):
+        out = clean_failure(CliRunner().invoke(app, [*args, "--dir", str(workspace)], env=env))
+        assert "malformed artifact entry" in out
+    assert (workspace / "mnist_cnn.float32.onnx").stat().st_mtime_ns == before  # nothing rewritten
+
+
+def test_json_to_a_folder_fails_before_the_work(workspace, tmp_path):
+    out = clean_failure(
+        CliRunner().invoke(app, ["predict", str(DIGIT), "--dir", str(workspace), "--json", str(tmp_path)])
+    )
+    assert str(tmp_path) in out and "Predictions" not in out
+
+
+ENTRY_VALUES = st.one_of(
+    st.none(),
+    st.integers(),
+    st.text(max_size=20),
+    st.lists(st.integers(), max_size=3),
+    st.sampled_from(["/etc/passwd", "../../../../etc/passwd", "../outside.tflite", "a/../../b.onnx", "x\x00y"]),
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    entry=st.one_of(
+        ENTRY_VALUES,
+        st.fixed_dictionaries(
+            {},
+            optional={
+                k: ENTRY_VALUES for k in ("file", "format", "runtime", "sha256", "bytes", "input", "output", "variant")
+            },
+        ),
+    )
+)
+def test_generated_manifests_give_one_line_errors(exported_workspace, tmp_path_factory, tiny_idx, monkeypatch, entry):
+    ws = tmp_path_factory.mktemp("hostile")
+    shutil.copy(exported_workspace[0] / "mnist_cnn.float32.tflite", ws)
+    (ws / "manifest.json").write_text(json.dumps({"schema": 1, "artifacts": {"x": entry}}))
+    touched: list[Path] = []
+    real_sha, real_load = manifest.file_sha256, runtimes.load
+    monkeypatch.setattr(manifest, "file_sha256", lambda p: touched.append(Path(p)) or real_sha(p))
+    monkeypatch.setattr(runtimes, "load", lambda p, *a, **k: touched.append(Path(p)) or real_load(p, *a, **k))
+    env = {"TOOLKIT_DATA_DIR": str(tiny_idx)}
+    for args in (
+        ["verify", "--dataset", "idx"],
+        ["predict", str(DIGIT)],
+        ["benchmark", "--dataset", "idx", "--iterations", "5", "--no-keras"],
+    ):
+        result = CliRunner().invoke(app, [*args, "--dir", str(ws)], env=env)
+        assert result.exit_code in (1, 2), (args, entry, result.output)
+        assert isinstance(result.exception, SystemExit) and "Traceback" not in result.output
+        assert len([line for line in result.output.splitlines() if line.startswith("error:")]) <= 1
+    assert all(p.resolve().is_relative_to(ws.resolve()) or p == DIGIT for p in touched), touched
+
+
+def test_a_workspace_path_that_is_not_utf8(exported_workspace, tmp_path):
+    ws = tmp_path / os.fsdecode(b"ws-\xff\xfe")  # a Latin-1 name, as old file systems and archives make them
+    ws.mkdir()
+    for name in ("mnist_cnn.float32.tflite", "mnist_cnn.int8.onnx", "manifest.json"):
+        shutil.copy(exported_workspace[0] / name, ws)
+    for name in ("mnist_cnn.float32.tflite", "mnist_cnn.int8.onnx"):
+        assert predict.classify([DIGIT], ws / name)[0].digit == "2"
+    (ws / "mnist_cnn.float32.tflite").write_bytes(b"\x00" * 8)
+    out = clean_failure(CliRunner().invoke(app, ["predict", str(DIGIT), "--model", str(ws / "x.tflite")]))
+    assert "ws-" in out and "file not found" in out
+
+
+def _add_entries(args):
+    workspace, prefix = args
+    from toolkit import manifest as m
+
+    for i in range(15):
+        m.update(Path(workspace), lambda d, i=i: d["artifacts"].__setitem__(f"{prefix}{i}", {"n": i}))
+
+
+def test_concurrent_manifest_writers_lose_nothing(tmp_path):
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        pool.map(_add_entries, [(str(tmp_path), "a"), (str(tmp_path), "b")])
+    arts = json.loads((tmp_path / "manifest.json").read_text())["artifacts"]
+    assert len(arts) == 30
