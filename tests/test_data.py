@@ -120,7 +120,7 @@ def test_structure_checks(tmp_path):
     folder = write_idx(
         tmp_path / "shape", rng.integers(0, 256, (30, 32, 32), dtype=np.uint8), lab(30), img(10), lab(10)
     )
-    with pytest.raises(ToolkitError, match="images are 32x32, expected 28x28"):
+    with pytest.raises(ToolkitError, match="images are 28x28, the training images 32x32"):
         data.load(folder, dataset="idx")
     with pytest.raises(ToolkitError, match="empty-does-not-exist: data folder not found"):
         data.load(tmp_path / "empty-does-not-exist")

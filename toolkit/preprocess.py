@@ -23,8 +23,9 @@ OPAQUE_ALPHA = 250  # alpha below this is transparency
 TRANSPARENT_SHARE = 0.01  # the alpha is the ink when at least this share of the pixels is transparent
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """Decode an image file into a float grey array in [0, 255] with white ink on black."""
+def load_image(path: str | Path, convert=None) -> np.ndarray:
+    """Decode an image file into a float grey array in [0, 255] with white ink on black (or, with `convert`, what
+    `convert(PIL image)` makes of it), after checking its size against decompression bombs."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -41,7 +42,7 @@ def load_image(path: str | Path) -> np.ndarray:
             if img.width == 0 or img.height == 0:
                 raise ToolkitError(f"{path}: image has no pixels")
             img.load()
-            return to_grey(img)
+            return (convert or to_grey)(img)
     except ToolkitError:
         raise
     except UnidentifiedImageError:
@@ -125,3 +126,24 @@ def _centre(box: np.ndarray, size: int = 28) -> np.ndarray:
 def prepare(path: str | Path) -> np.ndarray:
     """An image file -> the model's input (28, 28, 1) float32."""
     return normalise(load_image(path), str(path))
+
+
+def resized(path: str | Path, shape: tuple[int, int, int]) -> np.ndarray:
+    """An image file -> a model input of `shape` (H, W, C): grey (C = 1) or RGB (C = 3), resized (bilinear, no
+    cropping) and scaled to [0, 1], as a model trained on an image folder expects."""
+    from PIL import Image
+
+    h, w, c = shape
+
+    def convert(img):
+        img = img.convert("RGB" if c == 3 else "L").resize((w, h), Image.Resampling.BILINEAR)
+        return np.asarray(img, dtype=np.float32).reshape(h, w, c) / 255.0
+
+    return load_image(path, convert)
+
+
+def prepare_for(path: str | Path, shape: tuple[int, ...], preprocessing: dict | None) -> np.ndarray:
+    """The preprocessing the manifest records for the model: MNIST's digit steps where it says so (or, without a
+    manifest, for a 28x28 grey model), else a plain resize to the model's input."""
+    digit = "digit_centering" in preprocessing if preprocessing else tuple(shape) == (28, 28, 1)
+    return prepare(path) if digit else resized(path, tuple(shape))

@@ -11,7 +11,6 @@ from toolkit import card as card_lib
 from toolkit import fsio, manifest, runtimes
 from toolkit import workspace as ws
 from toolkit.data import to_model_input
-from toolkit.model import LABELS
 from toolkit.plots import confusion_matrix_png, image_grid_png
 from toolkit.predict import best_artifact
 
@@ -36,35 +35,38 @@ def report_artifact(
     x, y = dataset.splits().test
     probabilities = runtimes.predict(runtimes.load(artifact), to_model_input(x))
     predicted = probabilities.argmax(1)
+    classes = probabilities.shape[1]
+    named = manifest.header_of(artifact).get("labels")
+    labels = named if isinstance(named, list) and len(named) == classes else dataset.class_names[:classes]
     per_class = classification_report(
-        y, predicted, labels=list(range(10)), target_names=LABELS, output_dict=True, zero_division=0
+        y, predicted, labels=list(range(classes)), target_names=labels, output_dict=True, zero_division=0
     )
-    matrix = confusion_matrix(y, predicted, labels=list(range(10)))
+    matrix = confusion_matrix(y, predicted, labels=list(range(classes)))
     stem = artifact.name.replace(".", "_")
     files = {
         "confusion_matrix": confusion_matrix_png(
-            matrix, LABELS, f"{artifact.name}: confusion matrix (test split)", out_dir / f"{stem}.confusion.png"
+            matrix, labels, f"{artifact.name}: confusion matrix (test split)", out_dir / f"{stem}.confusion.png"
         ),
     }
     wrong = np.flatnonzero(predicted != y)
     wrong = wrong[np.argsort(-probabilities[wrong, predicted[wrong]])][:hardest]
     files["hardest"] = image_grid_png(
         x[wrong],
-        [f"true {y[i]} → {predicted[i]}\n{probabilities[i, predicted[i]]:.2f}" for i in wrong],
+        [f"true {labels[y[i]]} → {labels[predicted[i]]}\n{probabilities[i, predicted[i]]:.2f}" for i in wrong],
         f"{artifact.name}: the {len(wrong)} most confident mistakes of {int((predicted != y).sum())}",
         out_dir / f"{stem}.hardest.png",
         colours=["firebrick"] * len(wrong),
     )
-    samples = [i for c in range(10) for i in np.flatnonzero(y == c)[:10]]
+    samples = [i for c in range(min(classes, 20)) for i in np.flatnonzero(y == c)[:10]]
     files["samples"] = image_grid_png(
-        x[samples], [f"{y[i]}" for i in samples], "Test images of each class", out_dir / "samples.png"
+        x[samples], [labels[y[i]] for i in samples], "Test images of each class", out_dir / "samples.png"
     )
     result = {
         "artifact": artifact.name,
         "images": int(len(y)),
         "accuracy": round(float((predicted == y).mean()), 6),
         "errors": int((predicted != y).sum()),
-        "per_class": {label: {k: round(float(v), 4) for k, v in per_class[label].items()} for label in LABELS},
+        "per_class": {label: {k: round(float(v), 4) for k, v in per_class[label].items()} for label in labels},
         "macro_avg": {k: round(float(v), 4) for k, v in per_class["macro avg"].items()},
         "confusion_matrix": matrix.tolist(),
         "files": {k: str(v) for k, v in files.items()},

@@ -17,7 +17,6 @@ import numpy as np
 from toolkit.artifacts import KERAS, LITERT, NATIVE_BY_SUFFIX, ONNXRUNTIME, TensorSpec
 from toolkit.errors import ToolkitError, first_line
 from toolkit.fsio import captured_output
-from toolkit.model import INPUT_SHAPE, NUM_CLASSES
 
 TFLITE_IDENTIFIER = b"TFL3"  # flatbuffer file identifier, bytes 4..8 of every .tflite
 # protobuf tags that can open an ONNX ModelProto: fields 1-8 (ir_version, producer, ..., graph, opset_import),
@@ -38,13 +37,18 @@ class Runner(Protocol):
 # ---------------------------------------------------------------------------------- input, int8 helpers
 
 
-def check_images(images: np.ndarray) -> np.ndarray:
-    """The model's input contract: float32 (N, 28, 28, 1) (or (N, 28, 28)), finite, pixels / 255 in [0, 1]."""
+def _describe(shape: tuple[int, ...]) -> str:
+    return "(N, " + ", ".join(str(s) for s in shape) + ")"
+
+
+def check_images(images: np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """The input contract: float32 (N, H, W, C) of the model's own `shape` (H, W, C) (grayscale also as (N, H, W)),
+    finite, pixels / 255 in [0, 1]. Without `shape`, any image batch (C = 1 or 3) is taken."""
     if (
         type(images) is np.ndarray
         and images.dtype == np.float32
         and images.ndim == 4
-        and images.shape[1:] == INPUT_SHAPE
+        and (images.shape[1:] == shape if shape else images.shape[-1] in (1, 3))
         and images.shape[0] > 0
         and images.flags.c_contiguous
         and np.isfinite(images).all()
@@ -52,10 +56,11 @@ def check_images(images: np.ndarray) -> np.ndarray:
         return images  # the common case, checked in about 3 microseconds
     if not isinstance(images, np.ndarray):
         raise ToolkitError(f"input must be a numpy array, got {type(images).__name__}")
-    if images.ndim == 3 and images.shape[1:] == INPUT_SHAPE[:2]:
+    if images.ndim == 3 and (shape is None or (shape[2] == 1 and images.shape[1:] == shape[:2])):
         images = images[..., np.newaxis]
-    if images.ndim != 4 or images.shape[1:] != INPUT_SHAPE:
-        raise ToolkitError(f"input must have shape (N, 28, 28, 1), got {images.shape}")
+    if images.ndim != 4 or (images.shape[1:] != shape if shape else images.shape[-1] not in (1, 3)):
+        wanted = _describe(shape) if shape else "(N, height, width, 1 or 3)"
+        raise ToolkitError(f"input must have shape {wanted}, got {images.shape}")
     if images.shape[0] == 0:
         raise ToolkitError("input holds no images (batch of 0)")
     if images.dtype != np.float32:
@@ -69,14 +74,21 @@ def check_images(images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(images)
 
 
+def image_shape(spec: TensorSpec) -> tuple[int, ...]:
+    """(H, W, C) of an input tensor."""
+    return tuple(int(s) for s in spec.shape[1:])
+
+
 def check_io(path: Path, input: TensorSpec, output: TensorSpec) -> None:
-    """The model's contract: input (N, 28, 28, 1), output (N, 10) probabilities."""
-    if tuple(input.shape[1:]) != INPUT_SHAPE:
-        raise ToolkitError(f"{path}: input shape {input.shape} is not (N, 28, 28, 1)")
-    if list(output.shape[1:]) != [NUM_CLASSES]:
+    """The contract of an image classifier: input (N, H, W, C) with C = 1 or 3, output (N, classes) with at
+    least 2 classes (probabilities)."""
+    shape = image_shape(input)
+    if len(shape) != 3 or shape[2] not in (1, 3) or min(shape[:2]) < 1:
         raise ToolkitError(
-            f"{path}: output shape {output.shape} is not (N, {NUM_CLASSES}): not a {NUM_CLASSES}-class classifier"
+            f"{path}: input shape {input.shape} is not an image batch (N, height, width, 1 or 3 channels)"
         )
+    if len(output.shape) != 2 or output.shape[1] < 2:
+        raise ToolkitError(f"{path}: output shape {output.shape} is not (N, classes): not a classifier")
 
 
 def quantize(x: np.ndarray, scale: float, zero_point: int, dtype=np.int8) -> np.ndarray:
@@ -90,7 +102,7 @@ def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
 
 def predict(runner: Runner, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """Run a large array through `runner` in batches."""
-    images = check_images(images)
+    images = check_images(images, image_shape(runner.input))
     out = [runner.run(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
     return np.concatenate(out, axis=0)
 
@@ -118,6 +130,7 @@ class LiteRTRunner:
         self._in, self._out = inp[0], out[0]
         self.input, self.output = _litert_spec(self._in), _litert_spec(self._out)
         check_io(path, self.input, self.output)
+        self.shape = image_shape(self.input)
         self._batch = int(self._in["shape"][0])
         self._fixed_batch = self.input.shape[0] != -1
         # what run() needs, looked up once: each call is a few microseconds of Python around the kernels
@@ -128,12 +141,12 @@ class LiteRTRunner:
         self._out_q = None if q is None else (q["scale"], q["zero_point"])
 
     def run(self, images: np.ndarray) -> np.ndarray:
-        images = check_images(images)
+        images = check_images(images, self.shape)
         n = images.shape[0]
         if n != self._batch:
             if self._fixed_batch:  # a fixed-batch model (the web one) runs image by image
                 return np.concatenate([self.run(images[i : i + self._batch]) for i in range(0, n, self._batch)])
-            self._interp.resize_tensor_input(self._in["index"], [n, *INPUT_SHAPE], strict=True)
+            self._interp.resize_tensor_input(self._in["index"], [n, *self.shape], strict=True)
             self._interp.allocate_tensors()
             self._batch = n
         interp = self._interp
@@ -198,11 +211,12 @@ class OnnxRunner:
             raise ToolkitError(f"{path}: expected one input and one output, found {len(inputs)} and {len(outputs)}")
         self.input, self.output = _ort_spec(inputs[0]), _ort_spec(outputs[0])
         check_io(path, self.input, self.output)
+        self.shape = image_shape(self.input)
         self.providers = self._session.get_providers()
         self._fetch, self._feed = [self.output.name], self.input.name
 
     def run(self, images: np.ndarray) -> np.ndarray:
-        (y,) = self._session.run(self._fetch, {self._feed: check_images(images)})
+        (y,) = self._session.run(self._fetch, {self._feed: check_images(images, self.shape)})
         return y if y.dtype == np.float32 else y.astype(np.float32)
 
     def end_profiling(self) -> Path:
@@ -230,21 +244,22 @@ class KerasRunner:
     runtime = KERAS
 
     def __init__(self, path: Path, threads: int | None = None):
-        from toolkit.model import load_keras_model  # imports Keras: only here, lazily
+        from toolkit.model import LOGITS, interface_of, load_keras_model, with_probabilities  # imports Keras lazily
 
         self.path, self.threads = path, threads
         self.model = load_keras_model(path)
+        if interface_of(self.model, path).output == LOGITS:  # the exports end in a softmax: so does the reference
+            self.model = with_probabilities(self.model)
         inputs, outputs = self.model.inputs, self.model.outputs
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise ToolkitError(f"{path}: expected one input and one output, found {len(inputs)} and {len(outputs)}")
         shape = [-1 if d is None else int(d) for d in inputs[0].shape]
         self.input = TensorSpec(name=inputs[0].name, shape=shape, dtype="float32")
         out_shape = [-1 if d is None else int(d) for d in outputs[0].shape]
         self.output = TensorSpec(name=outputs[0].name, shape=out_shape, dtype="float32")
         check_io(path, self.input, self.output)
+        self.shape = image_shape(self.input)
 
     def run(self, images: np.ndarray) -> np.ndarray:
-        images = check_images(images)
+        images = check_images(images, self.shape)
         return np.asarray(self.model.predict_on_batch(images), dtype=np.float32)
 
 
@@ -292,9 +307,10 @@ PROBE_CODE = """
 import sys
 import numpy as np
 from toolkit.errors import ToolkitError, first_line
-from toolkit.runtimes import load
+from toolkit.runtimes import image_shape, load
 try:
-    load(sys.argv[1], probe=False).run(np.zeros((1, 28, 28, 1), np.float32))
+    runner = load(sys.argv[1], probe=False)
+    runner.run(np.zeros((1, *image_shape(runner.input)), np.float32))
 except ToolkitError as e:
     print(e, file=sys.stderr)
     sys.exit(1)

@@ -23,7 +23,15 @@ from toolkit.bench.machine import measure_peak_gflops, usable_cpus
 from toolkit.data import Dataset, to_model_input
 from toolkit.errors import Interrupted, ToolkitError
 from toolkit.manifest import file_sha256
-from toolkit.model import build_model, count_params, flops_per_image
+from toolkit.model import (
+    LOGITS,
+    build_model,
+    check_fits,
+    count_params,
+    flops_per_image,
+    interface_of,
+    load_keras_model,
+)
 
 DEFAULT_EPOCHS = 12  # with the one-cycle default below: 99.62% test accuracy (15 cosine epochs gave 99.57%)
 # upper bounds of the options: far beyond any real run, low enough for every backend's integer types
@@ -48,6 +56,7 @@ class TrainConfig:
     augment: bool = True  # random shifts of up to 2 pixels; the architecture is unchanged
     mixed_precision: bool = False
     all_data: bool = False  # train on all 60,000 training images (no validation split) and keep the last epoch
+    model_file: str | None = None  # a user's architecture (.keras), trained from its initial weights; None: reference
 
     def validate(self) -> None:
         """Refuse values out of range (or of the wrong type, from a damaged checkpoint) in one line each."""
@@ -65,6 +74,8 @@ class TrainConfig:
         warmup = self.warmup_epochs
         if not (isinstance(warmup, (int, float)) and not isinstance(warmup, bool) and 0 <= warmup < 10_000):
             raise ToolkitError(f"--warmup-epochs must be a number from 0 to 10,000, got {warmup}")
+        if self.model_file is not None and not isinstance(self.model_file, str):
+            raise ToolkitError(f"model_file must be a path, got {self.model_file!r}")
         for name in ("augment", "mixed_precision", "all_data"):
             if not isinstance(getattr(self, name), bool):
                 raise ToolkitError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -195,10 +206,29 @@ def _make_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, augm
 TRAIN_STEP_FACTOR = 3  # a training step costs about 3 forward passes: forward, and backward for inputs and weights
 
 
-def work_per_epoch(train_images: int, valid_images: int) -> dict[str, int]:
+def architecture(config: TrainConfig, dataset: Dataset | None = None):
+    """A fresh, uncompiled model to train: the user's (`model_file`, with its own initial weights), checked to be an
+    image classifier of the data's size and classes, or the reference CNN."""
+    if config.model_file is None:
+        return build_model(output_dtype="float32" if config.mixed_precision else None)
+    path = Path(config.model_file)
+    model = load_keras_model(path)
+    interface = interface_of(model, path)
+    if dataset is not None:
+        check_fits(interface, dataset.image_shape, dataset.num_classes, dataset.location, path)
+    return model
+
+
+def _loss(model):
+    """Cross-entropy on the model's own output: probabilities, or logits."""
+    logits = interface_of(model).output == LOGITS
+    return _keras().losses.SparseCategoricalCrossentropy(from_logits=logits)
+
+
+def work_per_epoch(train_images: int, valid_images: int, model=None) -> dict[str, int]:
     """The arithmetic of one epoch, from the model's FLOPs per image: training steps on the training images
     (forward + backward) and a forward pass over the validation images."""
-    forward = flops_per_image(build_model())
+    forward = flops_per_image(model if model is not None else build_model())
     step = TRAIN_STEP_FACTOR * forward
     return {
         "forward_flops_per_image": forward,
@@ -323,7 +353,8 @@ def train(
     scope, parallelism = _distribution_scope(devices["gpus"])
 
     batches = _make_batches(x_train, y_train, config.batch_size, config.seed, config.augment, state["epoch"])
-    work = work_per_epoch(len(x_train), len(x_valid))
+    fresh = None if resume else architecture(config, dataset)  # a user's model is checked before any epoch
+    work = work_per_epoch(len(x_train), len(x_valid), fresh or architecture(config))
     peak = None if devices["gpus"] else _cpu_peak()
     state["efficiency"] = {**work, "peak_float32_gflops": peak}
     with scope:
@@ -332,13 +363,9 @@ def train(
             # the schedule spans this call's epochs: more --epochs on resume stretch it, as if planned so from the start
             model.optimizer.learning_rate = _schedule(config, len(batches))
         else:
-            model = build_model(output_dtype="float32" if config.mixed_precision else None)
+            model = fresh
             schedule = _schedule(config, len(batches))
-            model.compile(
-                optimizer=keras.optimizers.Adam(schedule),
-                loss="sparse_categorical_crossentropy",
-                metrics=["accuracy"],
-            )
+            model.compile(optimizer=keras.optimizers.Adam(schedule), loss=_loss(model), metrics=["accuracy"])
         started = time.perf_counter()
         try:
             model.fit(
@@ -455,9 +482,9 @@ def finish(
     best = keras.saving.load_model(ws.checkpoint(workspace) / "best.keras", safe_mode=True)
     # the shipped model carries no optimizer state: a fresh float32 model with the best weights
     keras.mixed_precision.set_global_policy("float32")
-    model = build_model()
+    model = architecture(replace(config, mixed_precision=False))
     model.set_weights(best.get_weights())
-    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(loss=_loss(model), metrics=["accuracy"])
 
     (x_train, y_train), valid = training_data(dataset, replace(config, eval_limit=None))
     accuracy, loss = {}, {}

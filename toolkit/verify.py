@@ -268,7 +268,7 @@ class BrowserScorer:
             return Scored(
                 None, [f"{ws.SITE_DIR}/models.json does not list this file as exported; export --format web again"]
             )
-        images = np.ascontiguousarray(np.round(ref.images[..., 0] * 255).astype(np.uint8)).tobytes()  # page: / 255
+        images = np.ascontiguousarray(np.round(ref.images * 255).astype(np.uint8)).tobytes()  # page: / 255
         app = chromium_lib.open_app(self.chromium, self.url, entry["id"], self.threads, images)
         try:
             probabilities, _ = app.classify(len(ref.labels))

@@ -1,11 +1,13 @@
 // One way to load a model in a browser runtime and run it, whatever the runtime:
 //   const engine = await createEngine(entry, {threads});   // entry: one item of models.json
-//   const probs = await engine.run(images, n);              // images: Float32Array(n*784) in [0, 1]
+//   const probs = await engine.run(images, n);              // images: Float32Array(n*H*W*C) in [0, 1]
 // `engine.batch` is the fixed batch size of the model (1 for LiteRT.js), or null when any batch works.
 // Every runtime file comes from ./vendor/ (copied from npm packages by `toolkit export --format web`).
 
-const PIXELS = 28 * 28;
-const CLASSES = 10;
+// the model's own input (H, W, C) and class count, from its models.json entry
+const imageShape = (entry) => entry.input.shape.slice(1);
+const valuesPerImage = (entry) => imageShape(entry).reduce((a, b) => a * b, 1);
+const classCount = (entry) => entry.output.shape[1];
 
 export const RUNTIME_NAMES = {
   "litertjs-wasm": "LiteRT.js (WebAssembly)",
@@ -37,6 +39,7 @@ async function liteRtEngine(entry, threads) {
   const core = await loadLiteRtOnce(threads);
   const model = await core.loadAndCompile(here(entry.file), {accelerator: "wasm", cpuOptions: {numThreads: threads}});
   const shape = entry.input.shape;
+  const PIXELS = valuesPerImage(entry), CLASSES = classCount(entry);
   return {
     entry, threads, batch: 1, runtime: entry.runtime,
     async run(images, n) {
@@ -87,11 +90,12 @@ async function ortEngine(entry, threads) {
     return fixed.get(n);
   }
   await sessionFor(1);
+  const PIXELS = valuesPerImage(entry), CLASSES = classCount(entry);
   return {
     entry, threads: ort.env.wasm.numThreads, batch: null, runtime: entry.runtime,
     async run(images, n) {
       const session = await sessionFor(n);
-      const input = new ort.Tensor("float32", images.subarray(0, n * PIXELS), [n, 28, 28, 1]);
+      const input = new ort.Tensor("float32", images.subarray(0, n * PIXELS), [n, ...imageShape(entry)]);
       const result = await session.run({[inputName]: input});
       const probs = result[outputName].data.slice(0, n * CLASSES);
       input.dispose?.();

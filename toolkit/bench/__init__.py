@@ -16,7 +16,16 @@ from typing import Any
 from toolkit import fsio
 from toolkit import workspace as ws
 from toolkit.bench.browser import MIN_ITERATIONS, BrowserBackend
-from toolkit.bench.driver import BenchRecord, BenchReport, Settings, compare_web_native, earlier_results, merge, run
+from toolkit.bench.driver import (
+    BenchRecord,
+    BenchReport,
+    Settings,
+    compare_web_native,
+    earlier_results,
+    merge,
+    model_flops,
+    run,
+)
 from toolkit.bench.estimates import EstimateBackend
 from toolkit.bench.machine import machine_info, machine_slug
 from toolkit.bench.native import NativeBackend
@@ -63,7 +72,7 @@ def measure(
             EstimateBackend(workspace, models),
         ]
     settings = Settings.of(batch_sizes, threads, iterations, warmup, seconds_per_measurement)
-    report = run(backends, settings, progress, machine)
+    report = run(backends, settings, progress, machine, model_flops(Path(workspace)))
     if browser:
         report.comparison = compare_web_native(report.results)
     return report

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from toolkit import manifest
+from toolkit import workspace as ws
 from toolkit.artifacts import BROWSER, NATIVE, kind_of
 from toolkit.bench.machine import machine_info, machine_slug, measure_peak_gflops, usable_cpus
 from toolkit.errors import ToolkitError
-from toolkit.model import build_model, flops_per_image
+from toolkit.model import flops_per_image, load_keras_model
 
 
 @dataclass
@@ -169,10 +170,13 @@ class Backend(Protocol):
     def open(self, settings: Settings, say: Callable[[str], None]) -> contextlib.AbstractContextManager[Session]: ...
 
 
-def derive(row: BenchRecord, flops_per_image: int, peak_gflops: float) -> BenchRecord:
+def derive(row: BenchRecord, flops_per_image: int | None, peak_gflops: float) -> BenchRecord:
     """The figures computed from a row's timing: images/s, GFLOP/s, its share of the machine's float32 peak, and
-    how far its median call is from the compute floor (the call's FLOPs at that peak)."""
+    how far its median call is from the compute floor (the call's FLOPs at that peak). Without the model's FLOPs
+    (a file benchmarked outside any workspace) only images/s."""
     row.images_per_second = round(row.batch_size / (row.mean_ms / 1e3), 1)
+    if flops_per_image is None:
+        return row
     row.gflops_per_second = round(flops_per_image * row.images_per_second / 1e9, 3)
     row.peak_gflops_per_second = peak_gflops
     row.fraction_of_peak = round(row.gflops_per_second / peak_gflops, 4)
@@ -181,17 +185,29 @@ def derive(row: BenchRecord, flops_per_image: int, peak_gflops: float) -> BenchR
     return row
 
 
+def model_flops(workspace: Path) -> int | None:
+    """The FLOPs per image of the workspace's model: as its manifest records them at export, else counted from
+    model.keras; None where there is neither (the rows then carry no GFLOP/s)."""
+    model = manifest.read(workspace).get("model") if ws.manifest(workspace).is_file() else None
+    recorded = model.get("flops_per_image") if isinstance(model, dict) else None
+    if isinstance(recorded, int) and not isinstance(recorded, bool) and 0 < recorded < 10**15:
+        return recorded
+    if ws.model(workspace).is_file():
+        return flops_per_image(load_keras_model(ws.model(workspace)))
+    return None
+
+
 def run(
     backends: list[Backend],
     settings: Settings,
     progress: Callable[[str], None] | None = None,
     machine: dict[str, Any] | None = None,
+    flops: int | None = None,
 ) -> BenchReport:
     """Measure every target of each backend on every thread count, on this machine (`machine`: its
-    `machine_info()`, if the caller has it already), into one report."""
+    `machine_info()`, if the caller has it already), into one report; `flops` is the model's work per image."""
     say = progress or (lambda msg: None)
     info = dict(machine or machine_info())
-    flops = flops_per_image(build_model())
     with contextlib.ExitStack() as stack:  # plans every backend's targets first: a bad request fails at once
         sessions = [stack.enter_context(backend.open(settings, say)) for backend in backends]
         say("measuring this machine's float32 peak (numpy matrix product)")

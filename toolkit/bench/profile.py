@@ -71,9 +71,13 @@ class LayerProfile:
 
 def layer_of(node: str, layers: list[str]) -> str:
     """The Keras layer a node came from (`mnist_cnn_1/conv2_1/Relu:0_nchwc` -> conv2), or OVERHEAD."""
-    for name in sorted(layers, key=len, reverse=True):
-        if re.search(rf"(?:^|[/ ]){re.escape(name)}(?:_\d+)?/", node):
-            return name
+    ordered = sorted(layers, key=len, reverse=True)
+    # Keras traces a layer under its name plus a call suffix (conv2 -> conv2_1): that form first, so that the node
+    # `dense_1/MatMul` is the layer `dense` and `dense_1_1/MatMul` the layer `dense_1`; then the bare name
+    for pattern in (r"_\d+/", "/"):
+        for name in ordered:
+            if re.search(rf"(?:^|[/ ]){re.escape(name)}{pattern}", node):
+                return name
     return OVERHEAD
 
 

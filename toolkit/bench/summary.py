@@ -16,6 +16,10 @@ def _label(r: dict[str, Any]) -> str:
     return f"{r['artifact'].rsplit('/', 1)[-1]} ({r['runtime']})"
 
 
+def _or_dash(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
 def _floor(r: dict[str, Any]) -> str:
     """A row's p50 against its compute floor; rows measured before the floor was recorded have none."""
     return f"{r['ratio_to_floor']:.2f}x" if r.get("ratio_to_floor") is not None else "-"
@@ -34,7 +38,7 @@ def benchmark_markdown(report: dict[str, Any]) -> str:
         + ", ".join(f"{g} GFLOP/s on {t} thread(s)" for t, g in m["peak_float32_gflops"].items()),
         "- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
         f"- Started {s['started_at']}; warm-up {s['warmup']} calls; {s['iterations_batch1']} timed calls at batch 1; "
-        f"{s['flops_per_image'] / 1e6:.2f} MFLOP per image",
+        f"{_or_dash(s['flops_per_image'] and s['flops_per_image'] / 1e6, '.2f')} MFLOP per image",
         f"- Method: {s['method']}",
         f"- int8 on this CPU: {m['int8_note']}",
     ]
@@ -82,7 +86,7 @@ def benchmark_markdown(report: dict[str, Any]) -> str:
     for r in sorted(ok, key=lambda r: (r["artifact"], r["runtime"], r["threads"], r["batch_size"])):
         lines.append(
             f"| {r['artifact']} | {r['runtime']} | {r['threads']} | {r['batch_size']} | {r['images_per_second']:,.0f} "
-            f"| {r['gflops_per_second']:.1f} | {r['fraction_of_peak']:.0%} "
+            f"| {_or_dash(r.get('gflops_per_second'), '.1f')} | {_or_dash(r.get('fraction_of_peak'), '.0%')} "
             f"| {_floor(r)} |"
         )
     lines += comparison_lines(report)

@@ -19,13 +19,25 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import manifest
+from toolkit import fsio, manifest
 from toolkit import workspace as ws
 from toolkit.artifacts import FORMAT_ALIASES, FORMATS
 from toolkit.data import Dataset, to_model_input
 from toolkit.errors import ToolkitError
 from toolkit.manifest import ArtifactRecord
-from toolkit.model import LABELS, MODEL_NAME, load_keras_model
+from toolkit.model import (
+    LABELS,
+    LOGITS,
+    MODEL_NAME,
+    PROBABILITIES,
+    Interface,
+    check_fits,
+    file_stem,
+    flops_per_image,
+    interface_of,
+    load_keras_model,
+    with_probabilities,
+)
 from toolkit.runtimes import load as load_runner
 from toolkit.versions import package_versions
 
@@ -53,27 +65,31 @@ class Calibration:
 
 
 def make_calibration(dataset: Dataset, size: int = DEFAULT_CALIBRATION_SIZE, seed: int = 0) -> Calibration:
+    classes = dataset.num_classes
     if size < 10:
-        raise ToolkitError(f"--calibration-size must be at least 10 (one image per class), got {size}")
+        raise ToolkitError(f"--calibration-size must be at least 10, got {size}")
     x, y = dataset.splits().train
     rng = np.random.default_rng(seed)
-    per_class = [rng.permutation(np.flatnonzero(y == c)) for c in range(10)]
-    take = [idx[: size // 10 + (1 if c < size % 10 else 0)] for c, idx in enumerate(per_class)]
+    per_class = [rng.permutation(np.flatnonzero(y == c)) for c in range(classes)]
+    take = [idx[: size // classes + (1 if c < size % classes else 0)] for c, idx in enumerate(per_class)]
     chosen = rng.permutation(np.concatenate(take))
     return Calibration(images=to_model_input(x[chosen]), seed=seed)
 
 
 @dataclass
 class ExportContext:
-    model: Any  # the Keras model
+    model: Any  # the Keras model, ending in probabilities (a softmax is added after logits)
     model_path: Path
     out_dir: Path
     calibration: Calibration
     progress: Callable[[str], None] = field(default=lambda msg: None)
     built: dict[tuple[str, str], Path] = field(default_factory=dict)  # (format, variant) -> file written in this run
+    name: str = MODEL_NAME  # the stem of every file name
+    labels: list[str] = field(default_factory=lambda: list(LABELS))
+    preprocessing: dict[str, str] = field(default_factory=lambda: dict(manifest.PREPROCESSING))
 
     def artifact_path(self, variant: str, suffix: str) -> Path:
-        return self.out_dir / f"{MODEL_NAME}.{variant}.{suffix}"
+        return self.out_dir / f"{self.name}.{variant}.{suffix}"
 
 
 def variants_of(fmt: str) -> tuple[str, ...]:
@@ -138,6 +154,46 @@ def parse_selection(fmt: str, variants: list[str] | None) -> list[tuple[str, lis
     return [(f, v) for f, v in plan if v]
 
 
+def labels_for(interface: Interface, dataset: Dataset, labels_file: Path | None) -> list[str]:
+    """Class names: one per line of `labels_file`, else the dataset's (folder names, or 0..N-1)."""
+    if labels_file is None:
+        return list(dataset.class_names)
+    lines = [line.strip() for line in fsio.read_bytes(labels_file).decode("utf-8", "replace").splitlines()]
+    names = [line for line in lines if line]
+    if len(names) != interface.classes:
+        raise ToolkitError(f"{labels_file}: {len(names)} labels for the model's {interface.classes} classes")
+    if len(set(names)) != len(names):
+        raise ToolkitError(f"{labels_file}: a label appears twice; each class needs its own name")
+    return names
+
+
+def preprocessing_for(interface: Interface, dataset: Dataset) -> dict[str, str]:
+    """How an app turns an image into the model's input: MNIST's digit steps for MNIST, else resize and scale."""
+    if dataset.name == "mnist":
+        return dict(manifest.PREPROCESSING)
+    h, w, c = interface.input_shape
+    out = {
+        "input": f"{'RGB' if c == 3 else 'grey'} image, {h}x{w} pixels",
+        "scaling": "float32 = uint8 pixel / 255, range [0, 1]",
+        "layout": f"NHWC: (batch, {h}, {w}, {c})",
+        "resize": f"bilinear to {w}x{h} (width x height), no cropping",
+        "int8_input": manifest.PREPROCESSING["int8_input"],
+        "int8_output": manifest.PREPROCESSING["int8_output"],
+    }
+    if c == 3:
+        out["channel_order"] = "RGB"
+    return out
+
+
+def adopt_model(source: Path, workspace: Path) -> Path:
+    """The workspace's model.keras: `source` copied in (atomically) when it is another file, so that verify and
+    every later command find the model the artifacts were made from."""
+    target = ws.model(workspace)
+    if target.exists() and target.resolve() == source.resolve():
+        return target
+    return fsio.write_bytes(target, fsio.read_bytes(source))
+
+
 def export(
     workspace: Path,
     dataset: Dataset,
@@ -147,25 +203,46 @@ def export(
     calibration_size: int = DEFAULT_CALIBRATION_SIZE,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    name: str | None = None,
+    labels_file: Path | None = None,
+    logits: str = "wrap",
 ) -> list[ArtifactRecord]:
-    """Export the Keras model to the chosen format(s) and variants; record each artifact in the manifest."""
+    """Export the Keras model to the chosen format(s) and variants; record each artifact in the manifest. The model
+    is checked (an image classifier of the data's size and classes) before any conversion, and copied into the
+    workspace as model.keras when it comes from elsewhere."""
     workspace = Path(workspace)
     plan = parse_selection(fmt, variants)
     if ws.manifest(workspace).exists():
         manifest.records(workspace)  # a damaged manifest fails here, before any file is rewritten
-    model_path = Path(model_path) if model_path else ws.model(workspace)
-    model = load_keras_model(model_path)
+    source = Path(model_path) if model_path else ws.model(workspace)
+    model = load_keras_model(source)
+    interface = interface_of(model, source, logits)
+    check_fits(interface, dataset.image_shape, dataset.num_classes, dataset.location, source)
+    labels = labels_for(interface, dataset, labels_file)
+    calibration = make_calibration(dataset, calibration_size, seed)
+    model_path = adopt_model(source, fsio.ensure_dir(workspace))
     ctx = ExportContext(
-        model=model,
+        model=with_probabilities(model) if interface.output == LOGITS else model,
         model_path=model_path,
         out_dir=workspace,
-        calibration=make_calibration(dataset, calibration_size, seed),
+        calibration=calibration,
         progress=progress or (lambda msg: None),
+        name=file_stem(name) if name else interface.name,
+        labels=labels,
+        preprocessing=preprocessing_for(interface, dataset),
     )
     header = {
-        "model": {"name": MODEL_NAME, "file": model_path.name, "sha256": manifest.file_sha256(model_path)},
-        "labels": LABELS,
-        "preprocessing": manifest.PREPROCESSING,
+        "model": {
+            "name": ctx.name,
+            "file": model_path.name,
+            "sha256": manifest.file_sha256(model_path),
+            "input_shape": list(interface.input_shape),
+            "classes": interface.classes,
+            "output": "probabilities" if interface.output == PROBABILITIES else "logits: every export adds a softmax",
+            "flops_per_image": flops_per_image(ctx.model),
+        },
+        "labels": labels,
+        "preprocessing": ctx.preprocessing,
         "versions": package_versions(),
     }
     written: list[ArtifactRecord] = []

@@ -16,7 +16,6 @@ import numpy as np
 from toolkit import fsio
 from toolkit.export import ExportContext, export_variants
 from toolkit.manifest import ArtifactRecord
-from toolkit.model import INPUT_SHAPE, MODEL_NAME
 
 VARIANTS = ("float32", "int8")
 OPSET = 17
@@ -39,7 +38,7 @@ def to_onnx_bytes(model) -> bytes:
     import tensorflow as tf
     import tf2onnx
 
-    signature = (tf.TensorSpec((None, *INPUT_SHAPE), tf.float32, name=INPUT_NAME),)
+    signature = (tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32, name=INPUT_NAME),)
 
     @tf.function(input_signature=signature)
     def serve(image):
@@ -107,7 +106,7 @@ def write(ctx: ExportContext, variant: str, target: Path, label: str = "onnx") -
     else:
         source = ctx.built.get(("onnx", "float32"))
         if source is None:
-            source = Path(target).with_name(f"{MODEL_NAME}.float32.onnx")
+            source = Path(target).with_name(f"{ctx.name}.float32.onnx")
             write(ctx, "float32", source, label)
         ctx.progress(f"{label} int8: quantizing")
         quantize_int8(source, Path(target), ctx.calibration.images, ctx.progress)
@@ -116,7 +115,7 @@ def write(ctx: ExportContext, variant: str, target: Path, label: str = "onnx") -
         return {"converter": f"tf2onnx {tf2onnx.__version__} from_function", **base}
     return {
         "converter": f"onnxruntime.quantization.quantize_static (onnxruntime {onnxruntime.__version__}) "
-        f"on {MODEL_NAME}.float32.onnx",
+        f"on {ctx.name}.float32.onnx",
         **base,
         **INT8_SETTINGS,
         "calibration": ctx.calibration.describe(),

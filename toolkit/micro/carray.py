@@ -27,7 +27,7 @@ from toolkit.export.tflite import HOW, convert
 from toolkit.manifest import ArtifactRecord
 from toolkit.micro import runtime
 from toolkit.micro.vela import vela_records
-from toolkit.model import LABELS, with_fixed_batch
+from toolkit.model import with_fixed_batch
 
 VARIANTS = ("int8",)
 
@@ -202,7 +202,7 @@ def export(ctx: ExportContext, variants: list[str]) -> list[ArtifactRecord]:
         length=len(data),
         input=runner.input,
         output=runner.output,
-        labels=list(LABELS),
+        labels=list(ctx.labels),
         arena_min=arena_min,
         arena_recommended=runner.arena_size,
         operators=ops,

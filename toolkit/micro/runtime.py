@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import math
 import re
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
@@ -21,7 +24,7 @@ import numpy as np
 from toolkit import fsio
 from toolkit.artifacts import LITERT_MICRO, TensorSpec
 from toolkit.errors import ToolkitError
-from toolkit.runtimes import INPUT_SHAPE, TFLITE_IDENTIFIER, check_images, dequantize, quantize
+from toolkit.runtimes import TFLITE_IDENTIFIER, check_images, check_io, dequantize, image_shape, quantize
 
 KERNELS = "reference"  # the kernels of the tflite-micro wheel, and so of every arena figure measured here
 
@@ -118,43 +121,80 @@ def _interpreter(model: bytes, arena_size: int):
     return _tflite_micro("python.tflite_micro.runtime").Interpreter.from_bytes(model, arena_size=arena_size)
 
 
-def _allocates(model: bytes, arena_size: int) -> bool:
-    try:
-        _interpreter(model, arena_size)
-    except RuntimeError:
-        return False
-    return True
-
-
 def _reason(log: list[str]) -> str:
     """The first line the C++ side printed about a failure (it repeats itself for every attempt)."""
     lines = [line.strip() for line in "".join(log).splitlines() if line.strip()]
     return lines[0] if lines else "no message"
 
 
+# The arena search runs in a child process: below some size (which depends on the model) tflite-micro's allocator
+# underflows and the interpreter crashes the process instead of failing. The child reports each size before trying
+# it, so a crash names the size that caused it, and the search starts again above it.
+SEARCH_CODE = """
+import sys
+from tflite_micro.python.tflite_micro import runtime
+model = open(sys.argv[1], "rb").read()
+lo = hi = int(sys.argv[2]); granularity, limit = int(sys.argv[3]), int(sys.argv[4])
+def fits(size):
+    print("try", size, flush=True)
+    try:
+        runtime.Interpreter.from_bytes(model, arena_size=size)
+    except RuntimeError:
+        return False
+    return True
+ok = fits(hi)
+while not ok and hi < limit:
+    lo, hi = hi, hi * 2
+    ok = fits(hi)
+while ok and hi - lo > granularity:
+    mid = lo + (hi - lo) // (2 * granularity) * granularity
+    if fits(mid):
+        hi = mid
+    else:
+        lo = mid
+print("min" if ok else "none", hi, flush=True)
+"""
+
+
+def _search(model_path: Path, floor: int, granularity: int) -> tuple[str, int, str]:
+    """One search in a child: ("min", bytes, log), ("none", largest tried, log) or ("crashed", size, log)."""
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", SEARCH_CODE, str(model_path), str(floor), str(granularity), str(ARENA_LIMIT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
+    lines = proc.stdout.split()
+    tried = [int(lines[i + 1]) for i, word in enumerate(lines) if word == "try"]
+    if proc.returncode == 0 and lines[-2:-1] in (["min"], ["none"]):
+        return lines[-2], int(lines[-1]), proc.stderr
+    if proc.returncode < 0 and tried:
+        return "crashed", tried[-1], proc.stderr
+    raise ToolkitError(f"LiteRT for Microcontrollers' arena search failed ({_reason([proc.stderr])})")
+
+
 def min_arena_bytes(model_bytes: bytes, granularity: int = ARENA_GRANULARITY, path: str | Path = "model") -> int:
     """The smallest tensor arena (a multiple of `granularity`) with which tflite-micro allocates the model, with the
     reference kernels: allocation succeeds at the result and fails at the result minus `granularity`, unless the
-    result is the least arena ever tried (ARENA_FLOOR rounded up to the granularity)."""
+    result is the least arena tried (ARENA_FLOOR rounded up, or twice a size at which the interpreter crashed)."""
     model = bytes(model_bytes)
     _read(model, path)
-    lo = hi = math.ceil(ARENA_FLOOR / granularity) * granularity
-    with fsio.captured_output() as log:
-        fits = _allocates(model, hi)
-        while not fits and hi < ARENA_LIMIT:  # lo fails; double hi until it fits
-            lo, hi = hi, hi * 2
-            fits = _allocates(model, hi)
-        while fits and hi - lo > granularity:  # bisect: lo fails, hi fits, both multiples of the granularity
-            mid = lo + (hi - lo) // (2 * granularity) * granularity
-            if _allocates(model, mid):
-                hi = mid
-            else:
-                lo = mid
-    if not fits:
+    _tflite_micro("python.tflite_micro.runtime")  # installed, or one line saying so
+    floor = math.ceil(ARENA_FLOOR / granularity) * granularity
+    with tempfile.TemporaryDirectory(prefix="arena-") as tmp:
+        model_path = Path(tmp) / "model.tflite"
+        model_path.write_bytes(model)
+        while True:
+            outcome, size, log = _search(model_path, floor, granularity)
+            if outcome != "crashed" or size * 2 > ARENA_LIMIT:
+                break
+            floor = size * 2  # the interpreter crashed at `size`: start above it
+    if outcome != "min":
         raise ToolkitError(
-            f"{path}: LiteRT for Microcontrollers cannot allocate it even in a {hi:,}-byte arena ({_reason(log)})"
+            f"{path}: LiteRT for Microcontrollers cannot allocate it even in a {size:,}-byte arena ({_reason([log])})"
         )
-    return hi
+    return size
 
 
 def recommended_arena(min_bytes: int) -> int:
@@ -204,11 +244,11 @@ class MicroRunner:
             )
         self.input = _spec(graph.inputs[0][0], self._interp.get_input_details(0))
         self.output = _spec(graph.outputs[0][0], self._interp.get_output_details(0))
-        if tuple(self.input.shape[1:]) != INPUT_SHAPE:
-            raise ToolkitError(f"{path}: input shape {self.input.shape} is not (1, 28, 28, 1)")
+        check_io(self.path, self.input, self.output)
+        self.shape = image_shape(self.input)
 
     def run(self, images: np.ndarray) -> np.ndarray:
-        images = check_images(images)
+        images = check_images(images, self.shape)
         q = quantize(images, self.input.scale, self.input.zero_point, np.int8)
         out = np.empty((len(q), *self.output.shape[1:]), np.int8)
         error = None

@@ -22,7 +22,6 @@ from toolkit import fsio, manifest, runtimes
 from toolkit.artifacts import LITERT, ONNXRUNTIME
 from toolkit.errors import ToolkitError, first_line
 from toolkit.export import Calibration
-from toolkit.model import INPUT_SHAPE
 from toolkit.quantize.recipes import ALGORITHMS, GRANULARITIES, QUANTIZABLE_OPS, Layer, Recipe, largest_dense
 from toolkit.verify import RECIPE_BUDGET_PP
 
@@ -186,7 +185,8 @@ def probe(path: Path) -> None:
     except ToolkitError as e:  # "PATH: RuntimeError: the runtime's message" from the child process
         raise RecipeFailed("run", re.sub(r"^\w+Error: ", "", str(e).removeprefix(f"{path}: "))) from None
     try:
-        runtimes.load(path, probe=False).run(np.zeros((2, *INPUT_SHAPE), np.float32))
+        runner = runtimes.load(path, probe=False)
+        runner.run(np.zeros((2, *runtimes.image_shape(runner.input)), np.float32))
     except ToolkitError as e:  # "PATH: LiteRT failed to run it on a batch of 2 (the runtime's message)"
         raise RecipeFailed("run", str(e).removeprefix(f"{path}: ")) from None
 

@@ -17,7 +17,6 @@ from toolkit.export import (
     tflite,
 )
 from toolkit.manifest import ArtifactRecord
-from toolkit.model import MODEL_NAME
 from toolkit.quantize.backends import RecipeFailed, Source, build, made_with, workspace_sources
 from toolkit.quantize.recipes import VARIANTS, recipe_named
 
@@ -29,7 +28,7 @@ def _converted(ctx: ExportContext, suffix: str) -> Source:
     ctx.progress(f"recipes: converting the Keras model to a float32 {suffix} to quantize")
     data = tflite.convert(ctx.model, "float32") if suffix == ".tflite" else onnx.to_onnx_bytes(ctx.model)
     digest = hashlib.sha256(data).hexdigest()
-    return Source(f"{MODEL_NAME}.float32{suffix}", data, digest, f"converted from {ctx.model_path.name} in this run")
+    return Source(f"{ctx.name}.float32{suffix}", data, digest, f"converted from {ctx.model_path.name} in this run")
 
 
 def export(ctx: ExportContext, variants: list[str]) -> list[ArtifactRecord]:
@@ -44,7 +43,7 @@ def export(ctx: ExportContext, variants: list[str]) -> list[ArtifactRecord]:
                 sources[recipe.suffix] = found.get(recipe.suffix) or _converted(ctx, recipe.suffix)
             source = sources[recipe.suffix]
             ctx.progress(f"recipes {recipe.name}: quantizing {source.file} ({recipe.description})")
-            name = f"{MODEL_NAME}.{recipe.name}{recipe.suffix}"
+            name = f"{ctx.name}.{recipe.name}{recipe.suffix}"
             try:
                 built = build(recipe, source, ctx.calibration, Path(scratch) / name)
             except RecipeFailed as e:

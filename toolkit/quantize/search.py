@@ -37,7 +37,6 @@ from toolkit.bench.stats import stats_ms, time_calls
 from toolkit.data import Dataset
 from toolkit.errors import ToolkitError
 from toolkit.export import DEFAULT_CALIBRATION_SIZE, Calibration, describe_artifact, make_calibration
-from toolkit.model import MODEL_NAME
 from toolkit.quantize import backends, recipes
 from toolkit.quantize.report import (
     FAIL,
@@ -99,6 +98,7 @@ class Workbench:
                 "run `toolkit export --format tflite` first"
             )
         self.tflite = self.sources[".tflite"]
+        self.name = self.tflite.file.removesuffix(".float32.tflite")  # the stem every file of this model has
         self.layers = backends.model_layers(self.tflite.data)
         self.images = calibration.images[:LAYER_ERROR_IMAGES]
         float_runner = runtimes.load(self.workspace / self.tflite.file, probe=False)  # certified, run by verify
@@ -107,7 +107,7 @@ class Workbench:
         self._count = 0
 
     def path_for(self, recipe: recipes.Recipe) -> Path:
-        return self.scratch / f"{MODEL_NAME}.{recipe.name}{recipe.suffix}"
+        return self.scratch / f"{self.name}.{recipe.name}{recipe.suffix}"
 
     def layer_errors(self, recipe: recipes.Recipe) -> list[LayerError]:
         """Each layer quantized alone as `recipe` quantizes it, worst first (lowest output SNR; float layers last)."""

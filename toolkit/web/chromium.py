@@ -112,7 +112,7 @@ class AppPage:
 
     def classify(self, count: int, batch: int = 250) -> tuple[np.ndarray, float]:
         out = self.page.evaluate("([url, n, b]) => window.edgeToolkit.classify(url, n, b)", [IMAGES_PATH, count, batch])
-        return np.asarray(out["probabilities"], dtype=np.float32).reshape(out["n"], 10), float(out["ms"])
+        return np.asarray(out["probabilities"], dtype=np.float32).reshape(out["n"], -1), float(out["ms"])
 
     def time(self, batch: int, warmup: int, runs: int) -> np.ndarray:
         out = self.page.evaluate(

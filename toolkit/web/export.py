@@ -22,8 +22,8 @@ from toolkit.artifacts import BROWSER_BY_SUFFIX, WEB_FORMAT
 from toolkit.export import ExportContext, describe_artifact
 from toolkit.export import onnx as onnx_export
 from toolkit.export import tflite as tflite_export
-from toolkit.manifest import PREPROCESSING, ArtifactRecord
-from toolkit.model import LABELS, MODEL_NAME, with_fixed_batch
+from toolkit.manifest import ArtifactRecord
+from toolkit.model import with_fixed_batch
 from toolkit.web import app
 
 VARIANTS = ("float32", "float16", "dynamic", "int8")  # LiteRT.js all four, ONNX Runtime Web float32 and int8
@@ -56,13 +56,24 @@ def model_entry(record: ArtifactRecord, site: Path) -> dict[str, Any]:
     }
 
 
-def write_models_json(site: Path, records: list[ArtifactRecord], vendor: list[dict]) -> Path:
+def page_mode(preprocessing: dict[str, str], channels: int) -> str:
+    """How the page takes an image: a drawing pad centred like MNIST (digits), a plain drawing pad (other grey
+    models), or an image upload (RGB models)."""
+    if channels == 3:
+        return "rgb"
+    return "digit" if "digit_centering" in preprocessing else "grey"
+
+
+def write_models_json(site: Path, records: list[ArtifactRecord], vendor: list[dict], ctx: ExportContext) -> Path:
+    shape = [int(s) for s in records[0].input.shape[1:]] if records else []
     return fsio.write_json(
         site / "models.json",
         {
-            "model": MODEL_NAME,
-            "labels": LABELS,
-            "preprocessing": PREPROCESSING,
+            "model": ctx.name,
+            "labels": ctx.labels,
+            "preprocessing": ctx.preprocessing,
+            "input_shape": shape,
+            "mode": page_mode(ctx.preprocessing, shape[-1] if shape else 1),
             "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "default": model_entry(records[0], site)["id"] if records else None,
             "models": [model_entry(r, site) for r in records],
@@ -79,7 +90,7 @@ def export(ctx: ExportContext, variants: list[str]) -> list[ArtifactRecord]:
     records: list[ArtifactRecord] = []
     batch1 = with_fixed_batch(ctx.model) if any(fmt == "tflite" for fmt, _ in chosen) else None
     for fmt, variant in chosen:
-        path = models / f"{MODEL_NAME}.{variant}.{fmt}"
+        path = models / f"{ctx.name}.{variant}.{fmt}"
         if fmt == "tflite":
             made_with = tflite_export.write(ctx, variant, path, model=batch1, int8_io=False, label="web tflite")
         else:
@@ -93,9 +104,11 @@ def export(ctx: ExportContext, variants: list[str]) -> list[ArtifactRecord]:
     vendor = app.install_vendor(site, ctx.progress)
     # the page lists every web model present, also those exported by an earlier run
     known = {
-        r.file: r for r in manifest.records(ctx.out_dir) if r.format == WEB_FORMAT and (ctx.out_dir / r.file).is_file()
+        r.file: r
+        for r in manifest.records(ctx.out_dir)
+        if r.format == WEB_FORMAT and (ctx.out_dir / r.file).is_file() and Path(r.file).name.startswith(f"{ctx.name}.")
     }
     known.update({r.file: r for r in records})
-    order = {f"{SITE_DIR}/{MODELS_DIR}/{MODEL_NAME}.{v}.{f}": i for i, (f, v) in enumerate(WEB_MODELS)}
-    write_models_json(site, sorted(known.values(), key=lambda r: order.get(r.file, 99)), vendor)
+    order = {f"{SITE_DIR}/{MODELS_DIR}/{ctx.name}.{v}.{f}": i for i, (f, v) in enumerate(WEB_MODELS)}
+    write_models_json(site, sorted(known.values(), key=lambda r: order.get(r.file, 99)), vendor, ctx)
     return records

@@ -1,11 +1,12 @@
-// The digit pad: draw on the canvas, and the chosen browser runtime classifies it as you draw.
+// The page: draw on the pad (grey models; digits are centred like MNIST) or choose an image (RGB models), and the
+// chosen browser runtime classifies it. Input size, channels, labels and preprocessing come from models.json.
 // Query parameters: ?model=<id from models.json>&threads=<n>. `window.edgeToolkit` exposes the same
 // engine to `toolkit verify --browser` and `toolkit benchmark --browser` (driven by Playwright).
 
 import {createEngine, RUNTIME_NAMES} from "./engines.mjs";
 import {preprocessRGBA} from "./preprocess.mjs";
 
-const PIXELS = 28 * 28;
+let H = 28, W = 28, C = 1, PIXELS = 28 * 28, LABELS = [];  // set from models.json in start()
 const SHORT_NAMES = {"litertjs-wasm": "LiteRT.js", "onnxruntime-web-wasm": "ONNX Runtime Web"};
 const params = new URLSearchParams(location.search);
 const $ = (id) => document.getElementById(id);
@@ -75,22 +76,28 @@ $("clear").addEventListener("click", clearPad);
 function showResult(result) {
   const list = $("classes");
   list.replaceChildren();
-  const probs = result ? result.probabilities : new Float32Array(10);
+  const probs = result ? result.probabilities : new Float32Array(LABELS.length);
   const top = result ? result.digit : -1;
-  for (let d = 0; d < 10; d++) {
+  for (let d = 0; d < LABELS.length; d++) {
     const li = document.createElement("li");
     li.className = d === top ? "top" : "";
-    li.innerHTML = `<span>${d}</span><span class="bar"><span style="width:${(probs[d] * 100).toFixed(1)}%"></span></span>` +
-      `<span>${(probs[d] * 100).toFixed(1)}%</span>`;
+    const name = document.createElement("span");
+    name.textContent = LABELS[d];  // a label is text, never markup
+    const bar = document.createElement("span");
+    bar.className = "bar";
+    bar.innerHTML = `<span style="width:${(probs[d] * 100).toFixed(1)}%"></span>`;
+    const share = document.createElement("span");
+    share.textContent = `${(probs[d] * 100).toFixed(1)}%`;
+    li.append(name, bar, share);
     list.append(li);
   }
-  $("digit").textContent = result ? String(result.digit) : "?";
+  $("digit").textContent = result ? LABELS[result.digit] : "?";
   $("confidence").textContent = result ? `${(result.confidence * 100).toFixed(1)}%` : "";
   const seen = $("input28").getContext("2d");
-  const img = seen.createImageData(28, 28);
-  for (let i = 0; i < PIXELS; i++) {
-    const v = result ? Math.round(result.input[i] * 255) : 0;
-    img.data.set([v, v, v, 255], i * 4);
+  const img = seen.createImageData(W, H);
+  for (let i = 0; i < H * W; i++) {
+    const px = (k) => (result ? Math.round(result.input[i * C + k] * 255) : 0);
+    img.data.set(C === 3 ? [px(0), px(1), px(2), 255] : [px(0), px(0), px(0), 255], i * 4);
   }
   seen.putImageData(img, 0, 0);
 }
@@ -100,23 +107,50 @@ function engineLabel() {
   return `${RUNTIME_NAMES[e.runtime] || e.runtime} · ${e.variant} · ${e.file.split("/").pop()} · ${state.engine.threads} thread(s)`;
 }
 
+// Any picture -> the model's input: resized (bilinear, no cropping) to W x H, grey or RGB, pixels / 255.
+function resizedInput(source) {
+  const canvas = document.createElement("canvas");
+  canvas.width = W;
+  canvas.height = H;
+  const ctx = canvas.getContext("2d", {willReadFrequently: true});
+  ctx.imageSmoothingQuality = "high";
+  ctx.drawImage(source, 0, 0, W, H);
+  const rgba = ctx.getImageData(0, 0, W, H).data;
+  const input = new Float32Array(H * W * C);
+  for (let i = 0; i < H * W; i++) {
+    if (C === 3) for (let k = 0; k < 3; k++) input[i * 3 + k] = rgba[i * 4 + k] / 255;
+    else input[i] = (0.299 * rgba[i * 4] + 0.587 * rgba[i * 4 + 1] + 0.114 * rgba[i * 4 + 2]) / 255;
+  }
+  return input;
+}
+
 async function classifyPad() {
   if (!state.engine) return null;
   const started = performance.now();
-  const rgba = padCtx.getImageData(0, 0, pad.width, pad.height).data;
   let input;
-  try {
-    input = preprocessRGBA(rgba, pad.width, pad.height);
-  } catch (e) {
-    showResult(null);
-    setStatus(`${engineLabel()} · draw a digit`);
-    return null;
+  if (state.models.mode === "rgb") {
+    if (!state.picture) return null;
+    input = resizedInput(state.picture);
+  } else if (state.models.mode === "grey") {
+    input = resizedInput(pad);
+  } else {
+    try {
+      input = preprocessRGBA(padCtx.getImageData(0, 0, pad.width, pad.height).data, pad.width, pad.height);
+    } catch (e) {
+      showResult(null);
+      setStatus(`${engineLabel()} · draw a digit`);
+      return null;
+    }
   }
+  return classifyInput(input, started);
+}
+
+async function classifyInput(input, started) {
   const preprocessed = performance.now();
   const probabilities = await state.engine.run(input, 1);
   const done = performance.now();
   let digit = 0;
-  for (let d = 1; d < 10; d++) if (probabilities[d] > probabilities[digit]) digit = d;
+  for (let d = 1; d < LABELS.length; d++) if (probabilities[d] > probabilities[digit]) digit = d;
   state.last = {digit, confidence: probabilities[digit], probabilities, input, inferenceMs: done - preprocessed, preprocessMs: preprocessed - started};
   showResult(state.last);
   setStatus(`${engineLabel()} · last inference ${state.last.inferenceMs.toFixed(2)} ms (preprocessing ${state.last.preprocessMs.toFixed(2)} ms)`);
@@ -152,6 +186,11 @@ async function start() {
   const response = await fetch("models.json");
   if (!response.ok) throw new Error(`models.json: HTTP ${response.status}`);
   state.models = await response.json();
+  [H, W, C] = state.models.input_shape || [28, 28, 1];
+  PIXELS = H * W * C;
+  LABELS = state.models.labels || [];
+  state.models.mode = state.models.mode || "digit";
+  setUpInput(state.models.mode);
   const select = $("model");
   for (const m of state.models.models) {
     select.append(new Option(`${SHORT_NAMES[m.runtime] || m.runtime} ${m.variant} (${(m.bytes / 1024).toFixed(0)} KB)`, m.id));
@@ -164,6 +203,26 @@ async function start() {
     await useModel(select.value).catch(fail);
   });
   await useModel(id);
+}
+
+// The input of the page's mode: the drawing pad for grey models, an image file (or the camera) for RGB ones.
+function setUpInput(mode) {
+  $("input28").width = W;
+  $("input28").height = H;
+  $("seen-label").textContent = mode === "digit" ? `what the model sees (${W}×${H}, centred like MNIST)` :
+    `what the model sees (${W}×${H}${C === 3 ? ", RGB" : ""})`;
+  $("title").textContent = mode === "digit" ? "Draw a digit" : mode === "grey" ? "Draw" : "Choose a picture";
+  $("lead").textContent = `${state.models.model} runs in this page, on this device: no server work, no network.`;
+  if (mode !== "rgb") return;
+  $("pad").hidden = true;
+  $("clear").hidden = true;
+  $("picture").hidden = false;
+  $("picture").addEventListener("change", async () => {
+    const file = $("picture").files[0];
+    if (!file) return;
+    state.picture = await createImageBitmap(file);
+    await classifyPad();
+  });
 }
 
 function fail(error) {
@@ -193,11 +252,12 @@ window.edgeToolkit = {
   async classify(url, count, batch = 250) {
     const {images, n} = await fetchImages(url, count);
     const step = state.engine.batch || batch;
-    const probabilities = new Float32Array(n * 10);
+    const classes = LABELS.length;
+    const probabilities = new Float32Array(n * classes);
     const started = performance.now();
     for (let i = 0; i < n; i += step) {
       const m = Math.min(step, n - i);
-      probabilities.set(await state.engine.run(images.subarray(i * PIXELS), m), i * 10);
+      probabilities.set(await state.engine.run(images.subarray(i * PIXELS), m), i * classes);
     }
     return {n, batch: step, ms: performance.now() - started, probabilities: Array.from(probabilities)};
   },
