@@ -414,3 +414,48 @@ def test_a_grey_logits_model_on_idx_data_goes_through_every_command(tmp_path):
     assert header["model"]["output"].startswith("logits") and header["labels"] == ["0", "1", "2", "3"]
     assert json.loads((ws / "web" / "models.json").read_text())["mode"] == "grey"
     assert predicted[0]["digit"] == "1" and 0 < predicted[0]["confidence"] <= 1  # probabilities, not logits
+
+
+def test_an_operator_the_microcontroller_runtime_lacks_refuses_that_format_only(tmp_path):
+    inputs = keras.Input((16, 16, 1))
+    x = layers.Conv2D(4, 3, name="conv")(inputs)
+    x = layers.Activation("gelu", name="act")(x)  # GELU: LiteRT has it, LiteRT for Microcontrollers does not
+    outputs = layers.Dense(3, activation="softmax", name="classes")(layers.Flatten()(x))
+    model = save(keras.Model(inputs, outputs, name="gelu_net"), tmp_path / "in", "gelu.keras")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (60, 16, 16), dtype=np.uint8)
+    folder = write_idx(
+        tmp_path / "data",
+        images,
+        (np.arange(60) % 3).astype(np.uint8),
+        images[:12],
+        (np.arange(12) % 3).astype(np.uint8),
+    )
+    ws = tmp_path / "ws"
+    result = runner.invoke(
+        app,
+        [
+            "export",
+            "--model",
+            str(model),
+            "--format",
+            "tflite,onnx,micro",
+            "--no-verify",
+            "--calibration-size",
+            "30",
+            "--data-dir",
+            str(folder),
+            "--dataset",
+            "idx",
+            "--dir",
+            str(ws),
+        ],
+    )
+    one_line_error(
+        result,
+        "micro: LiteRT for Microcontrollers cannot run operator GELU of layer 'act'",
+        "the other formats are exported",
+    )
+    listed = json.loads((ws / "manifest.json").read_text())["artifacts"]
+    assert {"gelu_net.float32.tflite", "gelu_net.int8.onnx"} <= set(listed)
+    assert not list(ws.glob("*.micro.*"))  # the refused format left nothing behind
