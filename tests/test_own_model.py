@@ -19,7 +19,16 @@ from toolkit import data
 from toolkit.backend import keras as _keras
 from toolkit.cli import app
 from toolkit.errors import ToolkitError
-from toolkit.model import LOGITS, PROBABILITIES, flops_by_layer, flops_per_image, interface_of, with_fixed_batch
+from toolkit.model import (
+    LOGITS,
+    NO_LAYER,
+    PROBABILITIES,
+    flops_by_layer,
+    flops_per_image,
+    interface_of,
+    load_keras_model,
+    with_fixed_batch,
+)
 
 runner = CliRunner()
 keras = _keras()
@@ -342,11 +351,15 @@ def _through_every_command(tmp_path, model_file: Path, data_args: list[str], exp
     )
     bench = json.loads((tmp_path / "bench.json").read_text())
     assert bench["settings"]["flops_per_image"] == header["model"]["flops_per_image"] == expected_flops
+    _ok(runner.invoke(app, ["profile", "--calls", "100", *d, "--json", str(tmp_path / "profile.json")]))
+    profiled = {r["layer"]: r for r in json.loads((tmp_path / "profile.json").read_text())["rows"]}
+    layer_names = {layer.name for layer in load_keras_model(ws / "model.keras").layers}
+    assert set(profiled) - {NO_LAYER} <= layer_names  # ONNX Runtime's nodes given to the user's own layers
     predicted = runner.invoke(app, ["predict", str(image), "--dir", str(ws), "--json", "-"])
     _ok(predicted)
-    report = _ok(runner.invoke(app, ["report", *d]))
+    _ok(runner.invoke(app, ["report", *d]))
     card = (ws / "MODEL_CARD.md").read_text()
-    return ws, header, json.loads(predicted.stdout)["predictions"], report, card
+    return ws, header, json.loads(predicted.stdout)["predictions"], profiled, card
 
 
 @pytest.mark.slow
@@ -370,7 +383,7 @@ def test_an_rgb_model_on_an_image_folder_goes_through_every_command(tmp_path):
         + 5
         + 15
     )  # dense, bias, softmax
-    ws, header, predicted, _, card = _through_every_command(
+    ws, header, predicted, profiled, card = _through_every_command(
         tmp_path,
         save(model, tmp_path / "in", "shapes.keras"),
         ["--data-dir", str(root)],
@@ -383,6 +396,8 @@ def test_an_rgb_model_on_an_image_folder_goes_through_every_command(tmp_path):
     site = json.loads((ws / "web" / "models.json").read_text())
     assert site["mode"] == "rgb" and site["labels"] == NAMES and site["input_shape"] == [32, 32, 3]
     assert predicted[0]["digit"] == "egg"
+    # ONNX Runtime fuses the depthwise convolution and the add into one unnamed node; the rest keep their layer
+    assert {"stem", "separable", "pool", "gap", "classes"} <= set(profiled)
     assert "# Model card: shapes_net" in card and "5 classes: apple, bird, cloud, dog, egg" in card
 
 
@@ -404,7 +419,7 @@ def test_a_grey_logits_model_on_idx_data_goes_through_every_command(tmp_path):
     bar = np.zeros((20, 20), np.uint8)
     bar[:, 8:11] = 255  # a vertical bar: class 1
     Image.fromarray(bar).save(image)
-    ws, header, predicted, _, _ = _through_every_command(
+    ws, header, predicted, profiled, _ = _through_every_command(
         tmp_path,
         save(grey_logits_model(), tmp_path / "in", "bars.keras"),
         ["--data-dir", str(folder), "--dataset", "idx"],
@@ -414,48 +429,29 @@ def test_a_grey_logits_model_on_idx_data_goes_through_every_command(tmp_path):
     assert header["model"]["output"].startswith("logits") and header["labels"] == ["0", "1", "2", "3"]
     assert json.loads((ws / "web" / "models.json").read_text())["mode"] == "grey"
     assert predicted[0]["digit"] == "1" and 0 < predicted[0]["confidence"] <= 1  # probabilities, not logits
+    costly = {n for n, f in flops_by_layer(load_keras_model(ws / "model.keras")).items() if f > 0}
+    assert costly <= set(profiled)
 
 
-def test_an_operator_the_microcontroller_runtime_lacks_refuses_that_format_only(tmp_path):
+def test_an_operator_a_runtime_lacks_refuses_that_format_only(tmp_path):
     inputs = keras.Input((16, 16, 1))
     x = layers.Conv2D(4, 3, name="conv")(inputs)
-    x = layers.Activation("gelu", name="act")(x)  # GELU: LiteRT has it, LiteRT for Microcontrollers does not
+    x = layers.Activation("gelu", name="act")(x)  # LiteRT runs GELU; tflite-micro has no kernel, tf2onnx no Erfc
     outputs = layers.Dense(3, activation="softmax", name="classes")(layers.Flatten()(x))
     model = save(keras.Model(inputs, outputs, name="gelu_net"), tmp_path / "in", "gelu.keras")
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (60, 16, 16), dtype=np.uint8)
-    folder = write_idx(
-        tmp_path / "data",
-        images,
-        (np.arange(60) % 3).astype(np.uint8),
-        images[:12],
-        (np.arange(12) % 3).astype(np.uint8),
-    )
+    labels = (np.arange(60) % 3).astype(np.uint8)
+    folder = write_idx(tmp_path / "data", images, labels, images[:12], labels[:12])
     ws = tmp_path / "ws"
-    result = runner.invoke(
-        app,
-        [
-            "export",
-            "--model",
-            str(model),
-            "--format",
-            "tflite,onnx,micro",
-            "--no-verify",
-            "--calibration-size",
-            "30",
-            "--data-dir",
-            str(folder),
-            "--dataset",
-            "idx",
-            "--dir",
-            str(ws),
-        ],
-    )
+    args = ["--format", "tflite,onnx,micro", "--no-verify", "--calibration-size", "30", "--dataset", "idx"]
+    result = runner.invoke(app, ["export", "--model", str(model), *args, "--data-dir", str(folder), "--dir", str(ws)])
     one_line_error(
         result,
+        "onnx: tf2onnx cannot convert operator Erfc of layer 'act'",
         "micro: LiteRT for Microcontrollers cannot run operator GELU of layer 'act'",
         "the other formats are exported",
     )
     listed = json.loads((ws / "manifest.json").read_text())["artifacts"]
-    assert {"gelu_net.float32.tflite", "gelu_net.int8.onnx"} <= set(listed)
-    assert not list(ws.glob("*.micro.*"))  # the refused format left nothing behind
+    assert set(listed) == {f"gelu_net.{v}.tflite" for v in ("float32", "float16", "dynamic", "int8")}
+    assert not list(ws.glob("*.micro.*")) and not list(ws.glob("*.onnx"))  # a refused format leaves nothing

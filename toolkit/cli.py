@@ -274,6 +274,7 @@ def export(
         raise typer.BadParameter(f"--logits must be wrap or refuse, got {logits!r}")
     ds = data_lib.load(data_dir, dataset, progress=console.print, image_size=data_lib.parse_image_size(image_size))
     say = lambda msg: console.print(f"[dim]{msg}[/]")  # noqa: E731
+    refusals: list[str] = []
     records = export_lib.export(
         workspace,
         ds,
@@ -285,15 +286,18 @@ def export(
         name=name,
         labels_file=labels,
         logits=logits,
+        refusals=refusals,
     )
     console.print(export_table(records, f"Exported to {workspace} ({', '.join(f for f, _ in plan)})"))
     if not verify:
-        write_json_output(json_out, {"artifacts": [r.to_dict() for r in records]})
-        return
-    outcome = verify_lib.check_new(workspace, ds, records, limit, progress=say)
-    _show_verification(outcome)
-    write_json_output(json_out, outcome.to_dict())
-    outcome.raise_if_failed()
+        write_json_output(json_out, {"artifacts": [r.to_dict() for r in records], "refused": refusals})
+    else:
+        outcome = verify_lib.check_new(workspace, ds, records, limit, progress=say)
+        _show_verification(outcome)
+        write_json_output(json_out, {**outcome.to_dict(), "refused": refusals})
+        outcome.raise_if_failed()
+    if refusals:
+        raise ToolkitError(" | ".join(refusals))
 
 
 @command

@@ -9,6 +9,15 @@ class ToolkitError(Exception):
         super().__init__(" ".join(str(message).split()))  # always one line
 
 
+class FormatRefused(ToolkitError):
+    """One export format cannot carry this model (an operator its runtime lacks): that format is skipped, said in one
+    line naming the operator and the layer, and the other formats still export."""
+
+    def __init__(self, message: str, operator: str = "", tensor: str = ""):
+        super().__init__(message)
+        self.operator, self.tensor = operator, tensor
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM, with a message saying what was kept and how to continue."""
 

@@ -61,6 +61,7 @@ class Interface:
 
 
 PROBABILITIES, LOGITS = "probabilities", "logits"
+NO_LAYER = "(no layer: layout, shapes)"  # a converted node that belongs to no Keras layer
 MIN_SIDE, MAX_SIDE = 8, 256  # image sides the toolkit accepts (microcontroller arenas and web pads beyond)
 CHANNELS = (1, 3)  # grayscale or RGB
 
@@ -222,6 +223,18 @@ def flops_by_layer(model) -> dict[str, int]:
         elif type(layer).__name__ != "InputLayer":
             flops[layer.name] = _layer_flops(layer)
     return flops
+
+
+def layer_of(node: str, layers: list[str]) -> str:
+    """The Keras layer a node came from (`mnist_cnn_1/conv2_1/Relu:0_nchwc` -> conv2), or NO_LAYER."""
+    ordered = sorted(layers, key=len, reverse=True)
+    # Keras traces a layer under its name plus a call suffix (conv2 -> conv2_1): that form first, so that the node
+    # `dense_1/MatMul` is the layer `dense` and `dense_1_1/MatMul` the layer `dense_1`; then the bare name
+    for pattern in (r"_\d+/", "/"):
+        for name in ordered:
+            if re.search(rf"(?:^|[/ ]){re.escape(name)}{pattern}", node):
+                return name
+    return NO_LAYER
 
 
 def load_keras_model(path: str | Path):

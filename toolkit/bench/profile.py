@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -29,10 +28,10 @@ from toolkit.bench.machine import machine_info, measure_peak_gflops
 from toolkit.bench.stats import time_calls
 from toolkit.data import Dataset, to_model_input
 from toolkit.errors import ToolkitError
-from toolkit.model import flops_by_layer, load_keras_model
+from toolkit.model import NO_LAYER, flops_by_layer, layer_of, load_keras_model
 from toolkit.runtimes import OnnxRunner
 
-OVERHEAD = "(no layer: layout, shapes)"  # nodes that belong to no Keras layer
+OVERHEAD = NO_LAYER  # nodes that belong to no Keras layer
 
 
 @dataclass
@@ -67,18 +66,6 @@ class LayerProfile:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def layer_of(node: str, layers: list[str]) -> str:
-    """The Keras layer a node came from (`mnist_cnn_1/conv2_1/Relu:0_nchwc` -> conv2), or OVERHEAD."""
-    ordered = sorted(layers, key=len, reverse=True)
-    # Keras traces a layer under its name plus a call suffix (conv2 -> conv2_1): that form first, so that the node
-    # `dense_1/MatMul` is the layer `dense` and `dense_1_1/MatMul` the layer `dense_1`; then the bare name
-    for pattern in (r"_\d+/", "/"):
-        for name in ordered:
-            if re.search(rf"(?:^|[/ ]){re.escape(name)}{pattern}", node):
-                return name
-    return OVERHEAD
 
 
 def node_medians(trace: Path, calls: int) -> dict[str, tuple[str, float]]:

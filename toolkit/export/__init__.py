@@ -23,7 +23,7 @@ from toolkit import fsio, manifest
 from toolkit import workspace as ws
 from toolkit.artifacts import FORMAT_ALIASES, FORMATS
 from toolkit.data import Dataset, to_model_input
-from toolkit.errors import ToolkitError
+from toolkit.errors import FormatRefused, ToolkitError
 from toolkit.manifest import ArtifactRecord
 from toolkit.model import (
     LABELS,
@@ -206,10 +206,12 @@ def export(
     name: str | None = None,
     labels_file: Path | None = None,
     logits: str = "wrap",
+    refusals: list[str] | None = None,
 ) -> list[ArtifactRecord]:
     """Export the Keras model to the chosen format(s) and variants; record each artifact in the manifest. The model
     is checked (an image classifier of the data's size and classes) before any conversion, and copied into the
-    workspace as model.keras when it comes from elsewhere."""
+    workspace as model.keras when it comes from elsewhere. A format that cannot carry the model (an operator its
+    runtime lacks) is skipped and its one-line reason added to `refusals`; without that list it is raised."""
     workspace = Path(workspace)
     plan = parse_selection(fmt, variants)
     if ws.manifest(workspace).exists():
@@ -248,7 +250,13 @@ def export(
     written: list[ArtifactRecord] = []
     for f, chosen in plan:
         module = import_module(FORMATS[f].module)  # a format imports its libraries only when asked for
-        records = module.export(ctx, chosen)
+        try:
+            records = module.export(ctx, chosen)
+        except FormatRefused as e:
+            if refusals is None:
+                raise
+            refusals.append(f"{f}: {e}; the other formats are exported")
+            continue
         manifest.put_artifacts(workspace, records, header)  # each format lands as soon as it is written
         written.extend(records)
     return written

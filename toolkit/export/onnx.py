@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from toolkit import fsio
+from toolkit.errors import FormatRefused
 from toolkit.export import ExportContext, export_variants
 from toolkit.manifest import ArtifactRecord
+from toolkit.model import layer_of
 
 VARIANTS = ("float32", "int8")
 OPSET = 17
@@ -35,6 +37,7 @@ INT8_SETTINGS = {
 
 def to_onnx_bytes(model) -> bytes:
     """float32 ONNX of the Keras model via a tf.function with an explicit input signature (batch dynamic)."""
+    import onnx
     import tensorflow as tf
     import tf2onnx
 
@@ -46,6 +49,15 @@ def to_onnx_bytes(model) -> bytes:
 
     with fsio.captured_output():
         proto, _ = tf2onnx.convert.from_function(serve, input_signature=signature, opset=OPSET)
+    unknown = [node for node in proto.graph.node if not onnx.defs.has(node.op_type, node.domain or "")]
+    if unknown:  # tf2onnx leaves a TensorFlow op it cannot convert in the graph, where no runtime can run it
+        node = unknown[0]
+        layer = layer_of(node.name, [layer.name for layer in model.layers])
+        raise FormatRefused(
+            f"tf2onnx cannot convert operator {node.op_type} of layer {layer!r} to ONNX opset {OPSET}",
+            node.op_type,
+            node.name,
+        )
     return proto.SerializeToString()
 
 

@@ -21,13 +21,13 @@ import tensorflow as tf
 
 from toolkit import fsio, manifest
 from toolkit.artifacts import LITERT_MICRO, MICRO_FORMAT, TensorSpec
-from toolkit.errors import ToolkitError
+from toolkit.errors import FormatRefused, ToolkitError
 from toolkit.export import ExportContext, describe_artifact
 from toolkit.export.tflite import HOW, convert
 from toolkit.manifest import ArtifactRecord
 from toolkit.micro import runtime
 from toolkit.micro.vela import vela_records
-from toolkit.model import with_fixed_batch
+from toolkit.model import NO_LAYER, layer_of, with_fixed_batch
 
 VARIANTS = ("int8",)
 
@@ -177,7 +177,19 @@ def export(ctx: ExportContext, variants: list[str]) -> list[ArtifactRecord]:
             f"the microcontroller model carries {', '.join(extra)} operators (a dynamic batch?); "
             f"it must have none of {', '.join(FORBIDDEN_OPERATORS)}"
         )
-    tflite_path = fsio.write_bytes(ctx.artifact_path(MICRO_FORMAT, "tflite"), data)
+    ctx.progress("micro int8: measuring the tensor arena in LiteRT for Microcontrollers")
+    tflite_path = ctx.artifact_path(MICRO_FORMAT, "tflite")
+    try:  # before anything is written: a model the interpreter cannot run leaves no file behind
+        arena_min = runtime.min_arena_bytes(data, path=tflite_path.name)
+    except FormatRefused as e:
+        layer = layer_of(e.tensor, [layer.name for layer in ctx.model.layers]) if e.tensor else NO_LAYER
+        raise FormatRefused(
+            f"LiteRT for Microcontrollers cannot run operator {e.operator} of layer {layer!r} "
+            f"({str(e).rsplit(': ', 1)[-1]})",
+            e.operator,
+            e.tensor,
+        ) from None
+    fsio.write_bytes(tflite_path, data)
     digest = manifest.file_sha256(tflite_path)
     tflite_record = describe_artifact(
         tflite_path,
@@ -192,8 +204,6 @@ def export(ctx: ExportContext, variants: list[str]) -> list[ArtifactRecord]:
         },
     )
 
-    ctx.progress("micro int8: measuring the tensor arena in LiteRT for Microcontrollers")
-    arena_min = runtime.min_arena_bytes(data, path=tflite_path)
     # allocates at the recommended arena; its tensors are the model's as tflite-micro reads them
     runner = runtime.MicroRunner(data, tflite_path, runtime.recommended_arena(arena_min))
     embedded = Embedded(

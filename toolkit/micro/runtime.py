@@ -23,7 +23,7 @@ import numpy as np
 
 from toolkit import fsio
 from toolkit.artifacts import LITERT_MICRO, TensorSpec
-from toolkit.errors import ToolkitError
+from toolkit.errors import FormatRefused, ToolkitError
 from toolkit.runtimes import TFLITE_IDENTIFIER, check_images, check_io, dequantize, image_shape, quantize
 
 KERNELS = "reference"  # the kernels of the tflite-micro wheel, and so of every arena figure measured here
@@ -63,6 +63,7 @@ class _Graph:
     """What this module needs from a model's flatbuffer: its operators and the name and dtype of each I/O tensor."""
 
     operators: list[str]  # builtin operator names, each once, in order of first use
+    nodes: list[tuple[str, str]]  # every operator of the main graph in order: (name, its first output tensor)
     inputs: list[tuple[str, str]]
     outputs: list[tuple[str, str]]
 
@@ -87,6 +88,13 @@ def _read(model: bytes, path: str | Path) -> _Graph:
                 if name not in ops:
                     ops.append(name)
         main = m.Subgraphs(0)
+        nodes = []
+        for i in range(main.OperatorsLength()):
+            op = main.Operators(i)
+            code = m.OperatorCodes(op.OpcodeIndex())
+            name = op_names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")
+            out = main.Tensors(op.Outputs(0)).Name().decode("utf-8", "replace") if op.OutputsLength() else ""
+            nodes.append((name, out))
 
         def tensor(index: int) -> tuple[str, str]:
             t = main.Tensors(index)
@@ -96,7 +104,7 @@ def _read(model: bytes, path: str | Path) -> _Graph:
         outputs = [tensor(main.Outputs(i)) for i in range(main.OutputsLength())]
     except Exception as e:  # flatbuffers raises struct/index errors of several types on malformed bytes
         raise ToolkitError(f"{path}: malformed TFLite flatbuffer ({type(e).__name__}: {e})") from None
-    return _Graph(ops, inputs, outputs)
+    return _Graph(ops, nodes, inputs, outputs)
 
 
 def operators(model_bytes: bytes) -> list[str]:
@@ -191,10 +199,33 @@ def min_arena_bytes(model_bytes: bytes, granularity: int = ARENA_GRANULARITY, pa
                 break
             floor = size * 2  # the interpreter crashed at `size`: start above it
     if outcome != "min":
+        missing = unsupported(model, log)
+        if missing is not None:
+            op, tensor, detail = missing
+            raise FormatRefused(
+                f"{path}: LiteRT for Microcontrollers cannot run operator {op} (tensor {tensor}): {detail}", op, tensor
+            )
         raise ToolkitError(
             f"{path}: LiteRT for Microcontrollers cannot allocate it even in a {size:,}-byte arena ({_reason([log])})"
         )
     return size
+
+
+def unsupported(model: bytes, log: str) -> tuple[str, str, str] | None:
+    """(operator, its output tensor, why) for an operator tflite-micro has no kernel for, or whose kernel refuses
+    the model's types, read from the interpreter's own messages; None when the failure is something else."""
+    nodes = _read(model, "model").nodes
+    missing = re.search(r"Didn't find op for builtin opcode '(\w+)'", log)
+    if missing:
+        op = missing.group(1)
+        tensor = next((t for name, t in nodes if name == op), "")
+        return op, tensor, "no kernel for it in LiteRT for Microcontrollers"
+    failed = re.search(r"Node (\w+) \(number (\d+)\) failed to prepare", log)
+    if failed and int(failed.group(2)) < len(nodes):
+        why = [line.strip() for line in log.splitlines() if ".cc:" in line]
+        detail = why[0].split(" ", 1)[-1] if why else "its kernel refuses the model's types"
+        return failed.group(1), nodes[int(failed.group(2))][1], f"its kernel refuses it ({detail})"
+    return None
 
 
 def recommended_arena(min_bytes: int) -> int:
