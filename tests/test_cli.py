@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -153,3 +155,28 @@ def test_unwritable_output_folder(tmp_path, mnist_dir):
         "train", "--epochs", "1", "--limit", "100", "--data-dir", str(mnist_dir), "--dir", str(blocker / "ws")
     )
     assert proc.returncode == 1 and "cannot create folder" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_file_names_are_text_never_markup_and_never_a_crash(tmp_path):
+    from PIL import Image
+
+    from toolkit.backend import keras as _keras
+
+    keras = _keras()
+    inputs = keras.Input((28, 28, 1))
+    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(inputs)))
+    model.save(tmp_path / "m.keras")
+    image = tmp_path / "[red]x[/blue].png"  # a folder "[red]x[" and a file "blue].png"
+    image.parent.mkdir()
+    Image.fromarray(np.pad(np.full((12, 4), 255, np.uint8), 8)).save(image)
+    result = runner.invoke(app, ["predict", str(image), "--model", str(tmp_path / "m.keras")], terminal_width=300)
+    assert result.exit_code == 0, result.output
+    assert "[red]x[/blue].png" in result.output
+    # a folder name that is not UTF-8, printed to a strict UTF-8 stdout: escaped in one line, not a traceback
+    odd = os.fsencode(str(tmp_path)) + b"/dir\xff\xfe"
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "toolkit", "data", "--data-dir", odd], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("error:") and "\\xff" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -130,3 +130,17 @@ def test_a_long_file_name_within_the_limit_is_written(tmp_path):
     target = tmp_path / ("y" * 250 + ".json")  # the temporary name beside it must stay within the limit too
     fsio.write_json(target, {"a": 1})
     assert json.loads(target.read_text()) == {"a": 1} and _no_temporaries(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["train-images-idx3-ubyte", "manifest.json"])
+def test_a_fifo_is_never_read(tmp_path, name):
+    import os
+
+    from toolkit import data, manifest
+
+    os.mkfifo(tmp_path / name)  # opening it to read would wait for a writer forever
+    with pytest.raises(ToolkitError, match=f"{name}: not a regular file"):
+        if name == "manifest.json":
+            manifest.read(tmp_path)
+        else:
+            data.load(tmp_path, dataset="idx")

@@ -136,3 +136,23 @@ def test_a_huge_image_is_refused_with_its_size(tmp_path):
         preprocess.prepare(tmp_path / "big.png")
     Image.fromarray(np.pad(np.full((12, 4), 255, np.uint8), 8)).save(tmp_path / "digit.png")
     assert preprocess.prepare(tmp_path / "digit.png").shape == (28, 28, 1)
+
+
+def test_a_model_giving_nan_still_prints_strict_json(tmp_path):
+    from toolkit.backend import keras as _keras
+
+    keras = _keras()
+    inputs = keras.Input((28, 28, 1))
+    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(inputs)))
+    model.set_weights([np.full(w.shape, np.nan, np.float32) for w in model.get_weights()])
+    model.save(tmp_path / "nan.keras")
+    image = tmp_path / "digit.png"
+    Image.fromarray(np.pad(np.full((12, 4), 255, np.uint8), 8)).save(image)
+    result = CliRunner().invoke(app, ["predict", str(image), "--model", str(tmp_path / "nan.keras"), "--json", "-"])
+    assert result.exit_code == 0, result.output
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    out = json.loads(result.stdout, parse_constant=refuse)  # NaN and Infinity are not JSON: they must be null
+    assert out["predictions"][0]["confidence"] is None

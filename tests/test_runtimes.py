@@ -164,3 +164,28 @@ def test_runtimes_do_not_import_tensorflow():
     import sys
 
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_children_never_import_from_the_current_folder(tmp_path, monkeypatch):
+    import subprocess
+
+    from toolkit import children
+    from toolkit.backend import keras as _keras
+    from toolkit.export.tflite import convert
+
+    keras = _keras()
+    inputs = keras.Input((8, 8, 1))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(inputs)))
+    path = tmp_path / "tiny.float32.tflite"
+    path.write_bytes(convert(model, "float32"))
+    planted, marker = tmp_path / "cwd", tmp_path / "planted-numpy-ran"
+    planted.mkdir()
+    (planted / "numpy.py").write_text(f"open({str(marker)!r}, 'w').close()\nraise SystemExit(3)\n")
+    monkeypatch.chdir(planted)  # where a user runs a command
+    monkeypatch.setenv("PYTHONPATH", str(planted))
+    runtimes.probe_in_child(path)  # the test load that predict, report and benchmark make: it ran, with numpy
+    proc = subprocess.run(children.module("toolkit.bench.worker", "{}"), capture_output=True, text=True)
+    assert "numpy.py" not in proc.stderr  # the worker started (and refused the empty spec) without the planted file
+    shown = subprocess.run(children.python("import numpy; print(numpy.__file__)"), capture_output=True, text=True)
+    assert shown.returncode == 0 and str(planted) not in shown.stdout
+    assert not marker.exists()

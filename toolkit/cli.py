@@ -7,7 +7,6 @@ Errors a user can fix (`ToolkitError`) become one red line and exit code 1; bad 
 from __future__ import annotations
 
 import functools
-import json
 import signal
 import sys
 from pathlib import Path
@@ -108,7 +107,7 @@ def write_json_output(target: Optional[str], obj) -> None:
     if target is None:
         return
     if target == "-":
-        sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+        sys.stdout.write(fsio.json_text(obj))
         return
 
     fsio.write_json(Path(target), obj)
@@ -236,7 +235,7 @@ def _show_verification(outcome) -> None:
         if results:
             console.print(parity_table(results, title))
     for note in outcome.notes:
-        console.print(f"[yellow]{note}[/]")
+        console.print(note, style="yellow")
 
 
 @command
@@ -273,7 +272,7 @@ def export(
     if logits not in ("wrap", "refuse"):
         raise typer.BadParameter(f"--logits must be wrap or refuse, got {logits!r}")
     ds = data_lib.load(data_dir, dataset, progress=console.print, image_size=data_lib.parse_image_size(image_size))
-    say = lambda msg: console.print(f"[dim]{msg}[/]")  # noqa: E731
+    say = lambda msg: console.print(msg, style="dim")  # noqa: E731
     refusals: list[str] = []
     records = export_lib.export(
         workspace,
@@ -323,7 +322,7 @@ def verify(
     files = [str(m) for m in model] if model else None
     kinds = (BROWSER,) if browser else verify_lib.NATIVE_KINDS
     outcome = verify_lib.check(
-        workspace, ds, files, limit, kinds, threads, progress=lambda msg: console.print(f"[dim]{msg}[/]")
+        workspace, ds, files, limit, kinds, threads, progress=lambda msg: console.print(msg, style="dim")
     )
     _show_verification(outcome)
     write_json_output(json_out, outcome.to_dict())
@@ -402,7 +401,7 @@ def benchmark(
         models=model,
         include_keras=keras_baseline,
         browser=browser,
-        progress=lambda msg: console.print(f"[dim]{msg}[/]"),
+        progress=lambda msg: console.print(msg, style="dim"),
     )
     console.print(benchmark_table(outcome.report))
     files = outcome.files
@@ -440,9 +439,9 @@ def serve(
     workspace: Path = DirOption,
 ):
     """Serve DIR/web (the offline digit app) on http://127.0.0.1:PORT, cross-origin isolated; Ctrl-C stops it."""
-    site = web_app.prepare_site(workspace, lambda msg: console.print(f"[dim]{msg}[/]"))
+    site = web_app.prepare_site(workspace, lambda msg: console.print(msg, style="dim"))
     server = server_lib.make_server(site, port)
-    console.print(f"Serving {site} at [bold]{server_lib.url_of(server)}[/] (Ctrl-C to stop)", soft_wrap=True)
+    console.print(f"Serving {site} at {server_lib.url_of(server)} (Ctrl-C to stop)", soft_wrap=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -500,7 +499,7 @@ def quantize(
     search_lib.check_budget(budget)  # bad options fail before any slow work
     chosen = search_lib.parse_recipes(recipe, explain)
     ds = data_lib.load(data_dir, dataset, progress=console.print, image_size=data_lib.parse_image_size(image_size))
-    say = lambda msg: console.print(f"[dim]{msg}[/]")  # noqa: E731
+    say = lambda msg: console.print(msg, style="dim")  # noqa: E731
     if explain:
         result = explain_lib.explain(workspace, ds, chosen[0], calibration_size, out=out, progress=say)
         columns, rows = quantize_report.explain_rows(result)
@@ -585,6 +584,9 @@ def report(
 
 
 def main() -> None:
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 is shown escaped, never a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     app()
 
 

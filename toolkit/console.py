@@ -7,7 +7,6 @@ import sys
 import time
 
 from rich.console import Console, Group
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
@@ -19,7 +18,8 @@ from toolkit.backend import keras as _keras
 def _console(stderr: bool = False) -> Console:
     probe = Console(stderr=stderr)
     # in a pipe or a CI log there is no terminal width: use one wide enough for the result tables
-    return Console(stderr=stderr, highlight=False, width=None if probe.is_terminal else 160)
+    # markup off: paths and labels are the user's text, and "[red]x[/blue].png" is a file name, not markup
+    return Console(stderr=stderr, highlight=False, markup=False, width=None if probe.is_terminal else 160)
 
 
 console = _console()
@@ -27,8 +27,11 @@ err_console = _console(stderr=True)
 
 
 def error(message: str) -> None:
-    printable = message.encode("utf-8", "backslashreplace").decode("utf-8")  # a non-UTF-8 file name, escaped
-    err_console.print(f"[bold red]error:[/] {escape(printable)}", soft_wrap=True)
+    try:  # a file name that is not UTF-8 shows its bytes, escaped (dir\xff)
+        printable = message.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        printable = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    err_console.print(Text.assemble(("error:", "bold red"), " ", printable), soft_wrap=True)
 
 
 def progress_bar(transient: bool = False) -> Progress:
@@ -56,7 +59,7 @@ def table(title: str | None, columns: list[str], rows: list[list], styles: list[
         numeric = i > 0 and all(_NUMBER.match(v) or v == "-" for v in values)
         t.add_column(col, justify="right" if numeric else "left")
     for i, row in enumerate(rows):
-        t.add_row(*[str(c) for c in row], style=(styles[i] if styles else None))
+        t.add_row(*[Text(str(c)) for c in row], style=(styles[i] if styles else None))
     return Group(Text(title, style="bold"), t) if title else t
 
 

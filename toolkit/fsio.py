@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import shutil
 import stat
@@ -181,8 +182,25 @@ def write_text(target: Path, text: str) -> Path:
     return write_bytes(target, text.encode("utf-8"))
 
 
+def json_text(obj: Any) -> str:
+    """Strict JSON (RFC 8259): NaN and infinity, which JSON cannot hold, are written as null."""
+    return json.dumps(finite(obj), indent=2, sort_keys=False, default=_json_default, allow_nan=False) + "\n"
+
+
+def finite(obj: Any) -> Any:
+    """`obj` with every non-finite float (NaN, infinity; numpy's too) replaced by None."""
+    numpy_float = getattr(obj, "ndim", None) == 0 and getattr(getattr(obj, "dtype", None), "kind", "") == "f"
+    if isinstance(obj, float) or numpy_float:
+        return obj if math.isfinite(float(obj)) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite(v) for v in obj]
+    return obj
+
+
 def write_json(target: Path, obj: Any) -> Path:
-    return write_text(target, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    return write_text(target, json_text(obj))
 
 
 def _json_default(o: Any) -> Any:
@@ -198,9 +216,13 @@ def _json_default(o: Any) -> Any:
 
 
 def read_bytes(path: Path) -> bytes:
-    """A file's bytes, or one line naming the file: missing, a folder, or unreadable."""
+    """A regular file's bytes, or one line naming the file: missing, a folder, not a regular file (a FIFO or a
+    device would block or never end), or unreadable."""
     path = Path(path)
     try:
+        mode = path.stat().st_mode
+        if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+            raise ToolkitError(f"{path}: not a regular file (a pipe, socket or device); only files are read")
         return path.read_bytes()
     except FileNotFoundError:
         raise ToolkitError(f"{path}: file not found") from None

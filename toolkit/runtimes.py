@@ -14,6 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
+from toolkit import children
 from toolkit.artifacts import KERAS, LITERT, NATIVE_BY_SUFFIX, ONNXRUNTIME, TensorSpec
 from toolkit.errors import ToolkitError, first_line
 from toolkit.fsio import captured_output
@@ -322,7 +323,6 @@ def probe_in_child(path: Path, timeout: float = 120.0) -> None:
     """Load and run `path` once in a child process; a native crash there becomes a ToolkitError here."""
     import signal
     import subprocess
-    import sys
 
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
@@ -330,7 +330,7 @@ def probe_in_child(path: Path, timeout: float = 120.0) -> None:
         return
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", PROBE_CODE, str(path)],
+            children.python(PROBE_CODE, str(path)),
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import artifacts, manifest
+from toolkit import artifacts, children, manifest
 from toolkit import workspace as ws
 from toolkit.artifacts import LITERT, ONNXRUNTIME, ONNXRUNTIME_CUDA, TENSORFLOW_GPU
 from toolkit.bench.driver import BenchRecord, BenchReport, Settings, Target
@@ -71,11 +70,11 @@ def plan_targets(
 
 
 def run_worker(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # BLAS/OpenMP pools in the budget
         env[var] = str(spec["threads"])
     proc = subprocess.run(
-        [sys.executable, "-m", "toolkit.bench.worker", json.dumps(spec)],
+        children.module("toolkit.bench.worker", json.dumps(spec)),
         capture_output=True,
         text=True,
         timeout=timeout,

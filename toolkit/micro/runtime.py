@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import re
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from importlib import import_module
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit import fsio
+from toolkit import children, fsio
 from toolkit.artifacts import LITERT_MICRO, TensorSpec
 from toolkit.errors import FormatRefused, ToolkitError
 from toolkit.runtimes import TFLITE_IDENTIFIER, check_images, check_io, dequantize, image_shape, quantize
@@ -167,7 +166,7 @@ print("min" if ok else "none", hi, flush=True)
 def _search(model_path: Path, floor: int, granularity: int) -> tuple[str, int, str]:
     """One search in a child: ("min", bytes, log), ("none", largest tried, log) or ("crashed", size, log)."""
     proc = subprocess.run(
-        [sys.executable, "-I", "-c", SEARCH_CODE, str(model_path), str(floor), str(granularity), str(ARENA_LIMIT)],
+        children.python(SEARCH_CODE, str(model_path), str(floor), str(granularity), str(ARENA_LIMIT)),
         capture_output=True,
         text=True,
         timeout=600,

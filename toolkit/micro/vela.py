@@ -13,13 +13,12 @@ from __future__ import annotations
 import csv
 import re
 import subprocess
-import sys
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from toolkit import fsio, manifest
+from toolkit import children, fsio, manifest
 from toolkit.artifacts import ETHOS_U, VELA_FORMAT
 from toolkit.manifest import ArtifactRecord
 
@@ -64,16 +63,7 @@ def vela_estimates(
 
 def _compile(tflite_path: Path, out_dir: Path, config: str, tmp: Path) -> dict[str, Any]:
     row: dict[str, Any] = {"accelerator": config, "status": "failed", "method": method()}
-    command = [
-        sys.executable,
-        "-m",
-        "ethosu.vela",
-        "--accelerator-config",
-        config,
-        "--output-dir",
-        str(tmp),
-        str(tflite_path),
-    ]
+    command = children.module("ethosu.vela", "--accelerator-config", config, "--output-dir", str(tmp), str(tflite_path))
     try:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:

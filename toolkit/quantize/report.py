@@ -88,7 +88,7 @@ class Outcome:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["best"] = self.best.recipe if self.best else None
-        return _finite(out)
+        return fsio.finite(out)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Outcome:
@@ -129,18 +129,7 @@ class Explanation:
     files: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return _finite(asdict(self))
-
-
-def _finite(obj: Any) -> Any:
-    """JSON has no infinity: an SNR with no noise at all is written as null."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
+        return fsio.finite(asdict(self))
 
 
 COLUMNS = ["recipe", "runtime", "bytes", "% of float32", "accuracy", "Δ pp", "agreement", "p50 ms", "result"]
