@@ -144,3 +144,26 @@ def test_a_fifo_is_never_read(tmp_path, name):
             manifest.read(tmp_path)
         else:
             data.load(tmp_path, dataset="idx")
+
+
+def test_a_write_inside_a_confined_workspace_never_leaves_it(tmp_path):
+    workspace, outside = tmp_path / "ws", tmp_path / "outside"
+    (workspace / "web").mkdir(parents=True)
+    outside.mkdir()
+    (workspace / "MODEL_CARD.md").symlink_to(outside / "card.md")
+    (workspace / "report").symlink_to(outside, target_is_directory=True)
+    (workspace / "web" / "vendor").symlink_to(outside, target_is_directory=True)
+    (workspace / "inner").mkdir()
+    (workspace / "alias").symlink_to(workspace / "inner", target_is_directory=True)  # a link that stays inside
+    with fsio.confined(workspace):
+        for target in ("MODEL_CARD.md", "report/x.png", "web/vendor/ort.mjs"):
+            with pytest.raises(ToolkitError, match="a symlink leads out of the workspace"):
+                fsio.write_text(workspace / target, "x")
+        with pytest.raises(ToolkitError, match="a symlink leads out of the workspace"):
+            fsio.ensure_dir(workspace / "report" / "sub")
+        fsio.write_text(workspace / "alias" / "ok.txt", "x")  # inside once resolved: written
+        fsio.write_text(tmp_path / "elsewhere.json", "{}")  # not in the workspace: not concerned
+    assert sorted(p.name for p in outside.iterdir()) == []
+    assert (workspace / "inner" / "ok.txt").read_text() == "x"
+    fsio.write_text(workspace / "MODEL_CARD.md", "y")  # outside a confined block, the old rule: written through
+    assert (outside / "card.md").read_text() == "y"

@@ -173,3 +173,20 @@ def test_concurrent_manifest_writers_lose_nothing(tmp_path):
         pool.map(_add_entries, [(str(tmp_path), "a"), (str(tmp_path), "b")])
     arts = json.loads((tmp_path / "manifest.json").read_text())["artifacts"]
     assert len(arts) == 30
+
+
+def test_predict_and_report_refuse_a_symlink_out_and_a_changed_model(workspace, tmp_path, mnist_dir):
+    digit = sorted((Path(__file__).parents[1] / "examples" / "digits").glob("*.pgm"))[0]
+    target = workspace / "mnist_cnn.int8.tflite"
+    outside = tmp_path / "changed.tflite"
+    outside.write_bytes(target.read_bytes()[:-1] + b"\0")  # a changed copy outside the workspace
+    target.unlink()
+    target.symlink_to(outside)
+    for args in (["predict", str(digit)], ["report", "--data-dir", str(mnist_dir)]):
+        result = CliRunner().invoke(app, [*args, "--model", str(target), "--dir", str(workspace)])
+        assert result.exit_code == 1 and "leads out of the workspace" in result.output, result.output
+    target.unlink()
+    model = workspace / "model.keras"
+    model.write_bytes(model.read_bytes() + b"\0")  # still a zip archive Keras loads, but not the exported model
+    result = CliRunner().invoke(app, ["predict", str(digit), "--model", str(model)])
+    assert result.exit_code == 1 and "differs from the model the manifest was exported from" in result.output

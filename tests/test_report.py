@@ -3,9 +3,14 @@ the model card that gathers the manifest, the reports and the latest benchmark."
 
 from __future__ import annotations
 
-import numpy as np
+from pathlib import Path
 
+import numpy as np
+from typer.testing import CliRunner
+
+from tests.helpers import one_line_error
 from toolkit import report
+from toolkit.cli import app
 
 
 def test_report_and_model_card(exported_workspace, mnist, tmp_path):
@@ -25,3 +30,17 @@ def test_report_and_model_card(exported_workspace, mnist, tmp_path):
     assert "# Model card: mnist_cnn" in text and "mnist_cnn.int8.tflite" in text
     assert "report/mnist_cnn_int8_tflite.confusion.png" in text
     assert "scale 0.00392156886" in text  # the int8 input's quantization, from the manifest
+
+
+def test_report_never_writes_through_a_symlink_out_of_the_workspace(tmp_path, mnist_dir):
+    import shutil
+
+    workspace, outside = tmp_path / "ws", tmp_path / "outside.md"
+    release = Path(__file__).resolve().parents[1] / "exported"
+    shutil.copytree(release, workspace, ignore=shutil.ignore_patterns("web", "checkpoint"))
+    (workspace / "MODEL_CARD.md").unlink()
+    outside.write_text("someone else's file\n")
+    (workspace / "MODEL_CARD.md").symlink_to(outside)
+    result = CliRunner().invoke(app, ["report", "--data-dir", str(mnist_dir), "--dir", str(workspace)])
+    one_line_error(result, "MODEL_CARD.md: a symlink leads out of the workspace")
+    assert outside.read_text() == "someone else's file\n"

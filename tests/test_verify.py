@@ -168,3 +168,17 @@ def test_the_criteria_pass_a_deliberately_weak_model(tmp_path, mnist):
     assert results and results[0].reference_accuracy < 0.97  # weak indeed
     for r in results:
         assert r.passed, (r.file, r.problems, r.agreement, r.confident_agreement)
+
+
+def test_a_failing_spot_check_is_kept_beside_the_full_certificate(workspace, mnist):
+    from toolkit import card
+
+    name = "mnist_cnn.float16.tflite"
+    verify.check(workspace, mnist, [name])
+    full = manifest.read(workspace)["artifacts"][name]["verification"]
+    failed = {**full, "images": 200, "passed": False, "problems": ["accuracy loss 0.50 pp > 0.1 pp"]}
+    manifest.put_verification(workspace, {name: failed}, full_split=False)  # as a failing `verify --limit 200`
+    entry = manifest.read(workspace)["artifacts"][name]
+    assert entry["verification"] == full and entry["spot_check"]["passed"] is False
+    text = card.model_card(workspace, None)
+    assert f"`{name}`: FAIL on 200 images (accuracy loss 0.50 pp > 0.1 pp)" in text

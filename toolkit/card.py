@@ -181,6 +181,14 @@ def _accuracy(arts: dict[str, Any]) -> list[str]:
             f"{v['agreement']:.2%} | {v['max_abs_diff']:.1e} | {'pass' if v['passed'] else 'FAIL'} "
             f"({v['images']:,} images) |"
         )
+    spots = [(name, a["spot_check"]) for name, a in arts.items() if isinstance(a.get("spot_check"), dict)]
+    if spots:  # a check on part of the split, kept beside the result above, never in its place
+        lines += ["", "Spot checks on part of the test split (`toolkit verify --limit`), beside the results above:", ""]
+        lines += [
+            f"- `{name}`: {'pass' if s.get('passed') else 'FAIL'} on {s.get('images', 0):,} images"
+            + (f" ({'; '.join(s['problems'])})" if s.get("problems") else "")
+            for name, s in spots
+        ]
     return lines
 
 

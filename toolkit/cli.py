@@ -90,7 +90,8 @@ def command(fn):
         try:
             if kwargs.get("json_out") not in (None, "-"):  # a bad --json path fails now, not after the work
                 fsio.check_writable_target(kwargs["json_out"])
-            return fn(*args, **kwargs)
+            with fsio.confined(kwargs.get("workspace")):  # a write inside the workspace never leaves it
+                return fn(*args, **kwargs)
         except ToolkitError as e:
             error(str(e))
             raise typer.Exit(1) from None

@@ -27,8 +27,37 @@ from toolkit.errors import ToolkitError
 KERNEL_FILE_SYSTEMS = ("/proc", "/sys")  # pseudo files of the kernel: never a place for the toolkit's output
 
 
+_confined_to: list[Path] = []  # workspaces whose writes must stay inside them (see `confined`)
+
+
+@contextlib.contextmanager
+def confined(root: str | Path | None) -> Iterator[None]:
+    """Within this block, a write to a path inside `root` must stay inside it once symlinks are followed: a
+    MODEL_CARD.md, report/ or manifest.json planted as a symlink to elsewhere is refused, not written through.
+    Writes elsewhere (a --json file, an --out folder, the cache) are not concerned."""
+    if root is None:
+        yield
+        return
+    _confined_to.append(Path(os.path.abspath(root)))
+    try:
+        yield
+    finally:
+        _confined_to.pop()
+
+
+def check_confined(target: Path) -> None:
+    """Refuse a write inside a confined workspace that a symlink would lead out of it."""
+    path = Path(os.path.abspath(target))
+    for root in _confined_to:
+        if path == root or root in path.parents:
+            real_root, real = root.resolve(), path.resolve()
+            if real != real_root and real_root not in real.parents:
+                raise ToolkitError(f"{target}: a symlink leads out of the workspace {root}; refused, nothing written")
+
+
 def ensure_dir(path: Path) -> Path:
     path = Path(path)
+    check_confined(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -114,6 +143,7 @@ def atomic_path(target: Path, suffix: str | None = None) -> Iterator[Path]:
     the rename becomes a `ToolkitError` naming `target`.
     """
     target = Path(target)
+    check_confined(target)
     through = _writes_through(target)
     folder = Path(tempfile.gettempdir()) if through else ensure_dir(target.parent)
     suffix = suffix if suffix is not None else "".join(target.suffixes[-1:])

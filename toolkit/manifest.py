@@ -166,18 +166,31 @@ def certified(workspace: Path, record: ArtifactRecord) -> Path:
     return path
 
 
+def _workspaces_of(path: Path) -> list[Path]:
+    """The folders that may hold the manifest of `path`: its own and the two above it (web models live in
+    DIR/web/models/), as given and as resolved, so that a symlink cannot hide the workspace it sits in."""
+    found: list[Path] = []
+    for start in (path.absolute(), path.resolve()):
+        for folder in list(start.parents)[:3]:
+            if folder not in found and ws.manifest(folder).is_file():
+                found.append(folder)
+    return found
+
+
 def record_of(path: Path) -> ArtifactRecord | None:
-    """The manifest record of a file given by path, checked against its checksum (ToolkitError if it changed);
-    None for a file that no manifest lists (it may run, labelled "not certified"). The manifest is looked for in
-    the file's folder and the two above it (web models live in DIR/web/models/)."""
+    """The manifest record of a file given by path, checked against its checksum (ToolkitError if it changed, or if
+    a symlink leads out of its workspace); None for a file that no manifest lists (it may run, labelled "not
+    certified"). A workspace's model.keras is checked against the checksum the manifest records for it."""
     path = Path(path)
-    if path.suffix == ".keras":
-        return None
     target = path.resolve()
-    for folder in list(target.parents)[:3]:
-        if not ws.manifest(folder).is_file():
+    for folder in _workspaces_of(path):
+        if path.suffix == ".keras":
+            model = read(folder).get("model")
+            if isinstance(model, dict) and (folder / str(model.get("file", ""))).resolve() == target:
+                if file_sha256(path) != model.get("sha256"):
+                    raise ToolkitError(f"{path}: differs from the model the manifest was exported from; not certified")
             continue
-        for record in records(folder):
+        for record in records(folder):  # refuses a manifest whose entries lead out of the workspace
             if artifact_path(folder, record.file).resolve() == target:
                 certified(folder, record)
                 return record
@@ -210,8 +223,9 @@ def put_artifacts(workspace: Path, new: list[ArtifactRecord], header: dict[str, 
 
 
 def put_verification(workspace: Path, results: dict[str, dict[str, Any]], full_split: bool = True) -> dict[str, Any]:
-    """Record verification results. A passing check on fewer images (`--limit`) never replaces a certificate
-    earned on more: it is kept beside it as `spot_check`. A failure always replaces it."""
+    """Record verification results. A check on fewer images (`--limit`) never replaces a result earned on more,
+    passing or failing: it is kept beside it as `spot_check`, and both are shown. Only a file that changed or went
+    missing loses its certificate at once (the certificate was for other bytes)."""
 
     def change(m: dict[str, Any]) -> None:
         for file, result in results.items():
@@ -221,7 +235,8 @@ def put_verification(workspace: Path, results: dict[str, dict[str, Any]], full_s
             earlier = entry.get("verification")
             earlier_images = earlier.get("images") if isinstance(earlier, dict) else None
             more_before = isinstance(earlier_images, int) and earlier_images > result["images"]
-            if full_split or not result["passed"] or not more_before:
+            file_gone = any(p.startswith((NOT_CERTIFIED, "file missing")) for p in result.get("problems", []))
+            if full_split or file_gone or not more_before:
                 entry["verification"] = {**result, "full_split": full_split}
                 entry.pop("spot_check", None)
             else:
