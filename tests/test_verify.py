@@ -4,6 +4,7 @@ reduced precision hold for weak models too."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -182,3 +183,18 @@ def test_a_failing_spot_check_is_kept_beside_the_full_certificate(workspace, mni
     assert entry["verification"] == full and entry["spot_check"]["passed"] is False
     text = card.model_card(workspace, None)
     assert f"`{name}`: FAIL on 200 images (accuracy loss 0.50 pp > 0.1 pp)" in text
+
+
+def test_a_changed_micro_header_is_not_certified(tmp_path, mnist):
+    release = Path(__file__).resolve().parents[1] / "exported"
+    ws = tmp_path / "ws"
+    shutil.copytree(release, ws, ignore=shutil.ignore_patterns("web", "checkpoint", "report", "quantization"))
+    (result,) = verify.check(ws, mnist, ["mnist_cnn.micro.c"], limit=30, write=False).results
+    assert parity_holds(result), result.problems
+    header = ws / "mnist_cnn.micro.h"
+    text = header.read_text()
+    changed = re.sub(r"(#define MNIST_CNN_MICRO_ARENA_BYTES) \d+", r"\1 64", text)  # what a firmware would reserve
+    assert changed != text
+    header.write_text(changed)
+    (result,) = verify.check(ws, mnist, ["mnist_cnn.micro.c"], limit=30, write=False).results
+    assert not result.passed and any("header mnist_cnn.micro.h: SHA-256 differs" in p for p in result.problems)

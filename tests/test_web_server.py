@@ -9,6 +9,7 @@ import shutil
 import socket
 import time
 import urllib.parse
+from pathlib import Path
 
 import pytest
 
@@ -93,3 +94,33 @@ def test_the_server_refuses_a_web_model_changed_since_export(exported_workspace,
         assert status == 409 and b"not certified" in body
         status, body, _ = _get(url, "/models/mnist_cnn.float32.tflite")
         assert status == 200 and body == (ws / "web" / "models" / "mnist_cnn.float32.tflite").read_bytes()
+
+
+def test_a_model_is_served_only_as_the_manifest_certifies_its_bytes(tmp_path):
+    import urllib.error
+    import urllib.request
+
+    release = Path(__file__).resolve().parents[1] / "exported"
+    workspace = tmp_path / "ws"
+    shutil.copytree(release / "web", workspace / "web", ignore=shutil.ignore_patterns("vendor"))
+    shutil.copy(release / "manifest.json", workspace)
+    model = workspace / "web" / "models" / "mnist_cnn.int8.tflite"
+
+    def status(url: str) -> int:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return response.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    with serve.serving(workspace / "web") as url:
+        assert status(url + "models/mnist_cnn.int8.tflite") == 200
+        assert status(url + "index.html") == 200
+        os.link(model, workspace / "web" / "models" / "renamed.tflite")  # the same bytes under a name not listed
+        assert status(url + "models/renamed.tflite") == 409
+        before = model.stat()
+        data = bytearray(model.read_bytes())
+        data[-1] ^= 1
+        model.write_bytes(bytes(data))  # one byte changed, size kept and modification time put back
+        os.utime(model, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert status(url + "models/mnist_cnn.int8.tflite") == 409

@@ -235,6 +235,7 @@ class MicroScorer(NativeScorer):
             problems.append(f"C array differs from {source} at byte {first} ({len(data)} vs {len(expected)} bytes)")
         if manifest.file_sha256(source_path) != record.made_with.get("source_sha256"):
             problems.append(f"{source} changed since the C array was made")
+        problems += header_problems(self.workspace, record)
         if problems:
             return Scored(None, problems)
         runner = micro.MicroRunner(data, self.workspace / record.file, record.made_with.get("arena_bytes_recommended"))
@@ -252,6 +253,19 @@ class MicroScorer(NativeScorer):
             "max_abs_diff": float(np.max(np.abs(desktop - probabilities))),
         }
         return Scored(probabilities, [], cross)
+
+
+def header_problems(workspace: Path, record: ArtifactRecord) -> list[str]:
+    """The C array's header (what a firmware includes beside it) against the checksum recorded at export."""
+    header, expected = record.made_with.get("header"), record.made_with.get("header_sha256")
+    if not isinstance(header, str) or not isinstance(expected, str):
+        return ["no header checksum recorded for it (export --format micro again)"]
+    path = manifest.artifact_path(workspace, header)
+    if not path.is_file():
+        return [f"header {header} missing"]
+    if manifest.file_sha256(path) != expected:
+        return [f"header {header}: {manifest.NOT_CERTIFIED}"]
+    return []
 
 
 class BrowserScorer:

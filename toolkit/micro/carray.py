@@ -235,6 +235,7 @@ def export(ctx: ExportContext, variants: list[str]) -> list[ArtifactRecord]:
             "source": tflite_path.name,
             "source_sha256": digest,
             "header": h_path.name,
+            "header_sha256": manifest.file_sha256(h_path),  # the header an app embeds is checked like the array
             "symbol": embedded.symbol,
             "length_symbol": f"{embedded.symbol}_len",
             "alignment": ALIGNMENT,

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import http.server
+import io
 import os
 import stat
 import sys
@@ -27,7 +29,6 @@ from pathlib import Path
 from toolkit import manifest
 from toolkit import workspace as ws
 from toolkit.errors import ToolkitError
-from toolkit.manifest import file_sha256
 
 MIME_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -41,6 +42,7 @@ MIME_TYPES = {
     ".png": "image/png",
     ".md": "text/markdown; charset=utf-8",
 }
+MODEL_SUFFIXES = (".tflite", ".onnx")  # files the page runs: served only as the manifest certifies them
 ISOLATION_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Embedder-Policy": "require-corp",
@@ -51,8 +53,7 @@ ISOLATION_HEADERS = {
 class Handler(http.server.SimpleHTTPRequestHandler):
     extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, **MIME_TYPES}
     quiet = False
-    certified: dict[str, str] = {}  # real path of each web model -> its SHA-256 in the workspace's manifest
-    hashes: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> SHA-256: each file hashed once
+    certified: dict[str, str] | None = None  # real path of each model file -> its SHA-256 in the manifest
 
     def end_headers(self) -> None:
         for name, value in ISOLATION_HEADERS.items():
@@ -70,36 +71,34 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         if path is None:
             self.send_error(status)
             return None
-        if not self.certified_ok(path):
-            self.send_error(
-                HTTPStatus.CONFLICT, "SHA-256 differs from the manifest: changed since export, not certified"
-            )
-            return None
         try:
-            f = open(path, "rb")
+            f = self.certified_bytes(path) if Path(path).suffix in MODEL_SUFFIXES else open(path, "rb")
         except OSError:
             self.send_error(HTTPStatus.NOT_FOUND)
+            return None
+        if f is None:
+            self.send_error(HTTPStatus.CONFLICT, "not certified: the manifest lists no model with these bytes here")
             return None
         try:
             self.send_response(HTTPStatus.OK)
             self.send_header("Content-type", self.guess_type(path))
-            self.send_header("Content-Length", str(os.fstat(f.fileno()).st_size))
+            size = len(f.getbuffer()) if isinstance(f, io.BytesIO) else os.fstat(f.fileno()).st_size
+            self.send_header("Content-Length", str(size))
             self.end_headers()
         except BaseException:
             f.close()
             raise
         return f
 
-    def certified_ok(self, path: str) -> bool:
-        """A model the workspace's manifest certifies is served only while its bytes are the ones verified."""
+    def certified_bytes(self, path: str) -> io.BytesIO | None:
+        """A model file's bytes, read once and hashed as served, where the workspace's manifest certifies exactly
+        these bytes at this path; None otherwise (changed in place, or a copy or link under a name it does not
+        list). A site with no manifest around it certifies nothing and refuses nothing."""
+        data = Path(path).read_bytes()
+        if self.certified is None:
+            return io.BytesIO(data)
         expected = self.certified.get(path)
-        if expected is None:
-            return True
-        st = os.stat(path)
-        key = (path, st.st_size, st.st_mtime_ns)
-        if key not in self.hashes:
-            self.hashes[key] = file_sha256(Path(path))
-        return self.hashes[key] == expected
+        return io.BytesIO(data) if expected == hashlib.sha256(data).hexdigest() else None
 
     def site_file(self) -> tuple[HTTPStatus, str | None]:
         """The regular file inside the site that the URL's path names (after symlinks), or why there is none."""
@@ -138,16 +137,17 @@ def check_site(root: Path) -> Path:
     return root
 
 
-def certified_files(root: Path) -> dict[str, str]:
-    """The web models that the manifest of the workspace around the site (DIR/web -> DIR) certifies, by real path."""
+def certified_files(root: Path) -> dict[str, str] | None:
+    """The models that the manifest of the workspace around the site (DIR/web -> DIR) certifies, by real path; None
+    where the site has no manifest around it."""
     workspace = Path(root).resolve().parent
     if not ws.manifest(workspace).is_file():
-        return {}
+        return None
     return {os.path.realpath(workspace / r.file): r.sha256 for r in manifest.records(workspace)}
 
 
 def make_server(root: Path, port: int = 8000, host: str = "127.0.0.1", quiet: bool = False) -> Server:
-    attributes = {"quiet": quiet, "certified": certified_files(root), "hashes": {}}
+    attributes = {"quiet": quiet, "certified": certified_files(root)}
     handler_class = type("QuietHandler" if quiet else "Handler", (Handler,), attributes)
     handler = functools.partial(handler_class, directory=str(root))
     try:
