@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tests.helpers import clean_failure
+from tests.helpers import clean_failure, one_line_error
 from toolkit import bench
 from toolkit.bench import summary
 from toolkit.bench.stats import runs_for, stats_ms
@@ -191,3 +191,21 @@ def test_benchmark_exits_1_when_an_asked_for_artifact_fails(tmp_path, mnist_dir)
     ]
     out = clean_failure(CliRunner().invoke(app, args, env={"TOOLKIT_DATA_DIR": str(mnist_dir)}))
     assert "could not be measured: broken.float32.tflite" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--threads", "100000000000000000000000"], "threads must be from 1 to 1,024"),
+        (["--batch-sizes", "20000"], "batch sizes must be from 1 to 4,096"),
+    ],
+)
+def test_absurd_benchmark_sizes_are_one_line(args, message, tmp_path, mnist_dir):
+    result = CliRunner().invoke(app, ["benchmark", *args, "--data-dir", str(mnist_dir), "--dir", str(tmp_path)])
+    one_line_error(result, message)
+
+
+def test_a_batch_larger_than_the_test_split_is_refused(tmp_path, tiny_idx):
+    args = ["--batch-sizes", "32", "--data-dir", str(tiny_idx), "--dataset", "idx", "--dir", str(tmp_path)]
+    result = CliRunner().invoke(app, ["benchmark", *args])
+    one_line_error(result, "batch size 32 is larger than the test split (20 images)")

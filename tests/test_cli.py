@@ -180,3 +180,10 @@ def test_file_names_are_text_never_markup_and_never_a_crash(tmp_path):
     )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.startswith("error:") and "\\xff" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_json_to_a_closed_stdout_is_one_line():
+    code = "import os, sys; os.close(1); from toolkit.cli import main; sys.argv[1:] = ['data', '--json', '-']; main()"
+    closed = subprocess.run([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    assert closed.returncode == 1
+    assert closed.stderr.strip() == "error: --json -: standard output is closed; pass --json FILE"

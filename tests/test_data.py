@@ -220,3 +220,21 @@ def test_a_data_file_that_is_a_folder_is_called_a_folder(tmp_path, mnist_dir):
     (folder / "train-labels-idx1-ubyte.gz").mkdir()
     with pytest.raises(ToolkitError, match=r"train-labels-idx1-ubyte.gz: is a folder, not a file$"):
         data.load(folder)
+
+
+def test_a_gzip_that_inflates_past_its_header_is_stopped(tmp_path, tiny_idx):
+    import gzip
+
+    content = (tiny_idx / "train-images-idx3-ubyte").read_bytes()
+    bomb = gzip.compress(content + bytes(50_000_000))  # 50 MB of zeros behind a header that declares 78 KB
+    (tiny_idx / "train-images-idx3-ubyte").unlink()
+    (tiny_idx / "train-images-idx3-ubyte.gz").write_bytes(bomb)
+    with pytest.raises(ToolkitError, match=r"inflates to more than the 78,416 bytes its IDX header declares"):
+        data.load(tiny_idx, dataset="idx")
+
+
+def test_a_one_image_dataset_is_one_line(tmp_path):
+    img = np.zeros((1, 28, 28), np.uint8)
+    folder = write_idx(tmp_path / "one", img, np.array([1], np.uint8), img, np.array([1], np.uint8))
+    with pytest.raises(ToolkitError, match="1 training image"):
+        data.load(folder, dataset="idx")

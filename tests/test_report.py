@@ -26,7 +26,7 @@ def test_report_and_model_card(exported_workspace, mnist, tmp_path):
     assert result["errors"] == 10_000 - int(np.trace(result["confusion_matrix"]))
     for path in result["files"].values():
         assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
-    text = card.write_model_card(ws, repo_root=tmp_path).read_text()
+    text = card.write_model_card(ws).read_text()
     assert "# Model card: mnist_cnn" in text and "mnist_cnn.int8.tflite" in text
     assert "report/mnist_cnn_int8_tflite.confusion.png" in text
     assert "scale 0.00392156886" in text  # the int8 input's quantization, from the manifest
@@ -44,3 +44,17 @@ def test_report_never_writes_through_a_symlink_out_of_the_workspace(tmp_path, mn
     result = CliRunner().invoke(app, ["report", "--data-dir", str(mnist_dir), "--dir", str(workspace)])
     one_line_error(result, "MODEL_CARD.md: a symlink leads out of the workspace")
     assert outside.read_text() == "someone else's file\n"
+
+
+def test_the_card_reads_benchmarks_of_its_own_workspace_only(tmp_path):
+    from toolkit import card
+
+    (tmp_path / "benchmarks" / "results" / "m").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "m" / "results.json").write_text("{broken")  # beside, outside --dir
+    workspace = tmp_path / "ws"
+    (workspace / "benchmark").mkdir(parents=True)
+    assert card.benchmark_files(workspace) == []
+    (workspace / "benchmark" / "results.json").write_text('{"results": "not rows"}')
+    assert card.benchmark_files(workspace) == [workspace / "benchmark" / "results.json"]
+    assert card.latest_benchmark(card.benchmark_files(workspace)) is None  # unreadable as a benchmark: left out
+    assert card.benchmark_files(card.RELEASE)[-1].parent.parent.name == "results"  # the release: the published ones

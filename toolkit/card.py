@@ -10,6 +10,7 @@ from typing import Any
 from toolkit import fsio, manifest
 from toolkit import workspace as ws
 from toolkit.artifacts import LITERT_MICRO, VELA_FORMAT
+from toolkit.errors import ToolkitError
 from toolkit.micro.boards import fits
 from toolkit.preprocess import __doc__ as PREPROCESS_DOC
 from toolkit.quantize import report as quantize_report
@@ -26,13 +27,30 @@ toolkit benchmark --browser --publish
 toolkit report"""
 
 
-def latest_benchmark(repo_root: Path) -> dict[str, Any] | None:
-    """The reference results for the card: the machine with the most timed rows (a full run beats a partial one),
-    the newest on a tie."""
+RELEASE = Path(__file__).resolve().parents[1] / "exported"  # the committed release, beside benchmarks/results
+
+
+def benchmark_files(workspace: Path) -> list[Path]:
+    """Where a workspace's benchmark results are: its own benchmark/ folder, and for the committed release the
+    published results beside it; never a folder outside the workspace otherwise."""
+    files = [workspace / ws.BENCHMARK_DIR / "results.json"]
+    if workspace.resolve() == RELEASE:
+        files += sorted((RELEASE.parent / "benchmarks" / "results").glob("*/results.json"))
+    return [f for f in files if f.is_file()]
+
+
+def latest_benchmark(files: list[Path]) -> dict[str, Any] | None:
+    """The results for the card: the run with the most timed rows (a full run beats a partial one), the newest on
+    a tie. A results file that cannot be read or is not a benchmark's is left out (the card has no latency then)."""
     runs = []
-    for path in (repo_root / "benchmarks" / "results").glob("*/results.json"):
-        results = json.loads(path.read_text())
-        timed = sum(1 for r in results.get("results", []) if r.get("status") == "ok")
+    for path in files:
+        try:
+            results = fsio.read_json(path)
+            rows = results["results"]
+            timed = sum(1 for r in rows if isinstance(r, dict) and r.get("status") == "ok")
+            results["machine"]["cpu"], results["settings"]["threads"]  # noqa: B018 (what the card reads)
+        except (ToolkitError, KeyError, TypeError):
+            continue
         runs.append((timed, path.stat().st_mtime, results))
     return max(runs, key=lambda run: run[:2])[2] if runs else None
 
@@ -373,7 +391,7 @@ def _provenance(m: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_model_card(workspace: Path, repo_root: Path | None = None) -> Path:
+def write_model_card(workspace: Path) -> Path:
     workspace = Path(workspace)
-    root = repo_root or workspace.resolve().parent
-    return fsio.write_text(ws.model_card(workspace), model_card(workspace, latest_benchmark(root)))
+    bench = latest_benchmark(benchmark_files(workspace))
+    return fsio.write_text(ws.model_card(workspace), model_card(workspace, bench))

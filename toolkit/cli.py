@@ -6,7 +6,10 @@ Errors a user can fix (`ToolkitError`) become one red line and exit code 1; bad 
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
+import os
 import signal
 import sys
 from pathlib import Path
@@ -78,6 +81,21 @@ def _sigterm_as_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _stdout_open() -> bool:
+    """Whether standard output can be written: not None, not closed, and (for a real file) its descriptor open."""
+    if sys.stdout is None or getattr(sys.stdout, "closed", False):
+        return False
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, io.UnsupportedOperation):  # an in-memory stream (tests, embedding): open
+        return True
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
 def command(fn):
     """Register `fn` as a command that turns ToolkitError and Ctrl-C/SIGTERM into clean exits."""
 
@@ -90,6 +108,8 @@ def command(fn):
         try:
             if kwargs.get("json_out") not in (None, "-"):  # a bad --json path fails now, not after the work
                 fsio.check_writable_target(kwargs["json_out"])
+            if kwargs.get("json_out") == "-" and not _stdout_open():
+                raise ToolkitError("--json -: standard output is closed; pass --json FILE")
             with fsio.confined(kwargs.get("workspace")):  # a write inside the workspace never leaves it
                 return fn(*args, **kwargs)
         except ToolkitError as e:
@@ -137,7 +157,10 @@ def data(
     console.print(f"Source:    {report.source}: {report.location}")
     console.print(f"Checksums: {report.checksums}")
     console.print(f"SHA-256:   {report.sha256}")
-    rows = [[s.name, f"{s.count:,}", f"{s.pixel_min}-{s.pixel_max}", f"{s.pixel_mean:.2f}"] for s in report.splits]
+    rows = [
+        [s.name, f"{s.count:,}", f"{s.pixel_min}-{s.pixel_max}" if s.count else "-", f"{s.pixel_mean or 0:.2f}"]
+        for s in report.splits
+    ]
     console.print(table(None, ["split", "images", "pixel range", "pixel mean"], rows))
     counts = [[name, *[f"{s.class_counts[d]:,}" for s in report.splits]] for d, name in enumerate(ds.class_names)]
     console.print(table("Images per class", ["class", *[s.name for s in report.splits]], counts))
@@ -586,7 +609,7 @@ def report(
 
 def main() -> None:
     for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 is shown escaped, never a crash
-        if hasattr(stream, "reconfigure"):
+        with contextlib.suppress(AttributeError, OSError, ValueError):  # a closed stream stays as it is
             stream.reconfigure(errors="backslashreplace")
     app()
 

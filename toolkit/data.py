@@ -13,7 +13,6 @@ when every file is, RGB otherwise; all of one size unless `image_size` resizes t
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import os
@@ -142,16 +141,47 @@ def idx_bytes(array: np.ndarray) -> bytes:
     return header + array.tobytes()
 
 
+MAX_IDX_BYTES = 1 << 31  # 2 GiB: far above any dataset of 8-256 pixel images this toolkit trains on
+
+
+def _declared_size(head: bytes) -> int | None:
+    """The byte count an IDX header declares (header included), once enough of it is known."""
+    if len(head) < 4:
+        return None
+    ndim = head[3]
+    if len(head) < 4 + 4 * ndim:
+        return None
+    items = 1
+    for i in range(ndim):
+        items *= int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big")
+    return 4 + 4 * ndim + items
+
+
 def _read_maybe_gzip(path: Path) -> bytes:
+    """The IDX content of a file, inflated if gzipped: never more than its header declares (plus one byte, to tell
+    that there is more), nor more than MAX_IDX_BYTES, so a gzip that inflates to gigabytes is stopped early."""
     raw = fsio.read_bytes(path)
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            return gzip.decompress(raw)
-        except EOFError:
-            raise ToolkitError(f"{path}: truncated gzip file (ends before the end of its stream)") from None
-        except (OSError, zlib.error) as e:
-            raise ToolkitError(f"{path}: corrupt gzip file ({e})") from None
-    return raw
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    inflater, out, data = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS), bytearray(), raw
+    try:
+        while not inflater.eof:
+            declared = _declared_size(bytes(out[:1028]))
+            limit = min(MAX_IDX_BYTES, declared + 1 if declared is not None else 1028)
+            chunk = inflater.decompress(data, max(1, min(1 << 22, limit - len(out))))
+            data = inflater.unconsumed_tail
+            out += chunk
+            if len(out) >= limit and declared is not None:
+                raise ToolkitError(
+                    f"{path}: inflates to more than the {declared:,} bytes its IDX header declares"
+                    if declared < MAX_IDX_BYTES
+                    else f"{path}: inflates to more than {MAX_IDX_BYTES:,} bytes"
+                )
+            if not chunk and not data:
+                raise ToolkitError(f"{path}: truncated gzip file (ends before the end of its stream)")
+    except zlib.error as e:
+        raise ToolkitError(f"{path}: corrupt gzip file ({e})") from None
+    return bytes(out)
 
 
 def parse_idx(content: bytes, path: Path | str, ndim: int) -> np.ndarray:
@@ -207,6 +237,8 @@ def _check_splits(arrays: dict[str, np.ndarray], names: dict[str, str], dataset:
     if dataset == "mnist" and train.shape[1:] != IMAGE_SHAPE:
         raise ToolkitError(f"{names['train_images']}: images are {train.shape[1]}x{train.shape[2]}, expected 28x28")
     _check_pair(train, arrays["train_labels"], names["train_images"], names["train_labels"], 256)
+    if len(train) < 2:
+        raise ToolkitError(f"{names['train_images']}: {len(train)} training image(s); a classifier needs more")
     classes = NUM_CLASSES if dataset == "mnist" else int(arrays["train_labels"].max()) + 1
     if classes < 2:
         raise ToolkitError(f"{names['train_labels']}: one class only (label 0); a classifier needs at least 2")
@@ -615,9 +647,9 @@ class SplitSummary:
     name: str
     count: int
     class_counts: list[int]
-    pixel_min: int
-    pixel_max: int
-    pixel_mean: float
+    pixel_min: int | None
+    pixel_max: int | None
+    pixel_mean: float | None
 
 
 @dataclass
@@ -643,9 +675,9 @@ def describe(ds: Dataset) -> DataReport:
                 name=name,
                 count=int(len(y)),
                 class_counts=np.bincount(y, minlength=ds.num_classes).astype(int).tolist(),
-                pixel_min=int(x.min()),
-                pixel_max=int(x.max()),
-                pixel_mean=round(float(x.mean()), 2),
+                pixel_min=int(x.min()) if len(x) else None,  # a split may be empty (--all-data, tiny data)
+                pixel_max=int(x.max()) if len(x) else None,
+                pixel_mean=round(float(x.mean()), 2) if len(x) else None,
             )
         )
     if ds.checksums_verified:

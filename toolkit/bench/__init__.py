@@ -72,6 +72,11 @@ def measure(
             EstimateBackend(workspace, models),
         ]
     settings = Settings.of(batch_sizes, threads, iterations, warmup, seconds_per_measurement)
+    if max(settings.batch_sizes) > len(dataset.y_test):
+        raise ToolkitError(
+            f"batch size {max(settings.batch_sizes):,} is larger than the test split ({len(dataset.y_test):,} images) "
+            "that the calls are made of; pass smaller --batch-sizes"
+        )
     report = run(backends, settings, progress, machine, model_flops(Path(workspace)))
     if browser:
         report.comparison = compare_web_native(report.results)

@@ -99,6 +99,10 @@ class Target:
         return BenchRecord(**{**base, **fields})
 
 
+MAX_BATCH = 4096  # images per call; the test split must hold a few batches of the largest
+MAX_THREADS = 1024
+
+
 @dataclass
 class Settings:
     batch_sizes: list[int]
@@ -112,9 +116,11 @@ class Settings:
         cls, batch_sizes, threads, iterations: int, warmup: int, seconds: float | None = None, min_iterations: int = 1
     ) -> Settings:
         """Validated settings: sorted unique batch sizes and threads (default: 1 and every usable CPU)."""
-        for name, values in (("batch sizes", list(batch_sizes)), ("threads", list(threads or [1]))):
-            if not values or any(v < 1 for v in values):
-                raise ToolkitError(f"{name} must be at least 1, got {','.join(map(str, values))}")
+        limits = (("batch sizes", list(batch_sizes), MAX_BATCH), ("threads", list(threads or [1]), MAX_THREADS))
+        for name, values, top in limits:
+            if not values or any(not 1 <= v <= top for v in values):
+                shown = ",".join(str(v)[:20] for v in values)
+                raise ToolkitError(f"{name} must be from 1 to {top:,}, got {shown}")
         if iterations < min_iterations or warmup < 0:
             raise ToolkitError(
                 f"--iterations must be at least {min_iterations} and --warmup at least 0, got {iterations} and {warmup}"
