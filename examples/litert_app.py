@@ -1,11 +1,12 @@
-"""A minimal edge app: classify digits with the int8 .tflite using only ai-edge-litert and numpy.
+"""A minimal edge app: classify images (here: digits) with a .tflite using only ai-edge-litert and numpy.
 
     pip install ai-edge-litert numpy
     python litert_app.py ../exported/manifest.json mnist_cnn.int8.tflite digits/*.pgm
 
-Everything the app needs comes from the manifest: the file, the input and output tensors, their int8
-scale and zero point, and the preprocessing. The images here are 28x28 grey PGM files, already white on
-black and centred as MNIST's are (see MODEL_CARD.md for preparing photos and drawings).
+Everything the app needs comes from the manifest: the file, the input and output tensors (their size and
+channels), their int8 scale and zero point, the labels and the preprocessing. Images: PGM (grey) or PPM (RGB),
+resized to the model's input where they differ. The digits here are 28x28 grey PGM files, already white on black
+and centred as MNIST's are (see MODEL_CARD.md for preparing photos and drawings).
 """
 
 import json
@@ -17,8 +18,8 @@ from ai_edge_litert.interpreter import Interpreter
 
 
 def read_pgm(path):
-    """A binary (P5) 8-bit PGM file -> uint8 array (height, width). (Repeated in the other example on
-    purpose: each example stands alone with only its runtime and numpy.)"""
+    """A binary 8-bit PGM (P5, grey) or PPM (P6, RGB) file -> uint8 array (height, width[, 3]). (Repeated in the
+    other example on purpose: each example stands alone with only its runtime and numpy.)"""
     data = Path(path).read_bytes()
     fields, pos = [], 0
     while len(fields) < 4:  # magic, width, height, maxval, with comments skipped
@@ -32,10 +33,33 @@ def read_pgm(path):
             end += 1
         fields.append(data[pos:end])
         pos = end
-    if fields[0] != b"P5" or int(fields[3]) > 255:
-        raise ValueError(f"{path}: not an 8-bit binary PGM")
-    width, height = int(fields[1]), int(fields[2])
-    return np.frombuffer(data, dtype=np.uint8, count=width * height, offset=pos + 1).reshape(height, width)
+    if fields[0] not in (b"P5", b"P6") or int(fields[3]) > 255:
+        raise ValueError(f"{path}: not an 8-bit binary PGM or PPM")
+    width, height, depth = int(fields[1]), int(fields[2]), 3 if fields[0] == b"P6" else 1
+    pixels = np.frombuffer(data, dtype=np.uint8, count=width * height * depth, offset=pos + 1)
+    return pixels.reshape(height, width, 3) if depth == 3 else pixels.reshape(height, width)
+
+
+def to_input(pixels, shape):
+    """uint8 pixels -> the model's input (1, H, W, C) as the manifest's preprocessing says: channels made the
+    model's (grey <-> RGB), a bilinear resize to H x W where the size differs, then pixels / 255."""
+    height, width, channels = shape
+    x = pixels.astype(np.float32)
+    if x.ndim == 2 and channels == 3:
+        x = np.repeat(x[..., None], 3, axis=2)
+    elif x.ndim == 3 and channels == 1:
+        x = x @ np.array([0.299, 0.587, 0.114], np.float32)
+    x = x.reshape(x.shape[0], x.shape[1], channels)
+    if x.shape[:2] != (height, width):
+        ys = np.clip((np.arange(height) + 0.5) * x.shape[0] / height - 0.5, 0, x.shape[0] - 1)
+        xs = np.clip((np.arange(width) + 0.5) * x.shape[1] / width - 0.5, 0, x.shape[1] - 1)
+        y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
+        y1, x1 = np.minimum(y0 + 1, x.shape[0] - 1), np.minimum(x0 + 1, x.shape[1] - 1)
+        wy, wx = (ys - y0)[:, None, None], (xs - x0)[None, :, None]
+        top = x[y0][:, x0] * (1 - wx) + x[y0][:, x1] * wx
+        bottom = x[y1][:, x0] * (1 - wx) + x[y1][:, x1] * wx
+        x = top * (1 - wy) + bottom * wy
+    return (x / 255.0)[None].astype(np.float32)
 
 
 def main(manifest_path, model_name, images):
@@ -44,11 +68,12 @@ def main(manifest_path, model_name, images):
     labels = manifest["labels"]
     interpreter = Interpreter(model_path=str(Path(manifest_path).parent / entry["file"]))
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    interpreter.resize_tensor_input(inp["index"], [1, 28, 28, 1])
+    shape = entry["input"]["shape"][1:]  # (H, W, C) of this model
+    interpreter.resize_tensor_input(inp["index"], [1, *shape])
     interpreter.allocate_tensors()
     q_in, q_out = entry["input"]["quantization"], entry["output"]["quantization"]
     for path in images:
-        x = (read_pgm(path).astype(np.float32) / 255.0).reshape(1, 28, 28, 1)  # preprocessing: pixels / 255, NHWC
+        x = to_input(read_pgm(path), shape)  # preprocessing: the model's size and channels, pixels / 255, NHWC
         if q_in:  # int8 input: q = round(x / scale) + zero_point
             x = np.clip(np.round(x / q_in["scale"]) + q_in["zero_point"], -128, 127).astype(np.int8)
         interpreter.set_tensor(inp["index"], x)

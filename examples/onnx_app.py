@@ -1,10 +1,12 @@
-"""A minimal edge app: classify digits with an .onnx model using only onnxruntime and numpy.
+"""A minimal edge app: classify images (here: digits) with an .onnx model using only onnxruntime and numpy.
 
     pip install onnxruntime numpy
     python onnx_app.py ../exported/manifest.json mnist_cnn.int8.onnx digits/*.pgm
 
-The input and output names and the preprocessing come from the manifest. The ONNX models take float32
-pixels / 255 (the int8 model quantizes inside the graph). Images: 28x28 grey PGM, white digit on black.
+The input and output names, the input's size and channels, the labels and the preprocessing come from the
+manifest. The ONNX models take float32 pixels / 255 (the int8 model quantizes inside the graph). Images: PGM
+(grey) or PPM (RGB), resized to the model's input where they differ; the digits here are 28x28 grey PGM files,
+white on black.
 """
 
 import json
@@ -16,8 +18,8 @@ import onnxruntime as ort
 
 
 def read_pgm(path):
-    """A binary (P5) 8-bit PGM file -> uint8 array (height, width). (Repeated in the other example on
-    purpose: each example stands alone with only its runtime and numpy.)"""
+    """A binary 8-bit PGM (P5, grey) or PPM (P6, RGB) file -> uint8 array (height, width[, 3]). (Repeated in the
+    other example on purpose: each example stands alone with only its runtime and numpy.)"""
     data = Path(path).read_bytes()
     fields, pos = [], 0
     while len(fields) < 4:
@@ -31,10 +33,33 @@ def read_pgm(path):
             end += 1
         fields.append(data[pos:end])
         pos = end
-    if fields[0] != b"P5" or int(fields[3]) > 255:
-        raise ValueError(f"{path}: not an 8-bit binary PGM")
-    width, height = int(fields[1]), int(fields[2])
-    return np.frombuffer(data, dtype=np.uint8, count=width * height, offset=pos + 1).reshape(height, width)
+    if fields[0] not in (b"P5", b"P6") or int(fields[3]) > 255:
+        raise ValueError(f"{path}: not an 8-bit binary PGM or PPM")
+    width, height, depth = int(fields[1]), int(fields[2]), 3 if fields[0] == b"P6" else 1
+    pixels = np.frombuffer(data, dtype=np.uint8, count=width * height * depth, offset=pos + 1)
+    return pixels.reshape(height, width, 3) if depth == 3 else pixels.reshape(height, width)
+
+
+def to_input(pixels, shape):
+    """uint8 pixels -> the model's input (1, H, W, C) as the manifest's preprocessing says: channels made the
+    model's (grey <-> RGB), a bilinear resize to H x W where the size differs, then pixels / 255."""
+    height, width, channels = shape
+    x = pixels.astype(np.float32)
+    if x.ndim == 2 and channels == 3:
+        x = np.repeat(x[..., None], 3, axis=2)
+    elif x.ndim == 3 and channels == 1:
+        x = x @ np.array([0.299, 0.587, 0.114], np.float32)
+    x = x.reshape(x.shape[0], x.shape[1], channels)
+    if x.shape[:2] != (height, width):
+        ys = np.clip((np.arange(height) + 0.5) * x.shape[0] / height - 0.5, 0, x.shape[0] - 1)
+        xs = np.clip((np.arange(width) + 0.5) * x.shape[1] / width - 0.5, 0, x.shape[1] - 1)
+        y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
+        y1, x1 = np.minimum(y0 + 1, x.shape[0] - 1), np.minimum(x0 + 1, x.shape[1] - 1)
+        wy, wx = (ys - y0)[:, None, None], (xs - x0)[None, :, None]
+        top = x[y0][:, x0] * (1 - wx) + x[y0][:, x1] * wx
+        bottom = x[y1][:, x0] * (1 - wx) + x[y1][:, x1] * wx
+        x = top * (1 - wy) + bottom * wy
+    return (x / 255.0)[None].astype(np.float32)
 
 
 def main(manifest_path, model_name, images):
@@ -42,7 +67,8 @@ def main(manifest_path, model_name, images):
     entry = manifest["artifacts"][model_name]
     labels = manifest["labels"]
     session = ort.InferenceSession(str(Path(manifest_path).parent / entry["file"]), providers=["CPUExecutionProvider"])
-    batch = np.stack([read_pgm(p).astype(np.float32) / 255.0 for p in images])[..., np.newaxis]  # NHWC, pixels / 255
+    shape = entry["input"]["shape"][1:]  # (H, W, C) of this model
+    batch = np.concatenate([to_input(read_pgm(p), shape) for p in images])  # NHWC, the model's size, pixels / 255
     (probabilities,) = session.run([entry["output"]["name"]], {entry["input"]["name"]: batch})
     for path, y in zip(images, probabilities):
         best = int(np.argmax(y))

@@ -455,3 +455,23 @@ def test_an_operator_a_runtime_lacks_refuses_that_format_only(tmp_path):
     listed = json.loads((ws / "manifest.json").read_text())["artifacts"]
     assert set(listed) == {f"gelu_net.{v}.tflite" for v in ("float32", "float16", "dynamic", "int8")}
     assert not list(ws.glob("*.micro.*")) and not list(ws.glob("*.onnx"))  # a refused format leaves nothing
+
+
+def test_the_examples_prepare_any_models_input(tmp_path):
+    import importlib.util
+
+    from tests.conftest import REPO
+
+    for app_file in ("onnx_app.py", "litert_app.py"):
+        spec = importlib.util.spec_from_file_location(app_file[:-3], REPO / "examples" / app_file)
+        example = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(example)
+        rgb = np.zeros((6, 8, 3), np.uint8)
+        rgb[..., 0] = 200
+        ppm = tmp_path / "red.ppm"
+        ppm.write_bytes(b"P6\n8 6\n255\n" + rgb.tobytes())
+        assert np.array_equal(example.read_pgm(ppm), rgb)
+        x = example.to_input(example.read_pgm(ppm), (12, 16, 3))  # resized (bilinear) and scaled
+        assert x.shape == (1, 12, 16, 3) and np.allclose(x[..., 0], 200 / 255) and np.allclose(x[..., 1:], 0)
+        grey = example.to_input(example.read_pgm(ppm), (6, 8, 1))  # RGB to the model's one channel
+        assert grey.shape == (1, 6, 8, 1) and np.allclose(grey, 0.299 * 200 / 255, atol=1e-5)
