@@ -187,3 +187,10 @@ def test_json_to_a_closed_stdout_is_one_line():
     closed = subprocess.run([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
     assert closed.returncode == 1
     assert closed.stderr.strip() == "error: --json -: standard output is closed; pass --json FILE"
+
+
+def test_json_never_overwrites_the_manifest(tmp_path):
+    (tmp_path / "manifest.json").write_text('{"artifacts": {}}')
+    result = runner.invoke(app, ["verify", "--dir", str(tmp_path), "--json", str(tmp_path / "manifest.json")])
+    one_line_error(result, "that is the workspace's manifest")
+    assert (tmp_path / "manifest.json").read_text() == '{"artifacts": {}}'

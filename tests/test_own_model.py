@@ -398,6 +398,18 @@ def test_an_rgb_model_on_an_image_folder_goes_through_every_command(tmp_path):
     assert predicted[0]["digit"] == "egg"
     # ONNX Runtime fuses the depthwise convolution and the add into one unnamed node; the rest keep their layer
     assert {"stem", "separable", "pool", "gap", "classes"} <= set(profiled)
+    # the page of an RGB model takes a picture: chosen in the file input, classified, its label shown
+    from toolkit.web import chromium, server
+
+    with server.serving(ws / "web") as url, chromium.launch() as browser:
+        app = chromium.open_app(browser, url, "litertjs-float32")
+        try:
+            assert app.page.locator("#pad").is_hidden() and app.page.locator("#picture").is_visible()
+            app.page.set_input_files("#picture", str(root / "test" / "egg" / "1.png"))
+            app.page.wait_for_function("() => document.getElementById('digit').textContent !== '?'")
+            assert app.page.locator("#digit").text_content() == "egg"
+        finally:
+            app.close()
     assert "# Model card: shapes_net" in card and "5 classes: apple, bird, cloud, dog, egg" in card
 
 

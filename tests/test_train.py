@@ -280,3 +280,11 @@ def test_sigterm_during_training_keeps_the_last_epoch_and_resume_finishes(tmp_pa
     assert proc.returncode == 0, proc.stderr[-800:]
     metrics = json.loads((ws / "metrics.json").read_text())
     assert metrics["epochs"] == 4 and len(metrics["history"]["val_accuracy"]) == 4
+
+
+def test_a_damaged_checkpoint_model_is_one_line(tmp_path, mnist):
+    config = dict(limit=200, eval_limit=50, batch_size=50, seed=1)
+    train_lib.train(tmp_path, mnist, TrainConfig(epochs=1, **config))
+    (tmp_path / "checkpoint" / "last.keras").write_bytes(b"PK\x03\x04 damaged")
+    with pytest.raises(ToolkitError, match=r"last.keras: damaged checkpoint .*; remove .*checkpoint"):
+        train_lib.train(tmp_path, mnist, TrainConfig(epochs=2, **config), resume=True)

@@ -81,6 +81,12 @@ def _sigterm_as_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _not_the_manifest(target: str, workspace: Path | None) -> None:
+    """--json never overwrites the workspace's manifest (it would lose every record and certificate)."""
+    if workspace is not None and Path(target).resolve() == (Path(workspace) / "manifest.json").resolve():
+        raise ToolkitError(f"--json {target}: that is the workspace's manifest; write the result elsewhere")
+
+
 def _stdout_open() -> bool:
     """Whether standard output can be written: not None, not closed, and (for a real file) its descriptor open."""
     if sys.stdout is None or getattr(sys.stdout, "closed", False):
@@ -108,6 +114,7 @@ def command(fn):
         try:
             if kwargs.get("json_out") not in (None, "-"):  # a bad --json path fails now, not after the work
                 fsio.check_writable_target(kwargs["json_out"])
+                _not_the_manifest(kwargs["json_out"], kwargs.get("workspace"))
             if kwargs.get("json_out") == "-" and not _stdout_open():
                 raise ToolkitError("--json -: standard output is closed; pass --json FILE")
             with fsio.confined(kwargs.get("workspace")):  # a write inside the workspace never leaves it

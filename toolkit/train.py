@@ -21,7 +21,7 @@ from toolkit import workspace as ws
 from toolkit.backend import keras as _keras
 from toolkit.bench.machine import measure_peak_gflops, usable_cpus
 from toolkit.data import Dataset, to_model_input
-from toolkit.errors import Interrupted, ToolkitError
+from toolkit.errors import Interrupted, ToolkitError, first_line
 from toolkit.manifest import file_sha256
 from toolkit.model import (
     LOGITS,
@@ -359,7 +359,7 @@ def train(
     state["efficiency"] = {**work, "peak_float32_gflops": peak}
     with scope:
         if resume:
-            model = keras.saving.load_model(ckpt_dir / "last.keras", safe_mode=True)
+            model = _load_checkpoint(ckpt_dir / "last.keras")
             # the schedule spans this call's epochs: more --epochs on resume stretch it, as if planned so from the start
             model.optimizer.learning_rate = _schedule(config, len(batches))
         else:
@@ -381,6 +381,16 @@ def train(
         train_seconds = time.perf_counter() - started
 
     return _finish_or_interrupt(workspace, dataset, config, state, devices, parallelism, train_seconds)
+
+
+def _load_checkpoint(path: Path):
+    """The checkpointed model with its optimizer state; a damaged file is one line, not a traceback."""
+    try:
+        return _keras().saving.load_model(path, safe_mode=True)
+    except Exception as e:  # Keras raises many types for a damaged archive
+        raise ToolkitError(
+            f"{path}: damaged checkpoint ({first_line(e, 200)}); remove {path.parent} to train from the start"
+        ) from None
 
 
 def _finished(workspace: Path, state: dict) -> bool:

@@ -214,8 +214,7 @@ function setUpInput(mode) {
   $("title").textContent = mode === "digit" ? "Draw a digit" : mode === "grey" ? "Draw" : "Choose a picture";
   $("lead").textContent = `${state.models.model} runs in this page, on this device: no server work, no network.`;
   if (mode !== "rgb") return;
-  $("pad").hidden = true;
-  $("clear").hidden = true;
+  for (const id of ["pad", "clear"]) $(id).style.display = "none";  // the stylesheet's display wins over `hidden`
   $("picture").hidden = false;
   $("picture").addEventListener("change", async () => {
     const file = $("picture").files[0];
