@@ -131,6 +131,11 @@ def command(fn):
     return app.command()(wrapper)
 
 
+def _load_data(data_dir: Optional[Path], dataset: str, image_size: Optional[str]):
+    """The dataset every data-reading command loads, from its three common options."""
+    return data_lib.load(data_dir, dataset, progress=console.print, image_size=data_lib.parse_image_size(image_size))
+
+
 def write_json_output(target: Optional[str], obj) -> None:
     if target is None:
         return
@@ -158,7 +163,7 @@ def data(
         console.print(f"MNIST cached in {folder} (from {origin}); checksums verified")
         write_json_output(json_out, {"cache": str(folder), "origin": origin})
         return
-    ds = data_lib.load(data_dir, dataset, progress=console.print, image_size=data_lib.parse_image_size(image_size))
+    ds = _load_data(data_dir, dataset, image_size)
     report = data_lib.describe(ds)
     console.print(f"Dataset:   {report.dataset}")
     console.print(f"Source:    {report.source}: {report.location}")
@@ -215,7 +220,7 @@ def train(
     json_out: Optional[str] = JsonOption,
 ):
     """Train the reference CNN, or --model, (on a GPU when one is visible); write DIR/model.keras and metrics.json."""
-    ds = data_lib.load(data_dir, dataset, progress=console.print, image_size=data_lib.parse_image_size(image_size))
+    ds = _load_data(data_dir, dataset, image_size)
     report = data_lib.describe(ds)
     sizes = "  ".join(f"{s.name} {s.count:,}" for s in report.splits)
     console.print(f"Data: {report.dataset} from {report.source} ({report.location}); {report.checksums}")
@@ -302,7 +307,7 @@ def export(
     plan = export_lib.parse_selection(fmt, _split_list(quantize))  # bad options fail before any slow work
     if logits not in ("wrap", "refuse"):
         raise typer.BadParameter(f"--logits must be wrap or refuse, got {logits!r}")
-    ds = data_lib.load(data_dir, dataset, progress=console.print, image_size=data_lib.parse_image_size(image_size))
+    ds = _load_data(data_dir, dataset, image_size)
     say = lambda msg: console.print(msg, style="dim")  # noqa: E731
     refusals: list[str] = []
     records = export_lib.export(
@@ -349,7 +354,7 @@ def verify(
     json_out: Optional[str] = JsonOption,
 ):
     """Check every artifact against the Keras model on the test split, in its own runtime; exit 1 on failure."""
-    ds = data_lib.load(data_dir, dataset, progress=console.print, image_size=data_lib.parse_image_size(image_size))
+    ds = _load_data(data_dir, dataset, image_size)
     files = [str(m) for m in model] if model else None
     kinds = (BROWSER,) if browser else verify_lib.NATIVE_KINDS
     outcome = verify_lib.check(
@@ -418,7 +423,7 @@ def benchmark(
     """Measure cold start, batch-1 latency, throughput, size and memory of every artifact in its runtime."""
     sizes = _int_list(batch_sizes, "--batch-sizes") if batch_sizes else None
     thread_list = _int_list(threads, "--threads") if threads else None
-    ds = data_lib.load(data_dir, dataset, progress=console.print, image_size=data_lib.parse_image_size(image_size))
+    ds = _load_data(data_dir, dataset, image_size)
     outcome = bench.benchmark(
         workspace,
         ds,
@@ -455,7 +460,7 @@ def profile(
     json_out: Optional[str] = JsonOption,
 ):
     """Where a batch-1 call's time goes, layer by layer (ONNX Runtime's profiler), against the compute floor."""
-    ds = data_lib.load(data_dir, dataset, progress=console.print, image_size=data_lib.parse_image_size(image_size))
+    ds = _load_data(data_dir, dataset, image_size)
     result = profile_lib(workspace, ds, model, threads, calls)
     console.print(layer_table(result))
     write_json_output(json_out, result.to_dict())
@@ -494,7 +499,7 @@ def screenshot(
     workspace: Path = DirOption,
 ):
     """Draw a test digit on the web app's pad in headless Chromium and save a picture of the page."""
-    ds = data_lib.load(data_dir, dataset, progress=console.print, image_size=data_lib.parse_image_size(image_size))
+    ds = _load_data(data_dir, dataset, image_size)
     result = chromium_lib.screenshot(workspace, out, ds, model_id, index)
     console.print(f"Wrote {result['file']}: the page shows {result['digit']} ({result['status']})")
 
@@ -529,7 +534,7 @@ def quantize(
     """Find the smallest artifact within an accuracy budget among quantization recipes, verified on the test split."""
     search_lib.check_budget(budget)  # bad options fail before any slow work
     chosen = search_lib.parse_recipes(recipe, explain)
-    ds = data_lib.load(data_dir, dataset, progress=console.print, image_size=data_lib.parse_image_size(image_size))
+    ds = _load_data(data_dir, dataset, image_size)
     say = lambda msg: console.print(msg, style="dim")  # noqa: E731
     if explain:
         result = explain_lib.explain(workspace, ds, chosen[0], calibration_size, out=out, progress=say)
@@ -589,7 +594,7 @@ def report(
     json_out: Optional[str] = JsonOption,
 ):
     """Per-class precision/recall/F1, a confusion matrix, the hardest test images, and the model card."""
-    ds = data_lib.load(data_dir, dataset, progress=console.print, image_size=data_lib.parse_image_size(image_size))
+    ds = _load_data(data_dir, dataset, image_size)
     result = report_lib.report_artifact(workspace, ds, model, out, card=card)
     rows = [
         [label, f"{v['precision']:.4f}", f"{v['recall']:.4f}", f"{v['f1-score']:.4f}", f"{int(v['support']):,}"]
