@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from tests.helpers import clean_failure
+from tests.helpers import clean_failure, one_line_error
 from toolkit import bench, manifest, predict, report, runtimes
 from toolkit.cli import app
 from toolkit.errors import ToolkitError
@@ -190,3 +190,78 @@ def test_predict_and_report_refuse_a_symlink_out_and_a_changed_model(workspace, 
     model.write_bytes(model.read_bytes() + b"\0")  # still a zip archive Keras loads, but not the exported model
     result = CliRunner().invoke(app, ["predict", str(digit), "--model", str(model)])
     assert result.exit_code == 1 and "differs from the model the manifest was exported from" in result.output
+
+
+def _release_copy(tmp_path: Path) -> Path:
+    release = Path(__file__).resolve().parents[1] / "exported"
+    ws = tmp_path / "ws"
+    shutil.copytree(release, ws, ignore=shutil.ignore_patterns("web", "checkpoint", "report", "quantization"))
+    m = json.loads((ws / "manifest.json").read_text())
+    m["artifacts"] = {k: v for k, v in m["artifacts"].items() if not k.startswith("web/")}
+    (ws / "manifest.json").write_text(json.dumps(m))
+    return ws
+
+
+HOSTILE = {  # (where in the manifest, the value): every one a field some command reads
+    "bytes of 5,001 digits": ("raw", '"bytes": ' + "9" * 5001),
+    "deeply nested": ("raw", '"deep": ' + "[" * 100_000 + "]" * 100_000),
+    "model as a list": ("header", ("model", [])),
+    "labels as integers": ("header", ("labels", [0, 1, 2])),
+    "preprocessing input as a number": ("header", ("preprocessing", {"input": 7})),
+    "accuracy as a string": ("verification", ("accuracy", "high")),
+    "verification without accuracy, with passed as text": ("verification", ("passed", "yes")),
+    "vela inference_ms fast": ("estimates", ("inference_ms", "fast")),
+    "arena_bytes_min big": ("made_with", ("arena_bytes_min", "big")),
+    "arena_bytes_recommended huge": ("made_with", ("arena_bytes_recommended", "huge")),
+    "arena_bytes_recommended 10**12": ("made_with", ("arena_bytes_recommended", 10**12)),
+    "sha256 not hex": ("entry", ("sha256", "z" * 64)),
+    "quantization scale zero": (
+        "entry",
+        (
+            "input",
+            {"name": "x", "shape": [1, 28, 28, 1], "dtype": "int8", "quantization": {"scale": 0, "zero_point": 0}},
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_a_wrongly_typed_manifest_field_is_one_line_for_every_command(case, tmp_path, mnist_dir):
+    ws = _release_copy(tmp_path)
+    where, change = HOSTILE[case]
+    path = ws / "manifest.json"
+    if where == "raw":
+        text = path.read_text()
+        path.write_text(text[: text.rindex("}")] + ", " + change + "}")
+    else:
+        m = json.loads(path.read_text())
+        key, value = change
+        target = {
+            "header": m,
+            "verification": m["artifacts"]["mnist_cnn.float32.tflite"]["verification"],
+            "estimates": m["artifacts"]["mnist_cnn.micro.ethos-u55-128.vela.tflite"]["made_with"]["estimates"],
+            "made_with": m["artifacts"]["mnist_cnn.micro.c"]["made_with"],
+            "entry": m["artifacts"]["mnist_cnn.int8.tflite"],
+        }[where]
+        target[key] = value
+        path.write_text(json.dumps(m))
+    digit = sorted((Path(__file__).parents[1] / "examples" / "digits").glob("*.pgm"))[0]
+    data = ["--data-dir", str(mnist_dir)]
+    for args in (
+        ["verify", "--limit", "20", *data],
+        ["predict", str(digit)],
+        ["report", *data],
+        ["benchmark", "--iterations", "5", "--batch-sizes", "1", "--threads", "1", *data],
+    ):
+        result = CliRunner().invoke(app, [*args, "--dir", str(ws)])
+        one_line_error(result, "manifest.json")
+
+
+@pytest.mark.parametrize("change", [lambda m: m.pop("accuracy"), lambda m: m.update(accuracy="high")])
+def test_a_damaged_metrics_file_is_one_line(change, tmp_path, mnist_dir):
+    ws = _release_copy(tmp_path)
+    metrics = json.loads((ws / "metrics.json").read_text())
+    change(metrics)
+    (ws / "metrics.json").write_text(json.dumps(metrics))
+    result = CliRunner().invoke(app, ["report", "--data-dir", str(mnist_dir), "--dir", str(ws)])
+    one_line_error(result, "metrics.json")

@@ -207,7 +207,7 @@ def test_recipe_records_in_the_manifest(small_workspace, tmp_path, mnist):
 def test_recipe_criteria_come_from_the_budget_never_from_nothing():
     def record(fmt, variant, made_with):
         spec = {"name": "x", "shape": [-1, 28, 28, 1], "dtype": "float32"}
-        entry = dict(file="f.tflite", format=fmt, variant=variant, runtime="litert", bytes=1, sha256="0")
+        entry = dict(file="f.tflite", format=fmt, variant=variant, runtime="litert", bytes=1, sha256="0" * 64)
         return manifest.ArtifactRecord.from_dict({**entry, "input": spec, "output": spec, "made_with": made_with})
 
     assert verify.criteria_of(record("recipes", "int4", {"accuracy_budget_pp": 0.5})) == {"max_accuracy_loss_pp": 0.5}

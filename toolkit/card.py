@@ -10,7 +10,7 @@ from typing import Any
 from toolkit import fsio, manifest
 from toolkit import workspace as ws
 from toolkit.artifacts import LITERT_MICRO, VELA_FORMAT
-from toolkit.errors import ToolkitError
+from toolkit.errors import ToolkitError, first_line
 from toolkit.micro.boards import fits
 from toolkit.preprocess import __doc__ as PREPROCESS_DOC
 from toolkit.quantize import report as quantize_report
@@ -69,7 +69,7 @@ def model_card(workspace: Path, bench: dict[str, Any] | None) -> str:
     arts = m.get("artifacts", {})
     sections = [
         _intro() if _is_reference(m) else _intro_own(m, metrics),
-        _training(metrics) if metrics else [],
+        _training_of(metrics, ws.metrics(workspace)) if metrics else [],
         _accuracy(arts),
         _latency(bench) if bench else [],
         _microcontrollers(arts),
@@ -147,6 +147,16 @@ def _intro() -> list[str]:
 
 def _or_dash(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
+
+
+def _training_of(metrics: Any, path: Path) -> list[str]:
+    """The training section, or one line naming metrics.json and the field that is missing or of the wrong type."""
+    try:
+        return _training(metrics)
+    except KeyError as e:
+        raise ToolkitError(f"{path}: field {e} is missing") from None
+    except (TypeError, ValueError, AttributeError) as e:
+        raise ToolkitError(f"{path}: a field is of the wrong type ({first_line(e, 120)})") from None
 
 
 def _training(metrics: dict[str, Any]) -> list[str]:

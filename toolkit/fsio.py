@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from toolkit.errors import ToolkitError
+from toolkit.errors import ToolkitError, first_line
 
 KERNEL_FILE_SYSTEMS = ("/proc", "/sys")  # pseudo files of the kernel: never a place for the toolkit's output
 
@@ -267,6 +267,10 @@ def read_json(path: Path) -> Any:
         return json.loads(read_bytes(path).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ToolkitError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise ToolkitError(f"{path}: JSON nested too deeply to be a toolkit file") from None
+    except ValueError as e:  # an integer of thousands of digits (Python's conversion limit)
+        raise ToolkitError(f"{path}: not valid JSON ({first_line(e, 120)})") from None
 
 
 @contextlib.contextmanager

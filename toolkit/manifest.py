@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import math
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -66,18 +68,112 @@ class ArtifactRecord:
                 raise TypeError(f"'{name}' is not a tensor description")
             d[name] = TensorSpec(**spec)
         record = cls(**d)
-        for name in ("file", "format", "variant", "runtime", "sha256"):
-            if not isinstance(getattr(record, name), str) or not getattr(record, name):
-                raise TypeError(f"'{name}' is not a non-empty string")
-        if not isinstance(record.bytes, int) or isinstance(record.bytes, bool):
-            raise TypeError("'bytes' is not an integer")
-        if (
-            not isinstance(record.made_with, dict)
-            or not isinstance(record.verification, dict | None)
-            or not isinstance(record.spot_check, dict | None)
-        ):
-            raise TypeError("'made_with' or 'verification' is not an object")
+        _check_record(record)
         return record
+
+
+def _check_record(record: ArtifactRecord) -> None:
+    """Every field of a record that a command reads has its type and range (TypeError naming it otherwise)."""
+    for name in ("file", "format", "variant", "runtime", "sha256"):
+        if not isinstance(getattr(record, name), str) or not getattr(record, name):
+            raise TypeError(f"'{name}' is not a non-empty string")
+    if not _whole(record.bytes, 0, 1 << 40):
+        raise TypeError("'bytes' is not a file size")
+    if not re.fullmatch(r"[0-9a-f]{64}", record.sha256):
+        raise TypeError("'sha256' is not a SHA-256 in hex")
+    for name in ("input", "output"):
+        _check_tensor(name, getattr(record, name))
+    if (
+        not isinstance(record.made_with, dict)
+        or not isinstance(record.verification, dict | None)
+        or not isinstance(record.spot_check, dict | None)
+    ):
+        raise TypeError("'made_with' or 'verification' is not an object")
+    for name in ("verification", "spot_check"):
+        _check_fields(name, getattr(record, name) or {}, VERIFICATION_FIELDS)
+    _check_fields("made_with", record.made_with, MADE_WITH_FIELDS)
+    estimates = record.made_with.get("estimates")
+    if estimates is not None and not isinstance(estimates, dict):
+        raise TypeError("'made_with.estimates' is not an object")
+    _check_fields("made_with.estimates", estimates or {}, ESTIMATE_FIELDS)
+
+
+# The fields a command reads, and what each must be: one schema, checked when a manifest is read.
+_NUMBER = (int, float)
+VERIFICATION_FIELDS = {
+    "images": (int, 0, 10**9),
+    "accuracy": (_NUMBER, 0, 1),
+    "reference_accuracy": (_NUMBER, 0, 1),
+    "accuracy_delta_pp": (_NUMBER, -100, 100),
+    "agreement": (_NUMBER, 0, 1),
+    "max_abs_diff": (_NUMBER, 0, 1e6),
+    "passed": (bool, None, None),
+    "problems": (list, None, None),
+}
+MADE_WITH_FIELDS = {  # a recipe's accuracy_budget_pp is checked where it is used (verify.criteria_of: a default)
+    "flash_bytes": (int, 0, 1 << 40),
+    "arena_bytes_min": (int, 0, 1 << 31),
+    "arena_bytes_recommended": (int, 0, 1 << 31),
+    "header": (str, None, None),
+    "source": (str, None, None),
+}
+ESTIMATE_FIELDS = {
+    name: (_NUMBER, 0, 1e15)
+    for name in ("inference_ms", "inferences_per_second", "clock_mhz", "cycles", "macs", "sram_bytes", "flash_bytes")
+}
+
+
+def _whole(value: Any, low: float, high: float) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _check_fields(where: str, values: dict[str, Any], schema: dict[str, tuple]) -> None:
+    """Each field of `schema` present in `values` has its type and lies in its range (None is "not measured")."""
+    for name, (kind, low, high) in schema.items():
+        value = values.get(name)
+        if value is None:
+            continue
+        wrong = not isinstance(value, kind) or (kind is not bool and isinstance(value, bool))
+        if not wrong and low is not None:
+            wrong = not (low <= value <= high) or (isinstance(value, float) and not math.isfinite(value))
+        if wrong:
+            raise TypeError(
+                f"'{where}.{name}' is {str(value)[:40]!r}, not a {getattr(kind, '__name__', 'number')}"
+                + (f" from {low:g} to {high:g}" if low is not None else "")
+            )
+
+
+def _check_tensor(name: str, spec: TensorSpec) -> None:
+    if not isinstance(spec.name, str) or not isinstance(spec.dtype, str) or not 1 <= len(spec.shape) <= 8:
+        raise TypeError(f"'{name}' is not a tensor description")
+    if not all(_whole(s, -1, 1 << 31) for s in spec.shape):
+        raise TypeError(f"'{name}.shape' has a dimension out of range")
+    q = spec.quantization
+    if q is not None:
+        scale, zero = (q.get("scale"), q.get("zero_point")) if isinstance(q, dict) else (None, None)
+        if not (
+            isinstance(scale, _NUMBER) and math.isfinite(scale) and scale > 0 and _whole(zero, -(1 << 31), 1 << 31)
+        ):
+            raise TypeError(f"'{name}.quantization' is not a scale and a zero point")
+
+
+def check_header(m: dict[str, Any], path: Path) -> None:
+    """The manifest's model-level fields that commands read: labels, preprocessing, model."""
+    labels = m.get("labels")
+    if labels is not None and (not isinstance(labels, list) or not all(isinstance(x, str) for x in labels)):
+        raise ToolkitError(f"{path}: 'labels' is not a list of strings")
+    preprocessing = m.get("preprocessing")
+    if preprocessing is not None and (
+        not isinstance(preprocessing, dict) or not all(isinstance(v, str) for v in preprocessing.values())
+    ):
+        raise ToolkitError(f"{path}: 'preprocessing' is not an object of strings")
+    model = m.get("model")
+    if model is not None and not isinstance(model, dict):
+        raise ToolkitError(f"{path}: 'model' is not an object")
+    for name, kind in (("name", str), ("file", str), ("sha256", str), ("flops_per_image", int), ("classes", int)):
+        value = (model or {}).get(name)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise ToolkitError(f"{path}: 'model.{name}' is not a {kind.__name__}")
 
 
 def file_sha256(path: Path) -> str:
@@ -107,6 +203,7 @@ def read(workspace: Path) -> dict[str, Any]:
     manifest = fsio.read_json(path)
     if not isinstance(manifest, dict) or not isinstance(manifest.get("artifacts"), dict):
         raise ToolkitError(f"{path}: not a toolkit manifest (no 'artifacts' object)")
+    check_header(manifest, path)
     return manifest
 
 
