@@ -12,6 +12,7 @@ import io
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -476,14 +477,13 @@ def serve(
 ):
     """Serve DIR/web (the offline digit app) on http://127.0.0.1:PORT, cross-origin isolated; Ctrl-C stops it."""
     site = web_app.prepare_site(workspace, lambda msg: console.print(msg, style="dim"))
-    server = server_lib.make_server(site, port)
-    console.print(f"Serving {site} at {server_lib.url_of(server)} (Ctrl-C to stop)", soft_wrap=True)
     try:
-        server.serve_forever()
+        with server_lib.serving(site, port, quiet=False) as url:  # serves from a thread; this one waits for Ctrl-C
+            console.print(f"Serving {site} at {url} (Ctrl-C to stop)", soft_wrap=True)
+            while True:
+                time.sleep(1)
     except KeyboardInterrupt:
         console.print("stopped")
-    finally:
-        server.server_close()
 
 
 @command

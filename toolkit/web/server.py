@@ -162,9 +162,10 @@ def url_of(server: Server) -> str:
 
 
 @contextlib.contextmanager
-def serving(root: Path, port: int = 0) -> Iterator[str]:
-    """Serve `root` from a background thread (a free port by default); yield the base URL."""
-    server = make_server(check_site(root), port, quiet=True)
+def serving(root: Path, port: int = 0, quiet: bool = True) -> Iterator[str]:
+    """Serve `root` from a background thread (a free port by default); yield the base URL. The caller's thread
+    stays free, so Ctrl-C there always stops the server cleanly."""
+    server = make_server(check_site(root), port, quiet=quiet)
     thread = threading.Thread(target=server.serve_forever, name="toolkit-serve", daemon=True)
     thread.start()
     try:
