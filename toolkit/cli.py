@@ -110,6 +110,9 @@ def command(fn):
     def wrapper(*args, **kwargs):
 
         signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+        # Ctrl-C interrupts even where the parent ignores SIGINT (a job started in the background by a shell
+        # without job control inherits SIG_IGN, and Python then installs no handler): `serve` stops only so
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         if kwargs.get("json_out") == "-":  # stdout carries the JSON alone; tables go to stderr
             console.file = sys.stderr
         try:
