@@ -198,14 +198,10 @@ def test_benchmark_exits_1_when_an_asked_for_artifact_fails(tmp_path, mnist_dir)
     [
         (["--threads", "100000000000000000000000"], "threads must be from 1 to 1,024"),
         (["--batch-sizes", "20000"], "batch sizes must be from 1 to 4,096"),
+        (["--batch-sizes", "32"], "batch size 32 is larger than the test split (20 images)"),
     ],
 )
-def test_absurd_benchmark_sizes_are_one_line(args, message, tmp_path, mnist_dir):
-    result = CliRunner().invoke(app, ["benchmark", *args, "--data-dir", str(mnist_dir), "--dir", str(tmp_path)])
+def test_absurd_benchmark_sizes_are_one_line(args, message, tmp_path, tiny_idx):
+    data = ["--data-dir", str(tiny_idx), "--dataset", "idx"]
+    result = CliRunner().invoke(app, ["benchmark", *args, *data, "--dir", str(tmp_path)])
     one_line_error(result, message)
-
-
-def test_a_batch_larger_than_the_test_split_is_refused(tmp_path, tiny_idx):
-    args = ["--batch-sizes", "32", "--data-dir", str(tiny_idx), "--dataset", "idx", "--dir", str(tmp_path)]
-    result = CliRunner().invoke(app, ["benchmark", *args])
-    one_line_error(result, "batch size 32 is larger than the test split (20 images)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -265,3 +266,120 @@ def test_a_damaged_metrics_file_is_one_line(change, tmp_path, mnist_dir):
     (ws / "metrics.json").write_text(json.dumps(metrics))
     result = CliRunner().invoke(app, ["report", "--data-dir", str(mnist_dir), "--dir", str(ws)])
     one_line_error(result, "metrics.json")
+
+
+def _wrong_values(kind, low, high) -> st.SearchStrategy:
+    """Values a field of `kind` (in [low, high]) must refuse: other JSON types, and numbers out of its range."""
+    others = [
+        st.text(max_size=8),
+        st.lists(st.integers(), max_size=2),
+        st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+        st.sampled_from([float("nan"), float("inf"), 10**300]),
+    ]
+    if kind is not bool:
+        others.append(st.booleans())
+    if kind is str:
+        others = [st.integers(), *others[1:]]
+    elif kind is list:
+        others = [st.integers(), st.text(max_size=8), *others[2:]]
+    elif kind is bool:
+        others = [st.integers(), *others]
+    if low is not None:
+        others += [st.integers(max_value=int(low) - 1), st.integers(min_value=int(high) + 1)]
+    return st.one_of(others)
+
+
+# Every field that a command reads, by where it sits in a release's manifest, with its schema (kind, low, high).
+_LABELS = st.one_of(st.integers(), st.text(max_size=5), st.lists(st.integers(), min_size=1, max_size=3))
+_FIELDS = [
+    *[("verification", name, spec) for name, spec in manifest.VERIFICATION_FIELDS.items()],
+    *[("spot_check", name, spec) for name, spec in manifest.VERIFICATION_FIELDS.items()],
+    *[("made_with", name, spec) for name, spec in manifest.MADE_WITH_FIELDS.items()],
+    *[("estimates", name, spec) for name, spec in manifest.ESTIMATE_FIELDS.items()],
+    *[("entry", name, (str, None, None)) for name in ("file", "format", "variant", "runtime", "sha256")],
+    ("entry", "bytes", (int, 0, 1 << 40)),
+    *[("model", name, (str, None, None)) for name in ("name", "file", "sha256")],
+    *[("model", name, (int, None, None)) for name in ("flops_per_image", "classes")],
+]
+_FIELD_CASES = st.one_of(
+    st.sampled_from(_FIELDS).flatmap(lambda f: st.tuples(st.just(f[:2]), _wrong_values(*f[2]))),
+    st.tuples(st.just(("header", "labels")), _LABELS),
+    st.tuples(st.just(("header", "preprocessing")), st.one_of(st.integers(), st.lists(st.text(), max_size=2))),
+    st.tuples(st.just(("preprocessing", "input")), st.one_of(st.integers(), st.lists(st.integers(), max_size=2))),
+    st.tuples(st.just(("header", "model")), st.one_of(st.integers(), st.text(max_size=5), st.lists(st.none()))),
+    st.tuples(st.sampled_from([("entry", "input"), ("entry", "output")]), _wrong_values(dict, None, None)),
+)
+
+
+@pytest.mark.parametrize("field", _FIELDS, ids=lambda f: f"{f[0]}.{f[1]}")
+def test_the_schema_refuses_a_wrong_value_in_every_field(field, tmp_path):
+    """Each field the schema lists is checked when the manifest is read: a string where it wants a number (a
+    number where it wants a string), and a number past its range, are refused naming the field."""
+    where, key, (kind, low, high) = field
+    wrong = [7 if kind in (str, list) else "x"] + ([high * 10 + 1] if low is not None else [])
+    for value in wrong:
+        ws = tmp_path / f"{key}-{value!s:.5}"
+        ws.mkdir()
+        m = json.loads((Path(__file__).resolve().parents[1] / "exported" / "manifest.json").read_text())
+        arts = m["artifacts"]
+        vela, checked = arts["mnist_cnn.micro.ethos-u55-128.vela.tflite"], arts["mnist_cnn.int8.tflite"]
+        checked["spot_check"] = dict(checked["verification"])
+        target = {
+            "model": m["model"],
+            "entry": checked,
+            "verification": checked["verification"],
+            "spot_check": checked["spot_check"],
+            "made_with": vela["made_with"],
+            "estimates": vela["made_with"]["estimates"],
+        }[where]
+        target[key] = value
+        (ws / "manifest.json").write_text(json.dumps(m))
+        with pytest.raises(ToolkitError, match=re.escape(key)):
+            manifest.check_header(manifest.read(ws), ws / "manifest.json")
+            manifest.records(ws)
+
+
+@pytest.fixture(scope="module")
+def release_copy(tmp_path_factory) -> Path:
+    return _release_copy(tmp_path_factory.mktemp("release"))
+
+
+@pytest.mark.slow
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=_FIELD_CASES)
+def test_every_field_a_command_reads_refuses_a_wrong_type_or_size_in_every_command(case, release_copy, mnist_dir):
+    """Property: one field of a release's manifest gets a value of the wrong type or out of its range, and each
+    command that reads the manifest stops with one line naming manifest.json, having written nothing."""
+    (where, key), value = case
+    path = release_copy / "manifest.json"
+    original = path.read_text()
+    m = json.loads(original)
+    arts = m["artifacts"]
+    arts["mnist_cnn.float32.tflite"]["spot_check"] = dict(arts["mnist_cnn.float32.tflite"]["verification"])
+    target = {
+        "header": m,
+        "model": m["model"],
+        "preprocessing": m["preprocessing"],
+        "verification": arts["mnist_cnn.float32.tflite"]["verification"],
+        "spot_check": arts["mnist_cnn.float32.tflite"]["spot_check"],
+        "estimates": arts["mnist_cnn.micro.ethos-u55-128.vela.tflite"]["made_with"]["estimates"],
+        "made_with": arts["mnist_cnn.micro.c"]["made_with"],
+        "entry": arts["mnist_cnn.int8.tflite"],
+    }[where]
+    target[key] = value
+    path.write_text(json.dumps(m))
+    before = {p: p.stat().st_mtime_ns for p in release_copy.rglob("*") if p.is_file()}
+    data = ["--data-dir", str(mnist_dir)]
+    try:
+        for args in (
+            ["verify", "--limit", "20", *data],
+            ["predict", str(DIGIT)],
+            ["report", *data],
+            ["benchmark", "--iterations", "5", "--batch-sizes", "1", "--threads", "1", *data],
+        ):
+            result = CliRunner().invoke(app, [*args, "--dir", str(release_copy)])
+            assert result.exit_code == 1, (args, case, result.output)
+            one_line_error(result, "manifest.json")
+        assert {p: p.stat().st_mtime_ns for p in release_copy.rglob("*") if p.is_file()} == before
+    finally:
+        path.write_text(original)
