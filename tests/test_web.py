@@ -5,6 +5,9 @@ These tests drive Debian's Chromium through Playwright (marker `browser`); CI in
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import json
 import os
 import re
@@ -12,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -159,6 +163,79 @@ def test_every_runtime_and_variant_starts(site, chromium):
                 assert state["error"] is None and state["firstResultMs"] > 0, entry["id"]
             finally:
                 app.close()
+
+
+@contextlib.contextmanager
+def plain_static_host(root: Path):
+    """The site served as a plain static host serves it (Python's http.server, as GitHub Pages or a bucket would):
+    no COOP/COEP headers."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.func.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _draws_every_model(site, chromium, mnist, url, threads_expected: int) -> None:
+    """Every model of the page, asked for two threads, classifies a drawn test digit; returns nothing, asserts."""
+    x, y = mnist.splits().test
+    strokes = browser.strokes_from_image(x[0] / 255.0)
+    for entry in json.loads((site / "models.json").read_text())["models"]:
+        app = browser.open_app(chromium, url, entry["id"], threads=2)
+        try:
+            state = app.state()
+            assert state["threadsAsked"] == 2 and state["threads"] == threads_expected, (entry["id"], state)
+            assert state["isolated"] is (threads_expected > 1)
+            note = app.page.locator("#note")
+            if threads_expected == 1:
+                assert "not cross-origin isolated" in state["note"] and note.is_visible(), state
+            else:
+                assert state["note"] is None and not note.is_visible()
+            out = browser.draw(app, strokes)
+            assert out["shown"] == str(y[0]), (entry["id"], out["status"])
+            assert not any(c.startswith("pageerror") for c in app.console), app.console
+        finally:
+            app.close()
+
+
+def test_on_a_host_without_isolation_headers_every_model_runs_on_one_thread_and_says_why(site, chromium, mnist):
+    with plain_static_host(site) as url:
+        _draws_every_model(site, chromium, mnist, url, threads_expected=1)
+
+
+def test_with_the_isolation_headers_every_model_runs_on_two_threads(site, chromium, mnist):
+    with serve.serving(site) as url:
+        _draws_every_model(site, chromium, mnist, url, threads_expected=2)
+
+
+def test_the_opt_in_service_worker_isolates_a_page_on_a_plain_host(site, chromium, tmp_path):
+    copy = tmp_path / "web"
+    shutil.copytree(site, copy)
+    index = copy / "index.html"
+    opt_in = index.read_text().replace(
+        '<meta name="cross-origin-isolation" content="headers">',
+        '<meta name="cross-origin-isolation" content="service-worker">',
+    )
+    assert opt_in != index.read_text()
+    index.write_text(opt_in)
+    with plain_static_host(copy) as url:
+        context = chromium.new_context()
+        try:
+            page = context.new_page()
+            page.goto(f"{url}index.html?model=litertjs-float32&threads=2")
+            # the first load registers the worker and reloads once; the second is isolated and starts the model
+            page.wait_for_function(
+                "() => self.crossOriginIsolated && window.edgeToolkit && window.edgeToolkit.state.engine !== null",
+                timeout=60_000,
+            )
+            state = page.evaluate("() => ({threads: edgeToolkit.state.engine.threads, note: edgeToolkit.state.note})")
+            assert state == {"threads": 2, "note": None}
+        finally:
+            context.close()
 
 
 def test_verify_in_the_browser_records_parity_in_the_manifest(exported_workspace, mnist, tmp_path):

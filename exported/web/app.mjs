@@ -1,6 +1,7 @@
 // The page: draw on the pad (grey models; digits are centred like MNIST) or choose an image (RGB models), and the
 // chosen browser runtime classifies it. Input size, channels, labels and preprocessing come from models.json.
-// Query parameters: ?model=<id from models.json>&threads=<n>. `window.edgeToolkit` exposes the same
+// Query parameters: ?model=<id from models.json>&threads=<n>; more than one thread runs only in a cross-origin
+// isolated page (the host's headers, or the opt-in service worker below). `window.edgeToolkit` exposes the same
 // engine to `toolkit verify --browser` and `toolkit benchmark --browser` (driven by Playwright).
 
 import {createEngine, RUNTIME_NAMES} from "./engines.mjs";
@@ -12,11 +13,48 @@ const params = new URLSearchParams(location.search);
 const $ = (id) => document.getElementById(id);
 const pad = $("pad");
 const padCtx = pad.getContext("2d", {willReadFrequently: true});
-const state = {models: null, entry: null, engine: null, firstResultMs: null, engineMs: null, last: null, error: null};
+const state = {
+  models: null, entry: null, engine: null, firstResultMs: null, engineMs: null, last: null, error: null,
+  note: null, isolationProblem: null,
+};
 
 function setStatus(text, isError = false) {
   $("status").textContent = text;
   $("status").classList.toggle("error", isError);
+}
+
+// A lasting remark under the status (why fewer threads run than were asked), or none.
+function setNote(text) {
+  state.note = text || null;
+  $("note").textContent = text ? `${text}. See "Deploying the web app" in the toolkit's docs.` : "";
+  $("note").hidden = !text;
+}
+
+// Cross-origin isolation from the service worker isolation-sw.js, where index.html opts in with
+// <meta name="cross-origin-isolation" content="service-worker"> and the page is not isolated yet (a host without
+// the headers). The worker's headers apply from the next load, so the page reloads once; a session flag stops a
+// second reload where the browser still does not isolate the page. Returns true when the page is reloading.
+async function isolateWithServiceWorker() {
+  const KEY = "edge-toolkit-isolation-reload";
+  const wanted = document.querySelector('meta[name="cross-origin-isolation"]')?.content === "service-worker";
+  if (!wanted || self.crossOriginIsolated) {
+    sessionStorage.removeItem(KEY);
+    return false;
+  }
+  if (!window.isSecureContext || !navigator.serviceWorker) {
+    state.isolationProblem = "the isolation service worker needs HTTPS (or localhost)";
+    return false;
+  }
+  await navigator.serviceWorker.register("isolation-sw.js");
+  await navigator.serviceWorker.ready;
+  if (sessionStorage.getItem(KEY)) {
+    sessionStorage.removeItem(KEY);
+    state.isolationProblem = "the isolation service worker ran, but this browser did not isolate the page";
+    return false;
+  }
+  sessionStorage.setItem(KEY, "1");
+  location.reload();
+  return true;
 }
 
 // ------------------------------------------------------------------------------------------ drawing
@@ -173,6 +211,7 @@ async function useModel(id) {
   state.firstResultMs = performance.now();  // since navigation started: the cold start
   state.engineMs = state.firstResultMs - started;
   state.engine = engine;
+  setNote(engine.threadNote && [engine.threadNote, state.isolationProblem].filter(Boolean).join("; "));
   setStatus(`${engineLabel()} · ready in ${state.engineMs.toFixed(0)} ms · draw a digit`);
   await classifyPad();
 }
@@ -244,7 +283,8 @@ async function fetchImages(url, count) {
 
 window.edgeToolkit = {
   state,
-  ready: start().catch(fail),
+  // never settles while the page reloads into isolation: the next load has its own edgeToolkit
+  ready: isolateWithServiceWorker().then((reloading) => (reloading ? new Promise(() => {}) : start())).catch(fail),
   classifyPad,
   preprocessRGBA,
   // every test image, in batches of the model's size (LiteRT.js: 1) or `batch`; probabilities as a flat array

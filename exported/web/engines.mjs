@@ -2,6 +2,7 @@
 //   const engine = await createEngine(entry, {threads});   // entry: one item of models.json
 //   const probs = await engine.run(images, n);              // images: Float32Array(n*H*W*C) in [0, 1]
 // `engine.batch` is the fixed batch size of the model (1 for LiteRT.js), or null when any batch works.
+// `engine.threads` is what runs: more than one thread only in a cross-origin isolated page (see `threadLimit`).
 // Every runtime file comes from ./vendor/ (copied from npm packages by `toolkit export --format web`).
 
 // the model's own input (H, W, C) and class count, from its models.json entry
@@ -114,8 +115,25 @@ const FACTORIES = {
   "onnxruntime-web-wasm": ortEngine,
 };
 
+// WebAssembly threads share memory through SharedArrayBuffer, which browsers give only to a cross-origin isolated
+// page (served with COOP: same-origin and COEP: require-corp). Elsewhere (a plain static host) every runtime runs
+// on one thread: LiteRT.js would fail to start ("SharedArrayBuffer is not defined") and ONNX Runtime Web would
+// fall back with only a console warning.
+export function threadLimit() {
+  if (self.crossOriginIsolated) return {max: Infinity, reason: null};
+  return {
+    max: 1,
+    reason: "this page is not cross-origin isolated (its host sends no COOP/COEP headers), so the browser " +
+      "withholds the shared memory that WebAssembly threads need",
+  };
+}
+
 export async function createEngine(entry, {threads = 1} = {}) {
   const factory = FACTORIES[entry.runtime];
   if (!factory) throw new Error(`no browser runtime for ${entry.runtime} (${entry.file})`);
-  return factory(entry, threads);
+  const limit = threadLimit();
+  const engine = await factory(entry, Math.min(threads, limit.max));
+  engine.threadsAsked = threads;
+  engine.threadNote = threads > limit.max ? `${threads} threads asked, 1 runs: ${limit.reason}` : null;
+  return engine;
 }

@@ -106,7 +106,8 @@ class AppPage:
     def state(self) -> dict[str, Any]:
         return self.page.evaluate(
             "() => { const s = window.edgeToolkit.state; return {firstResultMs: s.firstResultMs, engineMs: s.engineMs, "
-            "threads: s.engine && s.engine.threads, batch: s.engine && s.engine.batch, error: s.error, "
+            "threads: s.engine && s.engine.threads, threadsAsked: s.engine && s.engine.threadsAsked, note: s.note, "
+            "batch: s.engine && s.engine.batch, error: s.error, "
             "isolated: self.crossOriginIsolated, userAgent: navigator.userAgent}; }"
         )
 
