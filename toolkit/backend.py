@@ -2,13 +2,60 @@
 
 Keras reads KERAS_BACKEND when it is first imported. The default is TensorFlow where it is installed and
 JAX otherwise (a GPU machine may have a JAX-CUDA stack and no TensorFlow); the user's setting wins.
+
+`TOOLKIT_CPU_DEVICES=N` splits the CPU into N simulated devices, so that multi-device (data-parallel) training runs
+and is tested on a machine without accelerators: JAX gets `--xla_force_host_platform_device_count=N` in XLA_FLAGS
+(read when JAX is first imported), TensorFlow N logical CPUs (set before its runtime starts). Both must happen
+before anything else imports the backend, hence here. So must a multi-host JAX run's
+`keras.distribution.initialize()`, called here where KERAS_DISTRIBUTION_NUM_PROCESSES is above 1.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import sys
+
+CPU_DEVICES_VARIABLE = "TOOLKIT_CPU_DEVICES"
+MAX_CPU_DEVICES = 64
+
+
+def simulated_cpu_devices() -> int | None:
+    """N from TOOLKIT_CPU_DEVICES, or None where it is unset (a bad value is refused in one line)."""
+    value = os.environ.get(CPU_DEVICES_VARIABLE, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or not 1 <= int(value) <= MAX_CPU_DEVICES:
+        from toolkit.errors import ToolkitError
+
+        raise ToolkitError(f"{CPU_DEVICES_VARIABLE}={value[:20]!r}: must be a whole number from 1 to {MAX_CPU_DEVICES}")
+    return int(value)
+
+
+def _processes() -> int:
+    """KERAS_DISTRIBUTION_NUM_PROCESSES: the hosts of a multi-host JAX run (Keras' own variable); 1 if unset."""
+    value = os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", "").strip()
+    return int(value) if value.isdigit() else 1
+
+
+def _simulate_for_jax(n: int) -> None:
+    flags = re.sub(r"--xla_force_host_platform_device_count=\S*", "", os.environ.get("XLA_FLAGS", "")).strip()
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+
+
+def _simulate_for_tensorflow(tf, n: int) -> None:
+    from toolkit.errors import ToolkitError
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+    except RuntimeError:  # the runtime started already: the split can no longer change
+        if len(tf.config.list_logical_devices("CPU")) != n:
+            raise ToolkitError(
+                f"{CPU_DEVICES_VARIABLE}={n}: TensorFlow started before the CPU could be split; set it before the "
+                "toolkit starts"
+            ) from None
 
 
 def configure() -> str:
@@ -28,7 +75,10 @@ def keras():
     TensorFlow's C++ start-up lines ("Could not find cuda drivers", "oneDNN custom operations are on") are
     written before its logging is set up, ignore TF_CPP_MIN_LOG_LEVEL, and read like failures; they are shown
     only if the import fails."""
-    configure()
+    backend = configure()
+    simulated = simulated_cpu_devices()
+    if simulated and backend == "jax" and "jax" not in sys.modules:
+        _simulate_for_jax(simulated)
     if "keras" not in sys.modules:
         from toolkit.fsio import captured_output
 
@@ -43,6 +93,14 @@ def keras():
         except BaseException:
             sys.stderr.write("".join(log))
             raise
+        if simulated and backend == "tensorflow":
+            import tensorflow as tf
+
+            _simulate_for_tensorflow(tf, simulated)
+        if backend == "jax" and _processes() > 1:
+            import keras as _keras
+
+            _keras.distribution.initialize()  # reads KERAS_DISTRIBUTION_JOB_ADDRESSES and _PROCESS_ID too
     import keras as _keras
 
     return _keras

@@ -214,6 +214,14 @@ def train(
         help="Train on all 60,000 training images, holding none out for validation, and keep the last epoch.",
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue from DIR/checkpoint after an interruption."),
+    devices: Optional[int] = typer.Option(
+        None,
+        "--devices",
+        min=1,
+        max=4096,
+        help="Data-parallel replicas (the global batch split over them). Default: every visible GPU, else 1 CPU "
+        "device (TOOLKIT_CPU_DEVICES=N simulates N).",
+    ),
     model: Optional[Path] = typer.Option(
         None, "--model", help="Train this Keras model (.keras) from its initial weights instead of the reference CNN."
     ),
@@ -229,10 +237,6 @@ def train(
     sizes = "  ".join(f"{s.name} {s.count:,}" for s in report.splits)
     console.print(f"Data: {report.dataset} from {report.source} ({report.location}); {report.checksums}")
     console.print(f"      {sizes}; pixels {report.splits[0].pixel_min}-{report.splits[0].pixel_max} -> [0, 1]")
-    devices = train_lib.detect_devices()
-    where = devices["device"] if devices["gpus"] else "the CPU (no GPU visible)"
-    held_out = "all training images, none held out for validation (--all-data)" if all_data else "the train split"
-    console.print(f"Training on {where} with Keras backend {devices['backend']}, on {held_out}")
     config = train_lib.TrainConfig(
         epochs=epochs,
         batch_size=batch_size,
@@ -244,8 +248,10 @@ def train(
         mixed_precision=mixed_precision,
         all_data=all_data,
         model_file=str(model.resolve()) if model else None,
+        devices=devices,
     )
-    result = train_lib.train(workspace, ds, config, resume=resume, callbacks=[keras_progress_callback()])
+    callbacks = [keras_progress_callback()]
+    result = train_lib.train(workspace, ds, config, resume=resume, callbacks=callbacks, say=console.print)
     m = result.metrics
     console.print(
         f"Best epoch {m['best_epoch']} of {m['epochs']}; {m['seconds_per_epoch']} s per epoch on {m['device']}"

@@ -7,8 +7,10 @@ interrupted run continues with `resume=True`.
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,6 +20,7 @@ import numpy as np
 
 from toolkit import __version__, fsio
 from toolkit import workspace as ws
+from toolkit.backend import CPU_DEVICES_VARIABLE, simulated_cpu_devices
 from toolkit.backend import keras as _keras
 from toolkit.bench.machine import measure_peak_gflops, usable_cpus
 from toolkit.data import Dataset, to_model_input
@@ -41,6 +44,7 @@ LIMITS = {
     "limit": 1_000_000_000,
     "eval_limit": 1_000_000_000,
     "seed": 2**32 - 1,
+    "devices": 4096,
 }
 
 
@@ -57,12 +61,13 @@ class TrainConfig:
     mixed_precision: bool = False
     all_data: bool = False  # train on all 60,000 training images (no validation split) and keep the last epoch
     model_file: str | None = None  # a user's architecture (.keras), trained from its initial weights; None: reference
+    devices: int | None = None  # data-parallel replicas; None: every visible accelerator (or simulated CPU device)
 
     def validate(self) -> None:
         """Refuse values out of range (or of the wrong type, from a damaged checkpoint) in one line each."""
         for name, top in LIMITS.items():
             value = getattr(self, name)
-            if value is None and name in ("epochs", "limit", "eval_limit"):
+            if value is None and name in ("epochs", "limit", "eval_limit", "devices"):
                 continue
             low = 0 if name == "seed" else 1
             if not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= top):
@@ -91,30 +96,106 @@ class TrainResult:
 # ------------------------------------------------------------------------------------------- devices
 
 
-def detect_devices() -> dict[str, Any]:
-    """The accelerators Keras' backend sees, and how training will use them."""
-    keras = _keras()
-    backend = keras.config.backend()
+@dataclass(frozen=True)
+class Replicas:
+    """Where training runs: one device, or data parallel over several of one kind (each replica holds the whole
+    model and takes an equal share of every global batch; gradients are averaged across replicas)."""
+
+    backend: str
+    kind: str  # "gpu" or "cpu"
+    devices: tuple[str, ...]  # the devices used
+    visible: int  # how many of that kind the backend sees
+    simulated: bool  # CPU devices split by TOOLKIT_CPU_DEVICES
+
+    @property
+    def count(self) -> int:
+        return len(self.devices)
+
+    @property
+    def engine(self) -> str:
+        if self.count == 1:
+            return "single device"
+        if self.backend == "tensorflow":
+            return "tf.distribute.MirroredStrategy"
+        return "keras.distribution.DataParallel"
+
+    def describe(self) -> str:
+        what = "simulated CPU devices" if self.simulated else f"{self.kind.upper()}s"
+        if self.count == 1:
+            return f"1 device ({self.devices[0]}{', simulated' if self.simulated else ''}; {self.visible} visible)"
+        return f"{self.count} replicas, data parallel ({self.engine}) on {self.count} of {self.visible} {what}"
+
+
+def _visible(keras, backend: str) -> tuple[str, list[str]]:
+    """The kind of device training uses (GPUs where any is visible, else the CPU) and their names."""
     try:
         gpus = list(keras.distribution.list_devices("gpu"))
     except Exception:  # a backend without GPU support raises instead of returning []
         gpus = []
-    return {"backend": backend, "gpus": gpus, "device": f"gpu x{len(gpus)}" if gpus else "cpu"}
+    if backend == "tensorflow":  # MirroredStrategy takes TensorFlow's logical device names
+        import tensorflow as tf
 
-
-def _device_names(gpus: list[str]) -> str:
-    """Human-readable GPU names where the backend tells them."""
-    keras = _keras()
+        kind = "GPU" if gpus else "CPU"
+        return kind.lower(), [d.name for d in tf.config.list_logical_devices(kind)]
+    if gpus:
+        return "gpu", gpus
     try:
-        if keras.config.backend() == "jax":
+        return "cpu", list(keras.distribution.list_devices("cpu"))
+    except Exception:
+        return "cpu", ["cpu:0"]
+
+
+def plan_replicas(asked: int | None = None) -> Replicas:
+    """Every visible accelerator (or simulated CPU device) unless `asked` names how many; one line if it cannot."""
+    keras = _keras()
+    backend = keras.config.backend()
+    kind, names = _visible(keras, backend)
+    n = len(names) if asked is None else asked
+    if not 1 <= n <= len(names):
+        raise ToolkitError(
+            f"--devices {n}: {len(names)} {kind.upper()} device(s) visible to Keras ({backend}); on a CPU, "
+            f"{CPU_DEVICES_VARIABLE}=N simulates N devices"
+        )
+    if n > 1 and backend not in ("jax", "tensorflow"):
+        raise ToolkitError(f"--devices {n}: data-parallel training needs the jax or tensorflow backend, not {backend}")
+    simulated = kind == "cpu" and simulated_cpu_devices() is not None
+    return Replicas(backend, kind, tuple(str(d) for d in names[:n]), len(names), simulated)
+
+
+@contextlib.contextmanager
+def distributed(replicas: Replicas):
+    """Variables created, and steps run, across `replicas`: Keras' distribution API on JAX (global and reset on
+    exit), a MirroredStrategy scope on TensorFlow (Keras' distribution API does not cover TensorFlow)."""
+    keras = _keras()
+    if replicas.count == 1:
+        yield
+    elif replicas.backend == "jax":
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=list(replicas.devices)))
+        try:
+            yield
+        finally:
+            keras.distribution.set_distribution(None)
+    else:
+        import tensorflow as tf
+
+        with tf.distribute.MirroredStrategy(list(replicas.devices)).scope():
+            yield
+
+
+def _device_names(replicas: Replicas) -> str:
+    """Human-readable device names where the backend tells them."""
+    if replicas.kind == "cpu":
+        return platform.processor() or platform.machine()
+    try:
+        if replicas.backend == "jax":
             import jax
 
             return ", ".join(sorted({d.device_kind for d in jax.devices("gpu")}))
-        if keras.config.backend() == "torch":
+        if replicas.backend == "torch":
             import torch
 
             return torch.cuda.get_device_name(0)
-        if keras.config.backend() == "tensorflow":
+        if replicas.backend == "tensorflow":
             import tensorflow as tf
 
             details = tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0])
@@ -124,21 +205,25 @@ def _device_names(gpus: list[str]) -> str:
     return ""
 
 
-def _distribution_scope(gpus: list[str]):
-    """Data parallel over all visible GPUs: Keras' distribution API on JAX, MirroredStrategy on TensorFlow."""
-    import contextlib
-
-    keras = _keras()
-    if len(gpus) < 2:
-        return contextlib.nullcontext(), "single device"
-    if keras.config.backend() == "jax":
-        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=gpus))
-        return contextlib.nullcontext(), f"keras DataParallel over {len(gpus)} GPUs"
-    if keras.config.backend() == "tensorflow":
-        import tensorflow as tf  # backend-specific: Keras' distribution API does not cover TensorFlow
-
-        return tf.distribute.MirroredStrategy().scope(), f"MirroredStrategy over {len(gpus)} GPUs"
-    return contextlib.nullcontext(), "single device (multi-GPU needs the jax or tensorflow backend)"
+def split_batches(config: TrainConfig, replicas: Replicas, train_images: int, valid_images: int) -> dict[str, Any]:
+    """How the global batch splits over the replicas. The global batch stays --batch-size, so the learning rate
+    stays as given (no scaling rule is needed: each step sees the same images as on one device). The last batch of
+    an epoch is left out (a partial global batch), and the validation set is cut to a multiple of the replica
+    count (an equal share for each); the count of images left out is said once."""
+    n = replicas.count
+    if config.batch_size % n:
+        low, high = config.batch_size - config.batch_size % n, config.batch_size + n - config.batch_size % n
+        raise ToolkitError(
+            f"--batch-size {config.batch_size} does not split over {n} devices; use {low or high} or {high}"
+        )
+    return {
+        "replicas": n,
+        "global_batch": config.batch_size,
+        "per_replica_batch": config.batch_size // n,
+        "learning_rate_rule": "unchanged: the global batch is --batch-size whatever the replica count",
+        "dropped_train_images_per_epoch": train_images % config.batch_size if n > 1 else 0,
+        "dropped_validation_images": valid_images % n,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -168,8 +253,12 @@ def training_data(dataset: Dataset, config: TrainConfig) -> tuple[tuple, tuple]:
     return (x_train, y_train), (x_valid[: config.eval_limit], y_valid[: config.eval_limit])
 
 
-def _make_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, augment: bool, first_epoch: int):
+def _make_batches(x: np.ndarray, y: np.ndarray, config: TrainConfig, first_epoch: int, replicas: int = 1):
     keras = _keras()
+    batch_size, seed, augment = config.batch_size, config.seed, config.augment
+    # on several replicas every step is a whole global batch (each replica an equal share): the partial last one
+    # is left out, as drop_remainder does; the epoch's shuffle decides which images that is
+    steps = len(x) // batch_size if replicas > 1 else int(np.ceil(len(x) / batch_size))
 
     class ShuffledBatches(keras.utils.PyDataset):
         """Shuffled (and optionally shifted) batches; the order of epoch e depends only on (seed, e)."""
@@ -184,7 +273,7 @@ def _make_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, augm
             self.perm = self.rng.permutation(len(x))
 
         def __len__(self):
-            return int(np.ceil(len(x) / batch_size))
+            return steps
 
         def __getitem__(self, i):
             idx = self.perm[i * batch_size : (i + 1) * batch_size]
@@ -198,6 +287,28 @@ def _make_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, augm
             self._order()
 
     return ShuffledBatches()
+
+
+def _as_tf_dataset(batches, batch_size: int | None):
+    """The batches as a tf.data pipeline, for the TensorFlow backend, and the callback that reshuffles them after
+    each epoch. Measured with Keras 3.15 and TensorFlow 2.21: from a Keras PyDataset, TensorFlow's first step did not
+    see batch 0 (its loss was not batch 0's), and MirroredStrategy, which splits a global batch over its replicas
+    only when it knows the batch size, handed whole batches to each replica (half the steps on 2). Here the
+    pipeline maps batch numbers to the batches, so its length is known, and with `batch_size` (several replicas)
+    the batch dimension too; the reshuffle is a callback, since Keras reads a first batch ahead to build the model."""
+    import tensorflow as tf
+
+    x0, y0 = batches[0]
+
+    def load(i):
+        x, y = tf.numpy_function(lambda i: batches[int(i)], [i], (tf.as_dtype(x0.dtype), tf.as_dtype(y0.dtype)))
+        return tf.ensure_shape(x, (batch_size, *x0.shape[1:])), tf.ensure_shape(y, (batch_size, *y0.shape[1:]))
+
+    class Reshuffle(_keras().callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            batches.on_epoch_end()
+
+    return tf.data.Dataset.range(len(batches)).map(load), Reshuffle()
 
 
 # ---------------------------------------------------------------------------------------- checkpoints
@@ -304,7 +415,10 @@ def train(
     resume: bool = False,
     callbacks: list | None = None,
     verbose: int = 0,
+    say: Callable[[str], None] = lambda message: None,
 ) -> TrainResult:
+    """Train (or with `resume` go on training) and finish: `model.keras` and `metrics.json` in `workspace`.
+    `say` gets the lines a user reads before the epochs start: where it runs, and what the replicas drop."""
     config = config or TrainConfig()
     config.validate()
     workspace = fsio.ensure_dir(Path(workspace))
@@ -328,7 +442,7 @@ def train(
         state["config"] = asdict(config)
         if state["epoch"] >= config.epochs:
             if not _finished(workspace, state):  # interrupted while evaluating the best epoch: finish that now
-                return _finish_or_interrupt(workspace, dataset, config, state, detect_devices(), "single device", 0.0)
+                return _finish_or_interrupt(workspace, dataset, config, state, plan_replicas(1), 0.0)
             raise ToolkitError(
                 f"{ckpt_dir / 'state.json'}: the checkpoint already finished {state['epoch']} of {config.epochs} "
                 "epochs; pass more --epochs to go on"
@@ -340,47 +454,98 @@ def train(
     (x_train, y_train), (x_valid, y_valid) = training_data(dataset, config)
     x_train, x_valid = to_model_input(x_train), to_model_input(x_valid)
 
-    keras.utils.set_random_seed(config.seed)
+    with fsio.captured_output():  # it seeds TensorFlow too, importing it: start-up chatter on other backends
+        keras.utils.set_random_seed(config.seed)
     if keras.config.backend() == "tensorflow":
         import tensorflow as tf  # determinism switch of the TensorFlow backend; other backends are deterministic on CPU
 
         tf.config.experimental.enable_op_determinism()
-    devices = detect_devices()
-    if config.mixed_precision:
-        if not devices["gpus"]:
-            raise ToolkitError("--mixed-precision needs a GPU and none is visible; train without it on the CPU")
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    scope, parallelism = _distribution_scope(devices["gpus"])
+    replicas, split = _placement(config, len(x_train), len(x_valid), say)
+    kept_valid = len(x_valid) - split["dropped_validation_images"]
+    x_valid, y_valid = x_valid[:kept_valid], y_valid[:kept_valid]
+    state["replicas"] = {**split, "devices": list(replicas.devices), "simulated": replicas.simulated}
 
-    batches = _make_batches(x_train, y_train, config.batch_size, config.seed, config.augment, state["epoch"])
-    fresh = None if resume else architecture(config, dataset)  # a user's model is checked before any epoch
-    work = work_per_epoch(len(x_train), len(x_valid), fresh or architecture(config))
-    peak = None if devices["gpus"] else _cpu_peak()
-    state["efficiency"] = {**work, "peak_float32_gflops": peak}
-    with scope:
+    batches = _make_batches(x_train, y_train, config, state["epoch"], replicas.count)
+    with distributed(replicas):  # the model's variables are made here, on the replicas
+        model = _load_checkpoint(ckpt_dir / "last.keras") if resume else architecture(config, dataset)
+        trained_images = len(x_train) - split["dropped_train_images_per_epoch"]
+        work = work_per_epoch(trained_images, len(x_valid), model)
+        peak = None if replicas.kind == "gpu" else _cpu_peak()
+        state["efficiency"] = {**work, "peak_float32_gflops": peak, "replicas": replicas.count}
         if resume:
-            model = _load_checkpoint(ckpt_dir / "last.keras")
             # the schedule spans this call's epochs: more --epochs on resume stretch it, as if planned so from the start
             model.optimizer.learning_rate = _schedule(config, len(batches))
         else:
-            model = fresh
             schedule = _schedule(config, len(batches))
             model.compile(optimizer=keras.optimizers.Adam(schedule), loss=_loss(model), metrics=["accuracy"])
         started = time.perf_counter()
+        data, backend_callbacks = _fit_inputs(batches, replicas, config.batch_size)
         try:
             model.fit(
-                batches,
+                data,
+                shuffle=False,  # the batches shuffle themselves by (seed, epoch); Keras' own would use Python's
+                # global random state, which a resumed run does not share with an uninterrupted one
                 validation_data=(x_valid, y_valid) if len(x_valid) else None,
+                validation_batch_size=config.batch_size,
                 epochs=config.epochs,
                 initial_epoch=state["epoch"],
-                callbacks=[_checkpoint_callback(workspace, state, work, peak), *(callbacks or [])],
+                callbacks=[
+                    *backend_callbacks,
+                    _checkpoint_callback(workspace, state, work, peak),
+                    *(callbacks or []),
+                ],
                 verbose=verbose,
             )
         except KeyboardInterrupt:
             raise _interrupted(ckpt_dir, kept=resume or state["epoch"] > 0) from None
         train_seconds = time.perf_counter() - started
 
-    return _finish_or_interrupt(workspace, dataset, config, state, devices, parallelism, train_seconds)
+    return _finish_or_interrupt(workspace, dataset, config, state, replicas, train_seconds)
+
+
+def _one_step_at_a_time(replicas: Replicas) -> list:
+    """A callback that waits for each validation step, where JAX runs replicas on CPU devices. XLA's CPU client runs
+    every device of a step on one shared thread pool; validation steps, independent of each other, are dispatched
+    ahead, and their threads can all wait in different all-reduces: a deadlock (seen with 4 simulated devices on 2
+    cores). Reading each step's loss keeps one step in flight. Training steps depend on each other already."""
+    if replicas.count == 1 or replicas.kind != "cpu" or replicas.backend != "jax":
+        return []
+
+    class OneStepAtATime(_keras().callbacks.Callback):
+        def on_test_batch_end(self, batch, logs=None):
+            if logs and "loss" in logs:
+                float(logs["loss"])
+
+    return [OneStepAtATime()]
+
+
+def _fit_inputs(batches, replicas: Replicas, batch_size: int) -> tuple[Any, list]:
+    """What `fit` trains on for this backend, and the callbacks that backend needs with it."""
+    if replicas.backend == "tensorflow":
+        data, reshuffle = _as_tf_dataset(batches, batch_size if replicas.count > 1 else None)
+        return data, [reshuffle]
+    return batches, _one_step_at_a_time(replicas)
+
+
+def _placement(
+    config: TrainConfig, train_images: int, valid_images: int, say: Callable[[str], None]
+) -> tuple[Replicas, dict[str, Any]]:
+    """The devices to train on and how batches split over them, said before the first epoch."""
+    replicas = plan_replicas(config.devices)
+    if config.mixed_precision:
+        if replicas.kind != "gpu":
+            raise ToolkitError("--mixed-precision needs a GPU and none is visible; train without it on the CPU")
+        _keras().mixed_precision.set_global_policy("mixed_float16")
+    split = split_batches(config, replicas, train_images, valid_images)
+    held_out = "all training images (--all-data)" if config.all_data else "the train split"
+    say(f"Training on {replicas.describe()} with Keras backend {replicas.backend}, on {held_out}")
+    if replicas.count > 1:
+        say(
+            f"Global batch {config.batch_size} = {replicas.count} x {split['per_replica_batch']}; learning rate "
+            f"unchanged; to split evenly, each epoch leaves out {split['dropped_train_images_per_epoch']} images (its "
+            f"partial last batch) and validation {split['dropped_validation_images']}"
+        )
+    return replicas, split
 
 
 def _load_checkpoint(path: Path):
@@ -438,10 +603,11 @@ def _saved_state(ckpt_dir: Path, dataset: Dataset, config: TrainConfig) -> tuple
         raise ToolkitError(f"{damaged} (missing or wrong fields); start without --resume")
     if saved["data_sha256"] != dataset.sha256:
         raise ToolkitError(f"{state_path}: the checkpoint was trained on other data; start without --resume")
-    kept = {k: v for k, v in saved["config"].items() if k not in ("epochs", "eval_limit")}
+    # the devices are this call's: a run checkpointed on N replicas goes on with 1, or the other way round
+    kept = {k: v for k, v in saved["config"].items() if k not in ("epochs", "eval_limit", "devices")}
     epochs = config.epochs if config.epochs is not None else saved["config"].get("epochs")
     try:
-        restored = TrainConfig(**{**kept, "epochs": epochs, "eval_limit": config.eval_limit})
+        restored = TrainConfig(**{**kept, "epochs": epochs, "eval_limit": config.eval_limit, "devices": config.devices})
         restored.validate()
     except (TypeError, ToolkitError) as e:
         raise ToolkitError(f"{damaged} (its configuration: {e}); start without --resume") from None
@@ -473,8 +639,8 @@ def _efficiency(state: dict) -> dict[str, Any] | None:
         "gflops_per_second": round(mean, 2),
         "fraction_of_peak": round(mean / peak, 4) if peak else None,
         "method": f"FLOP per epoch = train images x {TRAIN_STEP_FACTOR} x forward FLOPs + validation images x "
-        "forward FLOPs, over each epoch's wall time (validation included); peak: numpy float32 "
-        "matrix product on all usable cores",
+        "forward FLOPs, all replicas together, over each epoch's wall time (validation included); peak: numpy "
+        "float32 matrix product on all usable cores (simulated CPU devices share them)",
     }
 
 
@@ -483,8 +649,7 @@ def finish(
     dataset: Dataset,
     config: TrainConfig,
     state: dict,
-    devices: dict,
-    parallelism: str,
+    replicas: Replicas,
     train_seconds: float,
 ) -> TrainResult:
     """Evaluate the best epoch on every split and write `model.keras` and `metrics.json`."""
@@ -512,15 +677,15 @@ def finish(
         model.save(tmp)
     params = count_params(model)
     seconds = state["epoch_seconds"]
-    cpu_name = platform.processor() or platform.machine()
     metrics = {
         "accuracy": accuracy,
         "loss": loss,
         "params": params["total"],
         "params_detail": params,
         "flops_per_image": flops_per_image(model),
-        "device": f"{devices['device']} ({_device_names(devices['gpus']) if devices['gpus'] else cpu_name})",
-        "parallelism": parallelism,
+        "device": f"{replicas.kind}{'' if replicas.count == 1 else f' x{replicas.count}'} ({_device_names(replicas)})",
+        "parallelism": replicas.describe(),
+        "replicas": state.get("replicas"),
         "backend": keras.config.backend(),
         "epochs": state["epoch"],
         "best_epoch": state["best_epoch"],
