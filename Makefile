@@ -17,6 +17,8 @@ $(BIN)/toolkit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[test]"
+	@# LiteRT metadata writer: its protobuf<4 pin conflicts with TensorFlow's, and only its flatbuffers part is used
+	$(BIN)/pip install --quiet --no-deps "tflite-support==0.4.4"
 	@# PyTorch (the backend test) only from a CPU build on disk (pip's find-links): PyPI's default build is CUDA, GBs
 	@if $(BIN)/pip install --quiet --no-index --no-deps "torch==2.13.0" >/dev/null 2>&1; then \
 	  $(BIN)/pip install --quiet -e ".[test,torch]"; \

@@ -51,12 +51,13 @@ RUNTIMES: dict[str, Runtime] = {
 }
 KERAS_BASELINES = (KERAS_PREDICT, KERAS_COMPILED)  # how the benchmark measures the Keras model
 # The one suffix table: which native runtime runs a file given by path, and which browser runtime runs a web model
-NATIVE_BY_SUFFIX = {".tflite": LITERT, ".onnx": ONNXRUNTIME, ".keras": KERAS}
+NATIVE_BY_SUFFIX = {".tflite": LITERT, ".onnx": ONNXRUNTIME, ".ort": ONNXRUNTIME, ".keras": KERAS}
 BROWSER_BY_SUFFIX = {".tflite": LITERTJS, ".onnx": ORT_WEB}
 
 
 # format names: the `format` of every manifest record
 TFLITE_FORMAT, ONNX_FORMAT, MICRO_FORMAT, WEB_FORMAT, RECIPES_FORMAT = "tflite", "onnx", "micro", "web", "recipes"
+ORT_FORMAT = "ort"  # ONNX Runtime Mobile
 VELA_FORMAT = "vela"  # written by the micro export (one per Ethos-U configuration), never asked for by name
 KERAS_FORMAT = "keras"  # the Keras model itself, as a benchmark row
 
@@ -81,6 +82,14 @@ FORMATS: dict[str, Format] = {
             TFLITE_FORMAT, "toolkit.export.tflite", (".tflite",), True, (), "LiteRT: float32, float16, dynamic, int8"
         ),
         Format(ONNX_FORMAT, "toolkit.export.onnx", (".onnx",), True, (), "ONNX: float32, int8"),
+        Format(
+            ORT_FORMAT,
+            "toolkit.export.ort",
+            (".ort", ".config"),
+            True,
+            (),
+            "ONNX Runtime Mobile .ort: float32, int8",
+        ),
         Format(
             MICRO_FORMAT,
             "toolkit.micro.carray",

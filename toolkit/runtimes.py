@@ -20,6 +20,7 @@ from toolkit.errors import ToolkitError, first_line
 from toolkit.fsio import captured_output
 
 TFLITE_IDENTIFIER = b"TFL3"  # flatbuffer file identifier, bytes 4..8 of every .tflite
+ORT_IDENTIFIER = b"ORTM"  # the same place in an ONNX Runtime Mobile .ort file
 # protobuf tags that can open an ONNX ModelProto: fields 1-8 (ir_version, producer, ..., graph, opset_import),
 # 14 (metadata_props), 20 (training_info), 25 (functions)
 ONNX_FIRST_TAGS = {bytes([t]) for t in (0x08, 0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72, 0xA2, 0xCA)}
@@ -294,7 +295,7 @@ def load(
     if threads is not None and threads < 1:
         raise ToolkitError(f"threads must be at least 1, got {threads}")
     check_file_header(path)
-    if probe and suffix in (".tflite", ".onnx"):
+    if probe and suffix in (".tflite", ".onnx", ".ort"):
         probe_in_child(path)
     if providers is not None:
         if suffix != ".onnx":
@@ -363,5 +364,7 @@ def check_file_header(path: Path) -> None:
         raise ToolkitError(f"{path}: not a TFLite flatbuffer (no 'TFL3' identifier)")
     if suffix == ".keras" and head[:4] != b"PK\x03\x04":
         raise ToolkitError(f"{path}: not a Keras .keras archive (not a zip file)")
+    if suffix == ".ort" and (len(head) < 8 or head[4:8] != ORT_IDENTIFIER):
+        raise ToolkitError(f"{path}: not an ONNX Runtime .ort flatbuffer (no 'ORTM' identifier)")
     if suffix == ".onnx" and head[:1] not in ONNX_FIRST_TAGS:
         raise ToolkitError(f"{path}: not an ONNX protobuf (unexpected first byte 0x{head[:1].hex() or '00'})")

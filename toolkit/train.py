@@ -292,10 +292,11 @@ def _make_batches(x: np.ndarray, y: np.ndarray, config: TrainConfig, first_epoch
 def _as_tf_dataset(batches, batch_size: int | None):
     """The batches as a tf.data pipeline, for the TensorFlow backend, and the callback that reshuffles them after
     each epoch. Measured with Keras 3.15 and TensorFlow 2.21: from a Keras PyDataset, epoch 1 ran in epoch 2's
-    order (Keras ended an epoch of the PyDataset before training began), and MirroredStrategy, which splits a global batch over its replicas
-    only when it knows the batch size, handed whole batches to each replica (half the steps on 2). Here the
-    pipeline maps batch numbers to the batches, so its length is known, and with `batch_size` (several replicas)
-    the batch dimension too; the reshuffle is a callback, since Keras reads a first batch ahead to build the model."""
+    order (Keras ended an epoch of the PyDataset before training began), and MirroredStrategy, which splits a
+    global batch over its replicas only when it knows the batch size, handed whole batches to each replica (half
+    the steps on 2). Here the pipeline maps batch numbers to the batches, so its length is known, and with
+    `batch_size` (several replicas) the batch dimension too; the reshuffle is a callback, since Keras reads a first
+    batch ahead to build the model."""
     import tensorflow as tf
 
     x0, y0 = batches[0]

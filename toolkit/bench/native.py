@@ -50,8 +50,9 @@ def plan_targets(
         suffix = path.suffix.lower()
         if suffix == ".keras":
             continue  # the Keras baseline is added below
-        if suffix not in (".tflite", ".onnx"):
-            raise ToolkitError(f"{path}: cannot benchmark {suffix or 'this file'}; expected .tflite, .onnx or .keras")
+        if suffix not in artifacts.NATIVE_BY_SUFFIX:
+            expected = ", ".join(artifacts.NATIVE_BY_SUFFIX)
+            raise ToolkitError(f"{path}: cannot benchmark {suffix or 'this file'}; expected one of {expected}")
         rec = rec or manifest.record_of(path)  # refuses a certified file that changed; None: in no manifest
         variant = rec.variant if rec else path.name.split(".")[-2] if path.name.count(".") >= 2 else "?"
         accuracy = (rec.verification or {}).get("accuracy") if rec else None  # never a certificate of another file

@@ -16,6 +16,7 @@ import numpy as np
 from toolkit import fsio
 from toolkit.errors import FormatRefused
 from toolkit.export import ExportContext, export_variants
+from toolkit.export.metadata import about, set_onnx_metadata
 from toolkit.manifest import ArtifactRecord
 from toolkit.model import layer_of
 
@@ -102,6 +103,16 @@ def quantize_int8(float_path: Path, target: Path, images: np.ndarray, progress=l
             )
 
 
+def _stamp(path: Path, facts: dict[str, str]) -> str:
+    """Write the model's facts into the ONNX file's metadata_props (atomically); how, for the manifest."""
+    import onnx
+
+    model = onnx.load_from_string(path.read_bytes())
+    how = set_onnx_metadata(model, facts)
+    fsio.write_bytes(path, model.SerializeToString())
+    return how
+
+
 def write(ctx: ExportContext, variant: str, target: Path, label: str = "onnx") -> dict:
     """Write the ONNX model of `variant` to `target` atomically and return its `made_with`. A file of the same
     variant already made in this run (the native one, for the web app) is copied, not converted again."""
@@ -123,6 +134,7 @@ def write(ctx: ExportContext, variant: str, target: Path, label: str = "onnx") -
         ctx.progress(f"{label} int8: quantizing")
         quantize_int8(source, Path(target), ctx.calibration.images, ctx.progress)
     ctx.built.setdefault(("onnx", variant), Path(target))
+    base["metadata"] = _stamp(Path(target), about(ctx, variant))
     if variant == "float32":
         return {"converter": f"tf2onnx {tf2onnx.__version__} from_function", **base}
     return {

@@ -7,6 +7,7 @@ from typing import Any
 from toolkit import fsio
 from toolkit.errors import ToolkitError
 from toolkit.export import ExportContext, export_variants
+from toolkit.export.metadata import about, with_tflite_metadata
 from toolkit.manifest import ArtifactRecord
 
 VARIANTS = ("float32", "float16", "dynamic", "int8")
@@ -82,8 +83,11 @@ def write(ctx: ExportContext, variant: str, target, model=None, int8_io: bool = 
     """Convert (`model` or the context's model) and write `target` atomically; return its `made_with`."""
     calibrating = f", calibrating on {ctx.calibration.size} images" if variant == "int8" else ""
     ctx.progress(f"{label} {variant}: converting{calibrating}")
-    fsio.write_bytes(target, convert(model or ctx.model, variant, ctx.calibration, int8_io=int8_io))
-    return made_with(variant, ctx, batch=1 if model is not None else None, int8_io=int8_io)
+    data, how = with_tflite_metadata(
+        convert(model or ctx.model, variant, ctx.calibration, int8_io=int8_io), about(ctx, variant)
+    )
+    fsio.write_bytes(target, data)
+    return {**made_with(variant, ctx, batch=1 if model is not None else None, int8_io=int8_io), "metadata": how}
 
 
 def export(ctx: ExportContext, variants: list[str]) -> list[ArtifactRecord]:

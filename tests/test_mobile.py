@@ -1,0 +1,82 @@
+"""What a phone app embeds: metadata inside every `.tflite` and `.onnx` (read back by readers other than the
+writer), and ONNX Runtime Mobile's `.ort` files with the operator config for a reduced build."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from toolkit import manifest, runtimes
+from toolkit.errors import ToolkitError
+from toolkit.export.metadata import read_tflite_metadata
+
+
+def _metadata_names(data: bytes) -> dict[str, bytes]:
+    """The model's metadata entries, name -> bytes, read with TensorFlow's own copy of the .tflite schema (not the
+    writer's library)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.Model.GetRootAsModel(data, 0)
+    out = {}
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        buffer = model.Buffers(entry.Buffer())
+        out[entry.Name().decode()] = buffer.DataAsNumpy().tobytes() if buffer.DataLength() else b""
+    return out
+
+
+def test_every_tflite_and_onnx_carries_its_labels_and_normalisation(exported_workspace):
+    workspace, _ = exported_workspace
+    m = json.loads((workspace / "manifest.json").read_text())
+    labels = m["labels"]
+    checked = {"tflite": 0, "onnx": 0}
+    for record in manifest.records(workspace):
+        path = workspace / record.file
+        if path.suffix == ".tflite" and record.format in ("tflite", "web"):
+            data = path.read_bytes()
+            names = _metadata_names(data)
+            assert names["TFLITE_METADATA"][4:8] == b"M001", names.keys()  # the metadata schema's identifier
+            assert zipfile.ZipFile(path).read("labels.txt").decode().split() == labels  # what Android unpacks
+            read = read_tflite_metadata(data)  # and the writer's own displayer
+            meta = read["metadata"]
+            assert meta["name"].startswith("mnist_cnn (") and meta["version"].startswith("edge toolkit")
+            (unit,) = meta["subgraph_metadata"][0]["input_tensor_metadata"][0]["process_units"]
+            assert unit["options"] == {"mean": [0.0], "std": [255.0]}
+            assert read["files"]["labels.txt"].decode().split() == labels
+            assert "LiteRT metadata schema" in record.made_with["metadata"]
+            checked["tflite"] += 1
+        elif path.suffix in (".onnx", ".ort"):
+            session = ort.InferenceSession(path.read_bytes(), providers=["CPUExecutionProvider"])
+            props = session.get_modelmeta().custom_metadata_map
+            assert json.loads(props["labels"]) == labels and json.loads(props["normalization"])["std"] == [255.0]
+            checked["onnx"] += 1
+    assert checked["tflite"] >= 8 and checked["onnx"] >= 6, checked  # native and web files
+
+
+def test_ort_files_are_verified_and_come_with_a_reduced_build_config(exported_workspace):
+    workspace, _ = exported_workspace
+    records = {r.file: r for r in manifest.records(workspace)}
+    for variant in ("float32", "int8"):
+        record = records[f"mnist_cnn.{variant}.ort"]
+        assert record.runtime == "onnxruntime" and record.format == "ort"
+        assert record.verification["images"] > 0 and record.verification["passed"] in (True, False)
+        onnx_record = records[f"mnist_cnn.{variant}.onnx"]
+        assert abs(record.verification["accuracy"] - onnx_record.verification["accuracy"]) <= 0.003
+        config = workspace / record.made_with["reduced_build_config"]["file"]
+        assert manifest.file_sha256(config) == record.made_with["reduced_build_config"]["sha256"]
+    text = (workspace / "mnist_cnn.required_operators_and_types.config").read_text()
+    assert "ai.onnx;" in text and "Conv" in text and "QuantizeLinear" in text  # both models' operators, with types
+    session = ort.InferenceSession(str(workspace / "mnist_cnn.int8.ort"), providers=["CPUExecutionProvider"])
+    out = session.run(None, {session.get_inputs()[0].name: np.zeros((3, 28, 28, 1), np.float32)})[0]
+    assert out.shape == (3, 10) and np.allclose(out.sum(axis=1), 1, atol=0.05)
+
+
+def test_an_ort_file_that_is_not_one_is_refused(tmp_path):
+    bad = tmp_path / "x.ort"
+    bad.write_bytes(b"\x18\x00\x00\x00NOPE" + bytes(64))
+    with pytest.raises(ToolkitError, match="not an ONNX Runtime .ort flatbuffer"):
+        runtimes.load(bad)
