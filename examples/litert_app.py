@@ -6,9 +6,11 @@
 Everything the app needs comes from the manifest: the file, the input and output tensors (their size and
 channels), their int8 scale and zero point, the labels and the preprocessing. Images: PGM (grey) or PPM (RGB),
 resized to the model's input where they differ. The digits here are 28x28 grey PGM files, already white on black
-and centred as MNIST's are (see MODEL_CARD.md for preparing photos and drawings).
+and centred as MNIST's are (see MODEL_CARD.md for preparing photos and drawings). At start-up the app runs the
+manifest's self-check images and refuses a model whose answers differ from the ones the toolkit recorded.
 """
 
+import base64
 import json
 import sys
 from pathlib import Path
@@ -62,6 +64,26 @@ def to_input(pixels, shape):
     return (x / 255.0)[None].astype(np.float32)
 
 
+def self_check(manifest, entry, probabilities_of):
+    """Before any real input: run the manifest's self-check images and refuse the model if an answer differs from
+    what the toolkit measured for this very file (a damaged download, a wrong runtime build, a changed file).
+    `probabilities_of(pixels)` takes uint8 images (N, H, W, C) at the model's size."""
+    images, expected = manifest.get("self_check"), (entry.get("verification") or {}).get("self_check")
+    if not images or not expected:
+        print("note: no self-check vectors in the manifest (run `toolkit verify`); not checked", file=sys.stderr)
+        return
+    pixels = np.frombuffer(base64.b64decode(images["pixels_uint8_base64"]), np.uint8).reshape(images["shape"])
+    got, want = probabilities_of(pixels), np.asarray(expected["expected"], np.float32)
+    for i, (g, w) in enumerate(zip(got, want)):
+        if int(np.argmax(g)) != int(np.argmax(w)) or float(np.max(np.abs(g - w))) > expected["tolerance"]:
+            sys.exit(
+                f"self-check failed on test image {images['test_images'][i]}: class {int(np.argmax(g))} "
+                f"p={float(np.max(g)):.4f}, expected class {int(np.argmax(w))} p={float(np.max(w)):.4f} "
+                f"(tolerance {expected['tolerance']}); refusing {entry['file']}"
+            )
+    print(f"self-check: {len(want)} images as expected", file=sys.stderr)
+
+
 def main(manifest_path, model_name, images):
     manifest = json.loads(Path(manifest_path).read_text())
     entry = manifest["artifacts"][model_name]
@@ -72,8 +94,8 @@ def main(manifest_path, model_name, images):
     interpreter.resize_tensor_input(inp["index"], [1, *shape])
     interpreter.allocate_tensors()
     q_in, q_out = entry["input"]["quantization"], entry["output"]["quantization"]
-    for path in images:
-        x = to_input(read_pgm(path), shape)  # preprocessing: the model's size and channels, pixels / 255, NHWC
+
+    def probabilities(x):  # one image (1, H, W, C), float32 pixels / 255 -> its probabilities
         if q_in:  # int8 input: q = round(x / scale) + zero_point
             x = np.clip(np.round(x / q_in["scale"]) + q_in["zero_point"], -128, 127).astype(np.int8)
         interpreter.set_tensor(inp["index"], x)
@@ -81,6 +103,11 @@ def main(manifest_path, model_name, images):
         y = interpreter.get_tensor(out["index"])[0]
         if q_out:  # int8 output: probability = (q - zero_point) * scale
             y = (y.astype(np.float32) - q_out["zero_point"]) * q_out["scale"]
+        return y
+
+    self_check(manifest, entry, lambda px: np.stack([probabilities((p / 255.0)[None].astype(np.float32)) for p in px]))
+    for path in images:
+        y = probabilities(to_input(read_pgm(path), shape))  # the model's size and channels, pixels / 255, NHWC
         best = int(np.argmax(y))
         print(f"{path}: {labels[best]} ({y[best]:.3f})")
 

@@ -6,9 +6,11 @@
 The input and output names, the input's size and channels, the labels and the preprocessing come from the
 manifest. The ONNX models take float32 pixels / 255 (the int8 model quantizes inside the graph). Images: PGM
 (grey) or PPM (RGB), resized to the model's input where they differ; the digits here are 28x28 grey PGM files,
-white on black.
+white on black. At start-up the app runs the manifest's self-check images and refuses a model whose answers differ
+from the ones the toolkit recorded for that file.
 """
 
+import base64
 import json
 import sys
 from pathlib import Path
@@ -62,14 +64,36 @@ def to_input(pixels, shape):
     return (x / 255.0)[None].astype(np.float32)
 
 
+def self_check(manifest, entry, probabilities_of):
+    """Before any real input: run the manifest's self-check images and refuse the model if an answer differs from
+    what the toolkit measured for this very file (a damaged download, a wrong runtime build, a changed file).
+    `probabilities_of(pixels)` takes uint8 images (N, H, W, C) at the model's size."""
+    images, expected = manifest.get("self_check"), (entry.get("verification") or {}).get("self_check")
+    if not images or not expected:
+        print("note: no self-check vectors in the manifest (run `toolkit verify`); not checked", file=sys.stderr)
+        return
+    pixels = np.frombuffer(base64.b64decode(images["pixels_uint8_base64"]), np.uint8).reshape(images["shape"])
+    got, want = probabilities_of(pixels), np.asarray(expected["expected"], np.float32)
+    for i, (g, w) in enumerate(zip(got, want)):
+        if int(np.argmax(g)) != int(np.argmax(w)) or float(np.max(np.abs(g - w))) > expected["tolerance"]:
+            sys.exit(
+                f"self-check failed on test image {images['test_images'][i]}: class {int(np.argmax(g))} "
+                f"p={float(np.max(g)):.4f}, expected class {int(np.argmax(w))} p={float(np.max(w)):.4f} "
+                f"(tolerance {expected['tolerance']}); refusing {entry['file']}"
+            )
+    print(f"self-check: {len(want)} images as expected", file=sys.stderr)
+
+
 def main(manifest_path, model_name, images):
     manifest = json.loads(Path(manifest_path).read_text())
     entry = manifest["artifacts"][model_name]
     labels = manifest["labels"]
     session = ort.InferenceSession(str(Path(manifest_path).parent / entry["file"]), providers=["CPUExecutionProvider"])
     shape = entry["input"]["shape"][1:]  # (H, W, C) of this model
+    feed, fetch = entry["input"]["name"], entry["output"]["name"]
+    self_check(manifest, entry, lambda px: session.run([fetch], {feed: (px / 255.0).astype(np.float32)})[0])
     batch = np.concatenate([to_input(read_pgm(p), shape) for p in images])  # NHWC, the model's size, pixels / 255
-    (probabilities,) = session.run([entry["output"]["name"]], {entry["input"]["name"]: batch})
+    (probabilities,) = session.run([fetch], {feed: batch})
     for path, y in zip(images, probabilities):
         best = int(np.argmax(y))
         print(f"{path}: {labels[best]} ({y[best]:.3f})")

@@ -95,6 +95,8 @@ EXPECTED_FILES = {
     "mnist_cnn.int8.tflite",
     "mnist_cnn.float32.onnx",
     "mnist_cnn.int8.onnx",
+    "mnist_cnn.float32.ort",
+    "mnist_cnn.int8.ort",
     "mnist_cnn.micro.tflite",
     "mnist_cnn.micro.c",
 }

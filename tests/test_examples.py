@@ -3,6 +3,7 @@ environment holding only its runtime and numpy, on the committed release in expo
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import venv
@@ -33,6 +34,7 @@ def _clean_env(tmp_path: Path, packages: list[str]) -> Path:
         ("litert_app.py", "ai-edge-litert", "mnist_cnn.int8.tflite"),
         ("onnx_app.py", "onnxruntime", "mnist_cnn.int8.onnx"),
         ("onnx_app.py", "onnxruntime", "mnist_cnn.float32.onnx"),
+        ("onnx_app.py", "onnxruntime", "mnist_cnn.int8.ort"),
     ],
 )
 def test_example_app_in_a_clean_environment(tmp_path, app, runtime, model):
@@ -52,5 +54,22 @@ def test_example_app_in_a_clean_environment(tmp_path, app, runtime, model):
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
+    assert "self-check: 10 images as expected" in proc.stderr, proc.stderr
     got = dict(re.findall(r"label(\d)\.pgm: (\d) ", proc.stdout))
     assert len(got) == 10 and all(k == v for k, v in got.items()), proc.stdout
+    # a self-check vector changed (here: the expected top class of one image) makes the app refuse the model
+    m = json.loads(manifest.read_text())
+    expected = m["artifacts"][model]["verification"]["self_check"]["expected"]
+    expected[3] = expected[3][1:] + expected[3][:1]
+    changed = tmp_path / "release"
+    changed.mkdir()
+    (changed / "manifest.json").write_text(json.dumps(m))
+    (changed / model).symlink_to(REPO / "exported" / model)
+    proc = subprocess.run(
+        [str(py), str(REPO / "examples" / app), str(changed / "manifest.json"), model, str(DIGITS[0])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1 and "self-check failed on test image" in proc.stderr, proc.stderr
+    assert "refusing " + model in proc.stderr and "label" not in proc.stdout

@@ -180,7 +180,7 @@ def test_predict_and_report_refuse_a_symlink_out_and_a_changed_model(workspace, 
     digit = sorted((Path(__file__).parents[1] / "examples" / "digits").glob("*.pgm"))[0]
     target = workspace / "mnist_cnn.int8.tflite"
     outside = tmp_path / "changed.tflite"
-    outside.write_bytes(target.read_bytes()[:-1] + b"\0")  # a changed copy outside the workspace
+    outside.write_bytes(target.read_bytes()[:-1] + b"\1")  # a changed copy outside the workspace
     target.unlink()
     target.symlink_to(outside)
     for args in (["predict", str(digit)], ["report", "--data-dir", str(mnist_dir)]):

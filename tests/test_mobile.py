@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from tests.helpers import copy_workspace
 from toolkit import manifest, runtimes
 from toolkit.errors import ToolkitError
 from toolkit.export.metadata import read_tflite_metadata
@@ -80,3 +81,31 @@ def test_an_ort_file_that_is_not_one_is_refused(tmp_path):
     bad.write_bytes(b"\x18\x00\x00\x00NOPE" + bytes(64))
     with pytest.raises(ToolkitError, match="not an ONNX Runtime .ort flatbuffer"):
         runtimes.load(bad)
+
+
+def test_every_verified_artifact_carries_self_check_vectors(exported_workspace, mnist, tmp_path):
+    """The manifest holds the self-check images (one confident test image per class) and, for each artifact
+    verified on the whole split, its own outputs on them: what an app runs at start-up."""
+    import base64
+
+    from toolkit import verify
+
+    workspace = copy_workspace(exported_workspace[0], tmp_path)
+    files = ["mnist_cnn.float32.onnx", "mnist_cnn.int8.onnx", "mnist_cnn.float32.ort", "mnist_cnn.int8.ort"]
+    verify.check(workspace, mnist, files=files)  # the whole test split: what writes the self-check vectors
+    m = json.loads((workspace / "manifest.json").read_text())
+    images = m["self_check"]
+    assert len(images["test_images"]) == 10 and images["shape"] == [10, 28, 28, 1]
+    pixels = np.frombuffer(base64.b64decode(images["pixels_uint8_base64"]), np.uint8).reshape(images["shape"])
+    checked = 0
+    for record in manifest.records(workspace):
+        expected = (record.verification or {}).get("self_check")
+        if expected is None or record.runtime != "onnxruntime":
+            continue
+        session = ort.InferenceSession((workspace / record.file).read_bytes(), providers=["CPUExecutionProvider"])
+        got = session.run(None, {session.get_inputs()[0].name: (pixels / 255.0).astype(np.float32)})[0]
+        want = np.asarray(expected["expected"])
+        assert (got.argmax(1) == want.argmax(1)).all() and np.abs(got - want).max() <= expected["tolerance"]
+        assert sorted(want.argmax(1).tolist()) == list(range(10))  # one image of each class
+        checked += 1
+    assert checked == 4  # float32 and int8, .onnx and .ort

@@ -28,7 +28,7 @@ class Runtime:
 
 
 # runtime names: every record and row names its runtime with one of these
-LITERT, ONNXRUNTIME, ONNXRUNTIME_CUDA = "litert", "onnxruntime", "onnxruntime-cuda"
+LITERT, LITERT_COMPILED, ONNXRUNTIME, ONNXRUNTIME_CUDA = "litert", "litert-compiled", "onnxruntime", "onnxruntime-cuda"
 KERAS, KERAS_PREDICT, KERAS_COMPILED, TENSORFLOW_GPU = "keras", "keras-predict", "keras-compiled", "tensorflow-gpu"
 LITERTJS, ORT_WEB = "litertjs-wasm", "onnxruntime-web-wasm"
 LITERT_MICRO, ETHOS_U = "litert-micro", "ethos-u"
@@ -37,6 +37,7 @@ RUNTIMES: dict[str, Runtime] = {
     r.name: r
     for r in (
         Runtime(LITERT, NATIVE, ".tflite", "LiteRT (ai_edge_litert Interpreter, XNNPACK)"),
+        Runtime(LITERT_COMPILED, NATIVE, ".tflite", "LiteRT CompiledModel API (ai_edge_litert, CPU)"),
         Runtime(ONNXRUNTIME, NATIVE, ".onnx", "ONNX Runtime, CPU execution provider"),
         Runtime(ONNXRUNTIME_CUDA, NATIVE, ".onnx", "ONNX Runtime, CUDA execution provider", device="gpu"),
         Runtime(KERAS, NATIVE, ".keras", "Keras"),

@@ -319,12 +319,20 @@ def put_artifacts(workspace: Path, new: list[ArtifactRecord], header: dict[str, 
     return update(workspace, change)
 
 
-def put_verification(workspace: Path, results: dict[str, dict[str, Any]], full_split: bool = True) -> dict[str, Any]:
+def put_verification(
+    workspace: Path,
+    results: dict[str, dict[str, Any]],
+    full_split: bool = True,
+    self_check: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Record verification results. A check on fewer images (`--limit`) never replaces a result earned on more,
     passing or failing: it is kept beside it as `spot_check`, and both are shown. Only a file that changed or went
-    missing loses its certificate at once (the certificate was for other bytes)."""
+    missing loses its certificate at once (the certificate was for other bytes). `self_check`: the images whose
+    expected outputs each result carries (a full-split check only)."""
 
     def change(m: dict[str, Any]) -> None:
+        if self_check is not None:
+            m["self_check"] = self_check
         for file, result in results.items():
             entry = m["artifacts"].get(file)
             if not isinstance(entry, dict):

@@ -9,13 +9,15 @@ LiteRT or ONNX Runtime and numpy.
 
 from __future__ import annotations
 
+import atexit
+import os
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from toolkit import children
-from toolkit.artifacts import KERAS, LITERT, NATIVE_BY_SUFFIX, ONNXRUNTIME, TensorSpec
+from toolkit.artifacts import KERAS, LITERT, LITERT_COMPILED, NATIVE_BY_SUFFIX, ONNXRUNTIME, TensorSpec, runtime
 from toolkit.errors import ToolkitError, first_line
 from toolkit.fsio import captured_output
 
@@ -161,6 +163,63 @@ class LiteRTRunner:
         return y if self._out_q is None else dequantize(y, *self._out_q)
 
 
+def _quiet_litert_teardown() -> None:
+    """LiteRT's environment logs each accelerator it destroys ("INFO: DestroyAccelerator ...") on stderr when the
+    process exits, after the command has said everything: from then on, stderr goes nowhere."""
+    global _teardown_registered
+    if not _teardown_registered:
+        _teardown_registered = True
+        atexit.register(lambda: os.dup2(os.open(os.devnull, os.O_WRONLY), 2))
+
+
+_teardown_registered = False
+
+
+class LiteRTCompiledRunner:
+    """LiteRT's newer CompiledModel API (`ai_edge_litert.compiled_model`) on the CPU, beside the Interpreter: where
+    LiteRT's GPU and NPU acceleration work goes. It runs the batch the model was compiled with, 1; a batch of n is
+    n calls, as a phone app makes them (a resized buffer set was measured to corrupt memory in 2.3.0). Tensor
+    names, types and int8 scales come from the same file read by the Interpreter, which is then dropped."""
+
+    runtime = LITERT_COMPILED
+
+    def __init__(self, path: Path, threads: int | None = None):
+        from ai_edge_litert.compiled_model import CompiledModel
+        from ai_edge_litert.cpu_options import CpuOptions
+        from ai_edge_litert.options import Options
+
+        self.path, self.threads = path, threads
+        _quiet_litert_teardown()
+        described = LiteRTRunner(path, threads=1)
+        self.input, self.output, self.shape = described.input, described.output, described.shape
+        self._in_q, self._out_q = described._in_q, described._out_q
+        self._classes = int(self.output.shape[-1])
+        self._out_dtype = np.dtype(self.output.dtype)
+        try:
+            with captured_output():  # vendor plugins it cannot load here (OpenVINO, ...) are reported on stderr
+                self._model = CompiledModel.from_buffer(
+                    path.read_bytes(), options=Options(cpu_options=CpuOptions(num_threads=threads or 0))
+                )
+                self._inputs, self._outputs = self._model.create_input_buffers(0), self._model.create_output_buffers(0)
+                self.run(np.zeros((1, *self.shape), np.float32))  # the environment logs its set-up on a first run
+        except (RuntimeError, ValueError) as e:
+            raise ToolkitError(f"{path}: LiteRT's CompiledModel cannot load it ({first_line(e)})") from None
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        images = check_images(images, self.shape)
+        out = np.empty((images.shape[0], self._classes), np.float32)
+        for i, image in enumerate(images):
+            x = image[None] if self._in_q is None else quantize(image[None], *self._in_q)
+            try:
+                self._inputs[0].write(np.ascontiguousarray(x).ravel())
+                self._model.run_by_index(0, self._inputs, self._outputs)
+                y = np.asarray(self._outputs[0].read(self._classes, self._out_dtype))
+            except (RuntimeError, ValueError) as e:
+                raise ToolkitError(f"{self.path}: LiteRT's CompiledModel failed to run it ({first_line(e)})") from None
+            out[i] = y if self._out_q is None else dequantize(y, *self._out_q)
+        return out
+
+
 def _litert_spec(d: dict) -> TensorSpec:
     scale, zero_point = d.get("quantization", (0.0, 0))
     signature = d.get("shape_signature", d["shape"])
@@ -267,11 +326,15 @@ class KerasRunner:
 
 # ---------------------------------------------------------------------------------------------- load
 
-RUNNERS = {LITERT: LiteRTRunner, ONNXRUNTIME: OnnxRunner, KERAS: KerasRunner}  # by runtime name
+RUNNERS = {LITERT: LiteRTRunner, LITERT_COMPILED: LiteRTCompiledRunner, ONNXRUNTIME: OnnxRunner, KERAS: KerasRunner}
 
 
 def load(
-    path: str | Path, threads: int | None = None, providers: list[str] | None = None, probe: bool = True
+    path: str | Path,
+    threads: int | None = None,
+    providers: list[str] | None = None,
+    probe: bool = True,
+    runtime_name: str | None = None,
 ) -> Runner:
     """Load an artifact in the runtime an edge app would use, after checking the file is what it claims.
 
@@ -281,6 +344,24 @@ def load(
     """
     path = Path(path)
     suffix = path.suffix.lower()
+    _check_file(path, suffix)
+    if threads is not None and threads < 1:
+        raise ToolkitError(f"threads must be at least 1, got {threads}")
+    if probe and suffix in (".tflite", ".onnx", ".ort"):
+        probe_in_child(path)
+    if providers is not None:
+        if suffix != ".onnx":
+            raise ToolkitError(f"{path}: execution providers apply to .onnx files only")
+        return OnnxRunner(path, threads=threads, providers=providers)
+    if runtime_name is not None and runtime_name != NATIVE_BY_SUFFIX[suffix]:
+        if runtime_name not in RUNNERS or runtime(runtime_name).suffix != suffix:
+            raise ToolkitError(f"{path}: runtime {runtime_name!r} does not run {suffix} files")
+        return RUNNERS[runtime_name](path, threads=threads)
+    return RUNNERS[NATIVE_BY_SUFFIX[suffix]](path, threads=threads)
+
+
+def _check_file(path: Path, suffix: str) -> None:
+    """A file of a type some runtime runs, present, not empty, with its format's header."""
     if suffix not in NATIVE_BY_SUFFIX:
         raise ToolkitError(
             f"{path}: unknown artifact type {suffix or '(no suffix)'}; expected one of {', '.join(NATIVE_BY_SUFFIX)}"
@@ -289,19 +370,9 @@ def load(
         raise ToolkitError(f"{path}: file not found")
     if not path.is_file():
         raise ToolkitError(f"{path}: not a file")
-    size = path.stat().st_size
-    if size == 0:
+    if path.stat().st_size == 0:
         raise ToolkitError(f"{path}: empty file")
-    if threads is not None and threads < 1:
-        raise ToolkitError(f"threads must be at least 1, got {threads}")
     check_file_header(path)
-    if probe and suffix in (".tflite", ".onnx", ".ort"):
-        probe_in_child(path)
-    if providers is not None:
-        if suffix != ".onnx":
-            raise ToolkitError(f"{path}: execution providers apply to .onnx files only")
-        return OnnxRunner(path, threads=threads, providers=providers)
-    return RUNNERS[NATIVE_BY_SUFFIX[suffix]](path, threads=threads)
 
 
 # What the child process runs: load the file and run one image, reporting a ToolkitError as one line.

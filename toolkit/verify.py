@@ -11,12 +11,14 @@ probabilities: a native runner, the web app in headless Chromium, or the microco
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import platform
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -94,6 +96,7 @@ class ParityRecord:
     verified_at: str = ""
     data_sha256: str = ""  # fingerprint of the dataset whose test split was used
     cross_check: dict[str, Any] | None = None  # agreement with another runtime on the same model (micro vs LiteRT)
+    self_check: dict[str, Any] | None = None  # this file's own outputs on the self-check images (see self_check_of)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,6 +117,28 @@ class Reference:
     def accuracy(self) -> float:
         return float(np.mean(self.probabilities.argmax(1) == self.labels))
 
+    @cached_property
+    def self_check_images(self) -> list[int]:
+        """The first test image of each class that Keras classifies correctly with p >= 0.99, at most
+        SELF_CHECK_IMAGES: far from any decision boundary, so that every correct runtime, on any CPU, gives the
+        same answer and nearly the same probabilities."""
+        top, sure = self.probabilities.argmax(1), self.probabilities.max(1) >= 0.99
+        chosen = []
+        for c in range(self.probabilities.shape[1]):
+            hits = np.flatnonzero((self.labels == c) & (top == c) & sure)
+            if len(hits):
+                chosen.append(int(hits[0]))
+        return sorted(chosen[:SELF_CHECK_IMAGES])
+
+    def self_check_inputs(self) -> dict[str, Any]:
+        """The self-check images as an app gets them: uint8 pixels (model input x 255), base64, with their shape."""
+        pixels = np.round(self.images[self.self_check_images] * 255).astype(np.uint8)
+        return {
+            "test_images": self.self_check_images,
+            "shape": list(pixels.shape),
+            "pixels_uint8_base64": base64.b64encode(pixels.tobytes()).decode(),
+        }
+
     def run_native(self, path: Path) -> np.ndarray:
         """`path`'s probabilities on the images in its desktop runtime, computed once per file content."""
         key = manifest.file_sha256(path)
@@ -129,6 +154,23 @@ def reference(workspace: Path, dataset: Dataset, limit: int | None = None, model
     images = to_model_input(x)
     keras_runner = runtimes.load(model_path or ws.model(workspace))
     return Reference(images=images, labels=y, probabilities=runtimes.predict(keras_runner, images, batch_size=1000))
+
+
+SELF_CHECK_IMAGES = 10
+# how far a correct runtime on another machine may land from this file's own outputs here: float32 kernels differ
+# in summation order; reduced-precision ones by a quantization step or two
+SELF_CHECK_TOLERANCE = {"float32": 1e-4}
+SELF_CHECK_DEFAULT_TOLERANCE = 0.02
+
+
+def self_check_of(record: ArtifactRecord, probabilities: np.ndarray, ref: Reference) -> dict[str, Any]:
+    """What an app checks at start-up: this file's probabilities on the self-check images (the manifest's
+    `self_check` inputs), the same top class, and every probability within the tolerance."""
+    return {
+        "expected": [[round(float(p), 6) for p in probabilities[i]] for i in ref.self_check_images],
+        "tolerance": SELF_CHECK_TOLERANCE.get(record.variant, SELF_CHECK_DEFAULT_TOLERANCE),
+        "rule": "the same top class as expected, and every probability within tolerance of it",
+    }
 
 
 def compare(record: ArtifactRecord, probabilities: np.ndarray, ref: Reference) -> ParityRecord:
@@ -204,7 +246,8 @@ class Scorer(Protocol):
 
 
 class NativeScorer:
-    """Desktop runtimes (LiteRT, ONNX Runtime), loaded through `toolkit.runtimes`."""
+    """Desktop runtimes (LiteRT, ONNX Runtime), loaded through `toolkit.runtimes`. A phone's `.tflite` (format
+    tflite) is also run through LiteRT's CompiledModel API, and its agreement with the Interpreter is reported."""
 
     where = f"this machine's CPU ({platform.machine()})"
 
@@ -212,7 +255,19 @@ class NativeScorer:
         self.workspace, self.say = workspace, say
 
     def score(self, record: ArtifactRecord, ref: Reference) -> Scored:
-        return Scored(ref.run_native(self.workspace / record.file))
+        path = self.workspace / record.file
+        probabilities = ref.run_native(path)
+        if record.runtime != artifacts.LITERT or record.format != artifacts.TFLITE_FORMAT:
+            return Scored(probabilities)
+        self.say(f"{record.file}: {len(ref.images):,} images in LiteRT's CompiledModel API")
+        compiled = runtimes.predict(runtimes.load(path, runtime_name=artifacts.LITERT_COMPILED), ref.images)
+        cross = {
+            "runtime": artifacts.LITERT_COMPILED,
+            "file": record.file,
+            "agreement": round(float(np.mean(compiled.argmax(1) == probabilities.argmax(1))), 6),
+            "max_abs_diff": float(np.max(np.abs(compiled - probabilities))),
+        }
+        return Scored(probabilities, [], cross)
 
 
 class MicroScorer(NativeScorer):
@@ -320,6 +375,8 @@ def verify_artifact(workspace: Path, record: ArtifactRecord, ref: Reference, sco
     result = score(record, scored.probabilities, ref)
     result.where = scorer.where
     result.cross_check = scored.cross_check
+    if scored.probabilities is not None:
+        result.self_check = self_check_of(record, scored.probabilities, ref)
     if artifacts.kind_of(record.runtime) == artifacts.MICRO:
         result.criteria = "byte-identical to its .tflite; " + result.criteria
     result.problems = problems + result.problems
@@ -389,7 +446,8 @@ def check(
             outcome.notes.append(f"{kind} artifacts not verified: {e}; run `toolkit verify --{kind}` where it can run")
     if write:
         full_split = len(ref.labels) == len(dataset.y_test)
-        manifest.put_verification(workspace, {r.file: r.to_dict() for r in outcome.results}, full_split)
+        inputs = ref.self_check_inputs() if full_split else None
+        manifest.put_verification(workspace, {r.file: r.to_dict() for r in outcome.results}, full_split, inputs)
     return outcome
 
 

@@ -32,6 +32,18 @@ METHOD = (
 )
 
 
+def _runtimes_of(suffix: str, rec, cuda: bool) -> list[str]:
+    """Every runtime a file is measured in: its own, ONNX Runtime's CUDA provider too where a GPU has it, and for
+    the phone's `.tflite` files (format tflite, or a file in no manifest) LiteRT's CompiledModel API too."""
+    runtime = artifacts.NATIVE_BY_SUFFIX[suffix]
+    names = [runtime]
+    if runtime == ONNXRUNTIME and cuda:
+        names.append(ONNXRUNTIME_CUDA)
+    if runtime == artifacts.LITERT and (rec is None or rec.format == artifacts.TFLITE_FORMAT):
+        names.append(artifacts.LITERT_COMPILED)
+    return names
+
+
 def plan_targets(
     workspace: Path, models: list[Path] | None = None, include_keras: bool = True, gpu: dict | None = None
 ) -> list[Target]:
@@ -56,8 +68,7 @@ def plan_targets(
         rec = rec or manifest.record_of(path)  # refuses a certified file that changed; None: in no manifest
         variant = rec.variant if rec else path.name.split(".")[-2] if path.name.count(".") >= 2 else "?"
         accuracy = (rec.verification or {}).get("accuracy") if rec else None  # never a certificate of another file
-        runtime = artifacts.NATIVE_BY_SUFFIX[suffix]
-        for name in (runtime, ONNXRUNTIME_CUDA) if runtime == ONNXRUNTIME and cuda else (runtime,):
+        for name in _runtimes_of(suffix, rec, cuda):
             targets.append(Target(path.name, path, suffix[1:], variant, name, path.stat().st_size, accuracy))
     keras_path = next((Path(m) for m in (models or []) if Path(m).suffix == ".keras"), None) or ws.model(workspace)
     if (include_keras and not models) or (models and any(Path(m).suffix == ".keras" for m in models)):

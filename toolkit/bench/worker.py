@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.artifacts import KERAS_BASELINES, KERAS_PREDICT, LITERT, ONNXRUNTIME_CUDA
+from toolkit.artifacts import KERAS_BASELINES, KERAS_PREDICT, LITERT, LITERT_COMPILED, ONNXRUNTIME_CUDA
 from toolkit.bench.machine import current_rss_mb, vm_hwm_mb
 from toolkit.bench.stats import runs_for, stats_ms, time_calls, warmup_for
 
@@ -34,6 +34,8 @@ def _import_runtime(runtime: str, threads: int) -> str:
         return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
     if runtime == LITERT:
         from ai_edge_litert.interpreter import Interpreter  # noqa: F401
+    elif runtime == LITERT_COMPILED:
+        from ai_edge_litert.compiled_model import CompiledModel  # noqa: F401
     else:
         import onnxruntime  # noqa: F401
     return "gpu" if runtime == ONNXRUNTIME_CUDA else "cpu"
@@ -60,7 +62,7 @@ def _make_call(spec: dict):
         if runner.providers[0] != "CUDAExecutionProvider":
             raise RuntimeError(f"onnxruntime fell back to {runner.providers[0]}")
         return runner.run
-    runner = runtimes.load(path, threads=threads, probe=False)  # this process is the disposable one
+    runner = runtimes.load(path, threads=threads, probe=False, runtime_name=runtime)  # this process is disposable
     return runner.run
 
 
