@@ -109,3 +109,25 @@ def test_every_verified_artifact_carries_self_check_vectors(exported_workspace, 
         assert sorted(want.argmax(1).tolist()) == list(range(10))  # one image of each class
         checked += 1
     assert checked == 4  # float32 and int8, .onnx and .ort
+
+
+def test_litert_compiled_model_is_verified_and_benchmarked_beside_the_interpreter(exported_workspace, mnist):
+    from toolkit import bench
+
+    workspace, _ = exported_workspace
+    for record in manifest.records(workspace):
+        if record.format == "tflite":
+            cross = record.verification["cross_check"]
+            assert cross["runtime"] == "litert-compiled" and cross["agreement"] == 1.0, record.file
+            assert cross["max_abs_diff"] <= 1e-6
+    target = workspace / "mnist_cnn.int8.tflite"
+    result = bench.measure(workspace, mnist, batch_sizes=[1], threads=[1], iterations=20, warmup=2, models=[target])
+    rows = {r.runtime: r for r in result.results if r.artifact == target.name}
+    assert set(rows) == {"litert", "litert-compiled"}, rows
+    assert all(r.status == "ok" and r.p50_ms > 0 for r in rows.values())
+    compiled = runtimes.load(target, runtime_name="litert-compiled")
+    plain = runtimes.load(target)
+    x = mnist.splits().test[0][:5, ..., None].astype(np.float32) / 255
+    assert np.array_equal(compiled.run(x), plain.run(x))
+    with pytest.raises(ToolkitError, match="does not run .tflite"):
+        runtimes.load(target, runtime_name="onnxruntime")
