@@ -20,6 +20,7 @@ from toolkit.micro import runtime as micro
 from toolkit.micro.carray import FORBIDDEN_OPERATORS
 from toolkit.micro.runtime import read_c_array
 from toolkit.micro.vela import vela_estimates
+from toolkit.runtimes import quantize
 
 P = "MNIST_CNN_MICRO"  # the header's macro prefix
 
@@ -158,6 +159,7 @@ def test_c_and_header_compile_in_c(exported, model_bytes, tmp_path):
         f"  if (mnist_cnn_micro_tflite_len != {P}_MODEL_BYTES || shape[1] != 28) return 4;\n"
         f"  if (sizeof labels / sizeof labels[0] != {P}_NUM_LABELS) return 5;\n"
         f"  if ({P}_ARENA_BYTES < {P}_ARENA_BYTES_MIN || {P}_OUTPUT_ELEMENTS != 10) return 6;\n"
+        f"  if (sizeof mnist_cnn_micro_self_check_output != {P}_SELF_CHECK_COUNT * {P}_OUTPUT_ELEMENTS) return 7;\n"
         '  FILE *f = fopen(argv[1], "wb");\n'
         "  fwrite(mnist_cnn_micro_tflite, 1, mnist_cnn_micro_tflite_len, f);\n"
         "  return fclose(f);\n}\n"
@@ -186,6 +188,24 @@ def test_header_registers_the_operators_in_cpp(exported, model_bytes, tmp_path):
     _compile("g++", "-std=c++17", out, main, exe)
     run = subprocess.run([str(exe)], capture_output=True, text=True, check=True)
     assert run.stdout.split() == calls
+
+
+def test_the_header_self_check_vectors_are_what_tflite_micro_returns(exported, model_bytes):
+    """The header's self-check inputs, run in LiteRT for Microcontrollers, give its expected outputs."""
+    text = (exported[0] / "mnist_cnn.micro.h").read_text()
+
+    def array(name: str) -> np.ndarray:
+        body = re.search(rf"{name}\[[^=]*= \{{(.*?)\n\}};", text, re.S).group(1)
+        rows = re.findall(r"\{([^{}]*)\}", body)
+        return np.array([[int(v) for v in row.replace("\n", " ").split(",")] for row in rows], np.int8)
+
+    inputs, outputs = array("mnist_cnn_micro_self_check_input"), array("mnist_cnn_micro_self_check_output")
+    count = int(re.search(rf"#define {P}_SELF_CHECK_COUNT (\d+)", text).group(1))
+    assert inputs.shape == (count, 784) and outputs.shape == (count, 10) and count == 4
+    runner = micro.MicroRunner(model_bytes)
+    images = ((inputs.astype(np.float32) - runner.input.zero_point) * runner.input.scale).reshape(count, 28, 28, 1)
+    got = quantize(runner.run(images), runner.output.scale, runner.output.zero_point)
+    assert np.array_equal(got, outputs)
 
 
 def test_micro_agrees_with_litert(exported, mnist):

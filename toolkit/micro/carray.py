@@ -28,6 +28,7 @@ from toolkit.manifest import ArtifactRecord
 from toolkit.micro import runtime
 from toolkit.micro.vela import vela_records
 from toolkit.model import NO_LAYER, layer_of, with_fixed_batch
+from toolkit.runtimes import quantize
 
 VARIANTS = ("int8",)
 
@@ -54,6 +55,8 @@ class Embedded:
     arena_min: int
     arena_recommended: int
     operators: list[str]
+    self_check_inputs: np.ndarray  # (k, input elements) int8: the first calibration images, quantized
+    self_check_outputs: np.ndarray  # (k, output elements) int8: what tflite-micro returned for them
 
     @property
     def stem(self) -> str:
@@ -91,6 +94,58 @@ def _c_shape(shape: list[int]) -> str:
     return "{" + ", ".join(str(d) for d in shape) + "}"
 
 
+SELF_CHECK_COUNT = 4
+SELF_CHECK_TOLERANCE = 2  # int8 output steps: optimised kernels (CMSIS-NN) may round a step apart from the reference
+
+
+def _self_check_images(runner, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """SELF_CHECK_COUNT calibration images and tflite-micro's outputs on them: among the first 64, those whose top
+    output leads the runner-up by the most steps (so another kernel's rounding cannot flip the answer), of
+    different top classes first."""
+    pool = images[:64]
+    probabilities = runner.run(pool)
+    ordered = np.sort(probabilities, axis=1)
+    margin = ordered[:, -1] - ordered[:, -2]
+    chosen, classes = [], set()
+    for i in np.argsort(-margin, kind="stable"):
+        if int(probabilities[i].argmax()) not in classes:
+            chosen.append(int(i))
+            classes.add(int(probabilities[i].argmax()))
+    chosen += [int(i) for i in np.argsort(-margin, kind="stable") if int(i) not in chosen]
+    chosen = sorted(chosen[:SELF_CHECK_COUNT])
+    return pool[chosen], probabilities[chosen]
+
+
+def _c_rows(values: np.ndarray) -> str:
+    """A 2-D int8 array as C initialiser rows."""
+    rows = []
+    for row in values:
+        items = [str(int(v)) for v in row]
+        lines = [", ".join(items[i : i + 24]) for i in range(0, len(items), 24)]
+        rows.append("  {" + ",\n   ".join(lines) + "}")
+    return "{\n" + ",\n".join(rows) + "\n}"
+
+
+def _self_check_block(m: Embedded, p: str) -> str:
+    """The self-check arrays and how a firmware runs them at start-up."""
+    return (
+        f"/* Self-check at start-up: run each {p}_SELF_CHECK_INPUT row (already int8, the model's input) and refuse\n"
+        f" * the model unless the output has the same top index as {p}_SELF_CHECK_OUTPUT and every value within\n"
+        f" * {p}_SELF_CHECK_TOLERANCE steps of it (what tflite-micro's {runtime.KERNELS} kernels returned here):\n"
+        f" *   for (int k = 0; k < {p}_SELF_CHECK_COUNT; k++) {{\n"
+        f" *     memcpy(interpreter.input(0)->data.int8, {m.stem}_self_check_input[k], {p}_INPUT_ELEMENTS);\n"
+        " *     interpreter.Invoke();\n"
+        " *     const int8_t* y = interpreter.output(0)->data.int8;  // compare with\n"
+        f" *     // {m.stem}_self_check_output[k]: same argmax, |difference| <= {p}_SELF_CHECK_TOLERANCE\n"
+        " *   }\n"
+        " * Unused arrays are static and cost no flash. */\n"
+        f"static const int8_t {m.stem}_self_check_input[{p}_SELF_CHECK_COUNT][{p}_INPUT_ELEMENTS] = "
+        f"{_c_rows(m.self_check_inputs)};\n"
+        f"static const int8_t {m.stem}_self_check_output[{p}_SELF_CHECK_COUNT][{p}_OUTPUT_ELEMENTS] = "
+        f"{_c_rows(m.self_check_outputs)};\n\n"
+    )
+
+
 def c_header(m: Embedded) -> str:
     p = m.stem.upper()
     calls = [runtime.resolver_call(op) for op in m.operators]
@@ -117,6 +172,8 @@ def c_header(m: Embedded) -> str:
         ("ARENA_BYTES", m.arena_recommended, f"recommended: the minimum + {margin}%, in whole KiB"),
         ("OPERATOR_COUNT", len(m.operators), "for MicroMutableOpResolver<N>"),
         ("OPERATORS", json.dumps(" ".join(m.operators)), "the builtin operators of the model"),
+        ("SELF_CHECK_COUNT", len(m.self_check_inputs), "inputs with known outputs, below"),
+        ("SELF_CHECK_TOLERANCE", SELF_CHECK_TOLERANCE, "int8 output steps"),
     ]
     lines = [f"#define {p}_{name} {value}" + (f"  /* {note} */" if note else "") for name, value, note in defines]
     guard = f"{p}_H"
@@ -144,8 +201,11 @@ def c_header(m: Embedded) -> str:
         f" *   q = clamp(round(pixel / 255 / {p}_INPUT_SCALE) + {p}_INPUT_ZERO_POINT, -128, 127)\n"
         f" * Output: probability = (q - {p}_OUTPUT_ZERO_POINT) * {p}_OUTPUT_SCALE\n"
         " */\n"
-        f"#ifndef {guard}\n#define {guard}\n\n" + "\n".join(lines) + "\n\n"
-        '#ifdef __cplusplus\nextern "C" {\n#endif\n\n'
+        f"#ifndef {guard}\n#define {guard}\n\n#include <stdint.h>\n\n"
+        + "\n".join(lines)
+        + "\n\n"
+        + _self_check_block(m, p)
+        + '#ifdef __cplusplus\nextern "C" {\n#endif\n\n'
         f"/* The model flatbuffer, {ALIGNMENT}-byte aligned, {m.length} bytes. */\n"
         f"extern const unsigned char {m.symbol}[];\n"
         f"extern const unsigned int {m.symbol}_len;\n\n"
@@ -206,6 +266,7 @@ def export(ctx: ExportContext, variants: list[str]) -> list[ArtifactRecord]:
 
     # allocates at the recommended arena; its tensors are the model's as tflite-micro reads them
     runner = runtime.MicroRunner(data, tflite_path, runtime.recommended_arena(arena_min))
+    checks, expected = _self_check_images(runner, ctx.calibration.images)
     embedded = Embedded(
         source=tflite_path.name,
         sha256=digest,
@@ -216,6 +277,8 @@ def export(ctx: ExportContext, variants: list[str]) -> list[ArtifactRecord]:
         arena_min=arena_min,
         arena_recommended=runner.arena_size,
         operators=ops,
+        self_check_inputs=quantize(checks, runner.input.scale, runner.input.zero_point).reshape(len(checks), -1),
+        self_check_outputs=quantize(expected, runner.output.scale, runner.output.zero_point),  # back to its int8
     )
     h_path = fsio.write_text(ctx.artifact_path(MICRO_FORMAT, "h"), c_header(embedded))
     c_path = fsio.write_text(ctx.artifact_path(MICRO_FORMAT, "c"), c_source(data, embedded, h_path.name))
