@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
@@ -16,7 +17,9 @@ pytestmark = pytest.mark.skipif(not (RELEASE / "manifest.json").is_file(), reaso
 def test_manifest_checksums_match_the_committed_files():
     m = manifest.read(RELEASE)
     assert m["model"]["sha256"] == manifest.file_sha256(RELEASE / "model.keras")
-    assert len(m["artifacts"]) == 19  # 8 native (micro .c included), 4 Vela-compiled, 6 web, 1 quantization recipe
+    formats = Counter(a["format"] for a in m["artifacts"].values())
+    assert formats == {"tflite": 4, "onnx": 2, "ort": 2, "micro": 2, "vela": 4, "web": 6, "recipes": 1}, formats
+    assert m["self_check"]["shape"][0] == len(m["self_check"]["test_images"]) == 10
     for name, a in m["artifacts"].items():
         assert manifest.file_sha256(RELEASE / name) == a["sha256"], name
         assert (RELEASE / name).stat().st_size == a["bytes"]
@@ -54,7 +57,7 @@ def test_web_app_lists_the_committed_web_models():
     listed = json.loads((site / "models.json").read_text())
     web = {n: a for n, a in manifest.read(RELEASE)["artifacts"].items() if a["format"] == "web"}
     assert {f"web/{m['file']}": m["sha256"] for m in listed["models"]} == {n: a["sha256"] for n, a in web.items()}
-    for name in ("index.html", "app.mjs", "engines.mjs", "preprocess.mjs", "style.css"):
+    for name in ("index.html", "app.mjs", "engines.mjs", "preprocess.mjs", "style.css", "isolation-sw.js"):
         assert (site / name).read_bytes() == (REPO / "toolkit" / "web" / "site" / name).read_bytes(), name
 
 

@@ -163,16 +163,22 @@ class LiteRTRunner:
         return y if self._out_q is None else dequantize(y, *self._out_q)
 
 
-def _quiet_litert_teardown() -> None:
-    """LiteRT's environment logs each accelerator it destroys ("INFO: DestroyAccelerator ...") on stderr when the
-    process exits, after the command has said everything: from then on, stderr goes nowhere."""
-    global _teardown_registered
-    if not _teardown_registered:
-        _teardown_registered = True
+def _litert_environment():
+    """One LiteRT environment for every CompiledModel of this process, made quietly, and kept to the end: LiteRT
+    logs its set-up ("Creating LiteRT environment", accelerators it could not load) and each accelerator it
+    destroys ("INFO: DestroyAccelerator") on stderr. The end is after the command has said everything, and from
+    then on stderr goes nowhere."""
+    global _environment
+    if _environment is None:
+        from ai_edge_litert.environment import Environment
+
+        with captured_output():
+            _environment = Environment.create()
         atexit.register(lambda: os.dup2(os.open(os.devnull, os.O_WRONLY), 2))
+    return _environment
 
 
-_teardown_registered = False
+_environment = None
 
 
 class LiteRTCompiledRunner:
@@ -189,7 +195,6 @@ class LiteRTCompiledRunner:
         from ai_edge_litert.options import Options
 
         self.path, self.threads = path, threads
-        _quiet_litert_teardown()
         described = LiteRTRunner(path, threads=1)
         self.input, self.output, self.shape = described.input, described.output, described.shape
         self._in_q, self._out_q = described._in_q, described._out_q
@@ -198,7 +203,9 @@ class LiteRTCompiledRunner:
         try:
             with captured_output():  # vendor plugins it cannot load here (OpenVINO, ...) are reported on stderr
                 self._model = CompiledModel.from_buffer(
-                    path.read_bytes(), options=Options(cpu_options=CpuOptions(num_threads=threads or 0))
+                    path.read_bytes(),
+                    environment=_litert_environment(),
+                    options=Options(cpu_options=CpuOptions(num_threads=threads or 0)),
                 )
                 self._inputs, self._outputs = self._model.create_input_buffers(0), self._model.create_output_buffers(0)
                 self.run(np.zeros((1, *self.shape), np.float32))  # the environment logs its set-up on a first run
