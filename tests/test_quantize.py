@@ -273,7 +273,9 @@ def test_explain_never_reads_the_test_split(small_workspace, tmp_path, mnist):
 def test_a_changed_float32_source_is_refused(release_float32, tmp_path, mnist):
     workspace = _copy(release_float32, tmp_path)
     path = workspace / "mnist_cnn.float32.tflite"
-    path.write_bytes(path.read_bytes()[:-1] + b"\0")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # (the last byte is the packed label zip's, already 0)
+    path.write_bytes(bytes(data))
     with pytest.raises(ToolkitError, match="no certified float32 .tflite of model.keras to quantize"):
         search_lib.search(workspace, mnist, recipes=["int4"], limit=LIMIT, out=tmp_path / "r")
 
