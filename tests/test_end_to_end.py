@@ -32,9 +32,9 @@ def test_train_export_verify_benchmark(tmp_path, mnist_dir):
     p = _toolkit("export", "--calibration-size", "100", *data, "--json", "export.json", cwd=tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr
     out = json.loads((tmp_path / "export.json").read_text())
-    # 8 native artifacts (the micro .c in LiteRT for Microcontrollers), then 6 web models verified in Chromium;
-    # the Vela-compiled files run on an Ethos-U only and are not run
-    assert out["passed"] and len(out["results"]) == 14
+    # 10 native artifacts (the two .ort files, the micro .c in LiteRT for Microcontrollers), then 6 web models
+    # verified in Chromium; the Vela-compiled files run on an Ethos-U only and are not run
+    assert out["passed"] and len(out["results"]) == 16
     assert sum("Chromium" in r["where"] for r in out["results"]) == 6
     assert sum(r["runtime"] == "litert-micro" for r in out["results"]) == 1
     artifacts = json.loads((ws / "manifest.json").read_text())["artifacts"]
@@ -75,5 +75,5 @@ def test_train_export_verify_benchmark(tmp_path, mnist_dir):
     assert p.returncode == 0, p.stderr
     results = json.loads((tmp_path / "bench.json").read_text())["results"]
     runtimes = {r["runtime"] for r in results if r["status"] == "ok"}
-    assert runtimes == {"litert", "keras-predict", "keras-compiled"}
+    assert runtimes == {"litert", "litert-compiled", "keras-predict", "keras-compiled"}
     assert {p.name for p in (tmp_path / "bench").iterdir()} == {"results.json", "SUMMARY.md", "benchmark.png"}
