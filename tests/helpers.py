@@ -26,14 +26,15 @@ def clean_failure(result) -> str:
     return result.output
 
 
-def run_toolkit(*args, timeout=300):
-    """`python -m toolkit ARGS` in a child process, as a user runs it."""
+def run_toolkit(*args, timeout=300, env=None):
+    """`python -m toolkit ARGS` in a child process, as a user runs it (with `env` as its whole environment)."""
     return subprocess.run(
         [sys.executable, "-m", "toolkit", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         stdin=subprocess.DEVNULL,
+        env=env,
     )
 
 

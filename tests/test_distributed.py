@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.helpers import run_toolkit
 from toolkit.backend import keras as _keras
 
 pytestmark = pytest.mark.slow
@@ -32,14 +31,7 @@ def _train(workspace: Path, backend: str, devices: int | None, *args: str, data_
     env.update(KERAS_BACKEND=backend, TOOLKIT_DATA_DIR=str(data_dir))
     if devices:
         env["TOOLKIT_CPU_DEVICES"] = str(devices)
-    return subprocess.run(
-        [sys.executable, "-m", "toolkit", "train", *args, "--dir", str(workspace)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_toolkit("train", *args, "--dir", str(workspace), timeout=600, env=env)
 
 
 def _model_file(tmp_path: Path, batch_norm: bool) -> Path:

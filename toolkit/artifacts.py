@@ -51,6 +51,16 @@ RUNTIMES: dict[str, Runtime] = {
     )
 }
 KERAS_BASELINES = (KERAS_PREDICT, KERAS_COMPILED)  # how the benchmark measures the Keras model
+
+
+def second_runtime(runtime_name: str, fmt: str | None) -> str | None:
+    """The other runtime that verify cross-checks and benchmark measures a file in, or None: LiteRT's CompiledModel
+    API for the phone's `.tflite` files (format tflite, or a file in no manifest, `fmt` None)."""
+    if runtime_name == LITERT and fmt in (TFLITE_FORMAT, None):
+        return LITERT_COMPILED
+    return None
+
+
 # The one suffix table: which native runtime runs a file given by path, and which browser runtime runs a web model
 NATIVE_BY_SUFFIX = {".tflite": LITERT, ".onnx": ONNXRUNTIME, ".ort": ONNXRUNTIME, ".keras": KERAS}
 BROWSER_BY_SUFFIX = {".tflite": LITERTJS, ".onnx": ORT_WEB}

@@ -246,8 +246,9 @@ class Scorer(Protocol):
 
 
 class NativeScorer:
-    """Desktop runtimes (LiteRT, ONNX Runtime), loaded through `toolkit.runtimes`. A phone's `.tflite` (format
-    tflite) is also run through LiteRT's CompiledModel API, and its agreement with the Interpreter is reported."""
+    """Desktop runtimes (LiteRT, ONNX Runtime), loaded through `toolkit.runtimes`. A file with a second runtime
+    (artifacts.second_runtime: LiteRT's CompiledModel for a phone's `.tflite`) runs there too, and the two
+    runtimes' agreement is reported."""
 
     where = f"this machine's CPU ({platform.machine()})"
 
@@ -257,12 +258,13 @@ class NativeScorer:
     def score(self, record: ArtifactRecord, ref: Reference) -> Scored:
         path = self.workspace / record.file
         probabilities = ref.run_native(path)
-        if record.runtime != artifacts.LITERT or record.format != artifacts.TFLITE_FORMAT:
+        second = artifacts.second_runtime(record.runtime, record.format)
+        if second is None:
             return Scored(probabilities)
-        self.say(f"{record.file}: {len(ref.images):,} images in LiteRT's CompiledModel API")
-        compiled = runtimes.predict(runtimes.load(path, runtime_name=artifacts.LITERT_COMPILED), ref.images)
+        self.say(f"{record.file}: {len(ref.images):,} images in {artifacts.runtime(second).label}")
+        compiled = runtimes.predict(runtimes.load(path, runtime_name=second), ref.images)
         cross = {
-            "runtime": artifacts.LITERT_COMPILED,
+            "runtime": second,
             "file": record.file,
             "agreement": round(float(np.mean(compiled.argmax(1) == probabilities.argmax(1))), 6),
             "max_abs_diff": float(np.max(np.abs(compiled - probabilities))),

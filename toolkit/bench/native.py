@@ -33,15 +33,14 @@ METHOD = (
 
 
 def _runtimes_of(suffix: str, rec, cuda: bool) -> list[str]:
-    """Every runtime a file is measured in: its own, ONNX Runtime's CUDA provider too where a GPU has it, and for
-    the phone's `.tflite` files (format tflite, or a file in no manifest) LiteRT's CompiledModel API too."""
+    """Every runtime a file is measured in: its own, ONNX Runtime's CUDA provider too where a GPU has it, and its
+    second runtime (artifacts.second_runtime: LiteRT's CompiledModel for the phone's `.tflite` files)."""
     runtime = artifacts.NATIVE_BY_SUFFIX[suffix]
     names = [runtime]
     if runtime == ONNXRUNTIME and cuda:
         names.append(ONNXRUNTIME_CUDA)
-    if runtime == artifacts.LITERT and (rec is None or rec.format == artifacts.TFLITE_FORMAT):
-        names.append(artifacts.LITERT_COMPILED)
-    return names
+    second = artifacts.second_runtime(runtime, rec.format if rec else None)
+    return names + ([second] if second else [])
 
 
 def plan_targets(
