@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from tests.helpers import clean_failure, one_line_error
 from toolkit import bench
 from toolkit.bench import summary
+from toolkit.bench.driver import merge
 from toolkit.bench.stats import runs_for, stats_ms
 from toolkit.cli import app
 
@@ -206,3 +207,27 @@ def test_absurd_benchmark_sizes_are_one_line(args, message, tmp_path, tiny_idx):
     data = ["--data-dir", str(tiny_idx), "--dataset", "idx"]
     result = CliRunner().invoke(app, ["benchmark", *args, *data, "--dir", str(tmp_path)])
     one_line_error(result, message)
+
+
+def test_merge_drops_the_rows_of_a_file_measured_again_with_other_bytes(tmp_path):
+    machine = {"cpu": "Some CPU", "arch": "x86_64", "cpus_usable": 2}
+
+    def row(artifact, runtime, sha256, p50):  # the fields merge reads
+        key = {"artifact": artifact, "runtime": runtime, "threads": 1, "batch_size": 1}
+        return {**key, "sha256": sha256, "p50_ms": p50}
+
+    earlier = [
+        row("a.tflite", "litert", "old", 1.0),
+        row("a.tflite", "litert-compiled", "old", 1.1),  # not measured again, but of the old bytes: dropped
+        row("b.onnx", "onnxruntime", "b", 2.0),  # another file: kept
+        row("c.tflite", "litert", "c", 3.0),
+    ]
+    (tmp_path / "results.json").write_text(json.dumps({"machine": machine, "results": earlier}))
+    now = [row("a.tflite", "litert", "new", 0.9), row("c.tflite", "litert-compiled", "c", 3.1)]
+    merged = merge({"machine": machine, "versions": {}, "results": now}, tmp_path / "results.json")
+    assert sorted((r["artifact"], r["runtime"], r["sha256"]) for r in merged["results"]) == [
+        ("a.tflite", "litert", "new"),
+        ("b.onnx", "onnxruntime", "b"),
+        ("c.tflite", "litert", "c"),  # same bytes, another runtime: kept beside this run's row
+        ("c.tflite", "litert-compiled", "c"),
+    ]

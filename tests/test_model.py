@@ -1,6 +1,10 @@
-"""The reference architecture, exactly as specified."""
+"""The reference architecture, exactly as specified, and what the exporter changes in a model."""
 
-from toolkit.model import build_model, count_params, flops_per_image
+import numpy as np
+import pytest
+
+from toolkit.backend import keras as _keras
+from toolkit.model import build_model, count_params, flops_per_image, settle_constant_channels
 
 EXPECTED = [
     ("conv1", "Conv2D", (26, 26, 32), 320),
@@ -35,3 +39,52 @@ def test_flops_from_the_layer_shapes():
     flops = flops_per_image(build_model())
     assert 2 * macs < flops < 2 * macs * 1.02  # plus biases, activations, pooling, batch-norm
     assert build_model(batch_size=1).input.shape[0] == 1
+
+
+def _dense_relu_batchnorm():
+    """Dense(4, relu) -> BatchNormalization -> Dense(3), with unit 0 dead (never positive) and unit 2 constant 0.5."""
+    keras = _keras()
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dense(4, activation="relu", name="hidden")(inputs)
+    norm = keras.layers.BatchNormalization(name="norm")(hidden)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="out")(norm))
+    kernel, bias = model.get_layer("hidden").get_weights()
+    kernel[:, [0, 2]], bias[[0, 2]] = 0.0, [-1.0, 0.5]
+    model.get_layer("hidden").set_weights([kernel, bias])
+    # moving statistics as training leaves them: unit 0 near-zero mean and variance; unit 1 varies, with a variance
+    # as small as unit 0's (it is live all the same); unit 2 constant but with a large variance on record
+    gamma, beta = np.array([1.0, 1.0, 1.0, 1.0]), np.array([0.3, -0.2, 0.1, 0.0])
+    model.get_layer("norm").set_weights(
+        [gamma, beta, np.array([1e-6, 0.0, 0.5, 0.0]), np.array([1e-9, 1e-9, 1.0, 1.0])]
+    )
+    return model
+
+
+def test_settling_a_dead_batchnorm_channel_keeps_the_outputs_and_only_that_channel():
+    model = _dense_relu_batchnorm()
+    images = np.random.default_rng(0).normal(size=(200, 6)).astype("float32")
+    before = model.predict(images, verbose=0)
+    assert settle_constant_channels(model, images) == [{"layer": "norm", "channels": 1, "of": 4}]
+    gamma, beta, _, _ = model.get_layer("norm").get_weights()
+    assert gamma.tolist() == [0.0, 1.0, 1.0, 1.0]
+    assert beta[0] == pytest.approx(0.3 - 1e-6 / np.sqrt(1e-9 + 1e-3)) and beta[1:].tolist() == pytest.approx(
+        [-0.2, 0.1, 0]
+    )
+    np.testing.assert_allclose(model.predict(images, verbose=0), before, atol=1e-6)
+    assert settle_constant_channels(model, images) == []  # gamma 0 is settled: nothing left to do
+
+
+def test_a_model_without_a_graph_is_left_as_it_is():
+    keras = _keras()
+
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.norm = keras.layers.BatchNormalization()
+
+        def call(self, x):
+            return self.norm(x)
+
+    net = Net()
+    net(np.zeros((1, 4), "float32"))
+    assert settle_constant_channels(net, np.zeros((8, 4), "float32")) == []

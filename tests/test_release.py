@@ -9,6 +9,7 @@ import pytest
 
 from tests.conftest import REPO
 from toolkit import manifest
+from toolkit.train import command_line
 
 RELEASE = REPO / "exported"
 pytestmark = pytest.mark.skipif(not (RELEASE / "manifest.json").is_file(), reason="no release committed")
@@ -77,10 +78,31 @@ def test_model_card_and_report_are_there():
         "Intended use and limits",
         "Artifacts: accuracy on the test split",
         "Latency on the reference machine",
+        "In a phone app",
         "Inputs and outputs",
         "Preprocessing for app developers",
         "How it was produced",
     ):
         assert f"## {section}" in card
+    for runtime in ("LiteRT (ai_edge_litert Interpreter", "LiteRT CompiledModel API", "ONNX Runtime"):
+        assert f"| `mnist_cnn.int8.{'ort' if runtime == 'ONNX Runtime' else 'tflite'}` | {runtime}" in card, runtime
     for link in [l.split("(")[1].rstrip(")") for l in card.splitlines() if l.startswith("![")]:
         assert (RELEASE / link).is_file(), link
+
+
+def test_card_and_make_release_name_the_training_that_made_the_model():
+    """Running the card's commands (`make release`) trains with the options recorded for the committed model."""
+    train = command_line(json.loads((RELEASE / "metrics.json").read_text())["config"])
+    assert f"\n{train}\n" in (RELEASE / "MODEL_CARD.md").read_text()
+    release_target = (REPO / "Makefile").read_text().split("\nrelease:")[1].split("\n\n")[0]
+    assert f"\t$(BIN)/{train} --dir exported\n" in release_target + "\n"
+
+
+def test_the_reference_benchmark_timed_the_committed_files():
+    """Every published row names the SHA-256 of the bytes it timed: those of the release, not of an earlier one."""
+    rows = json.loads((REPO / "benchmarks/results/amd-epyc-2cpu/results.json").read_text())["results"]
+    m = manifest.read(RELEASE)
+    committed = {name: a["sha256"] for name, a in m["artifacts"].items()} | {"model.keras": m["model"]["sha256"]}
+    timed = [r for r in rows if r["status"] == "ok"]
+    assert timed and {r["artifact"] for r in timed} <= set(committed)
+    assert all(r["sha256"] == committed[r["artifact"]] for r in timed)

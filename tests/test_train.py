@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -288,3 +289,11 @@ def test_a_damaged_checkpoint_model_is_one_line(tmp_path, mnist):
     (tmp_path / "checkpoint" / "last.keras").write_bytes(b"PK\x03\x04 damaged")
     with pytest.raises(ToolkitError, match=r"last.keras: damaged checkpoint .*; remove .*checkpoint"):
         train_lib.train(tmp_path, mnist, TrainConfig(epochs=2, **config), resume=True)
+
+
+def test_command_line_names_only_the_options_that_differ_from_the_defaults():
+    defaults = asdict(train_lib.TrainConfig(epochs=train_lib.DEFAULT_EPOCHS))
+    assert train_lib.command_line(defaults) == "toolkit train"
+    changed = {**defaults, "seed": 1, "all_data": True, "augment": False, "eval_limit": 500}
+    changed["model_file"] = "my net.keras"
+    assert train_lib.command_line(changed) == "toolkit train --seed 1 --no-augment --all-data --model 'my net.keras'"

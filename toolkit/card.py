@@ -9,16 +9,16 @@ from typing import Any
 
 from toolkit import fsio, manifest
 from toolkit import workspace as ws
-from toolkit.artifacts import LITERT_MICRO, VELA_FORMAT
+from toolkit.artifacts import LITERT_MICRO, ORT_FORMAT, TFLITE_FORMAT, VELA_FORMAT, runtime, second_runtime
 from toolkit.errors import ToolkitError, first_line
 from toolkit.micro.boards import fits
 from toolkit.preprocess import __doc__ as PREPROCESS_DOC
 from toolkit.quantize import report as quantize_report
 from toolkit.tables import markdown_table
+from toolkit.train import command_line
 
-RELEASE_COMMANDS = """make release   # which runs:
-toolkit train
-toolkit export --format all
+# after the training command, which the card writes from metrics.json (train.command_line)
+RELEASE_COMMANDS = """toolkit export --format all
 toolkit verify
 toolkit verify --browser
 toolkit quantize
@@ -72,11 +72,12 @@ def model_card(workspace: Path, bench: dict[str, Any] | None) -> str:
         _training_of(metrics, ws.metrics(workspace)) if metrics else [],
         _accuracy(arts),
         _latency(bench) if bench else [],
+        _phone(arts, bench),
         _microcontrollers(arts),
         _quantization(workspace),
         _inputs_outputs(m, arts),
         _failures(workspace),
-        _provenance(m),
+        _provenance(m, metrics, workspace.resolve() == RELEASE),
     ]
     return "\n".join(line for section in sections for line in section) + "\n"
 
@@ -180,7 +181,7 @@ def _training(metrics: dict[str, Any]) -> list[str]:
         f"- Keras {metrics['versions']['keras']} on {metrics['backend']}, {metrics['device']}; "
         f"{metrics['params']:,} parameters,",
         f"  {metrics['flops_per_image'] / 1e6:.2f} MFLOP per image.",
-        f"- Adam, learning rate {c['learning_rate']:g} with cosine decay, batch {c['batch_size']}, "
+        f"- Adam, peak learning rate {c['learning_rate']:g}{_warmup(c)} then cosine decay, batch {c['batch_size']}, "
         f"{metrics['epochs']} epochs, "
         f"random shifts of up to 2 pixels {'on' if c['augment'] else 'off'}, seed {c['seed']};",
         f"  {kept}. {metrics['seconds_per_epoch']} s per epoch on average.",
@@ -188,6 +189,12 @@ def _training(metrics: dict[str, Any]) -> list[str]:
         f"**test {acc['test']:.4f}**; loss {loss['train']:.4f} / {_or_dash(loss['valid'])} / {loss['test']:.4f}.",
         "",
     ]
+
+
+def _warmup(config: dict[str, Any]) -> str:
+    """The one-cycle warm-up as words; runs recorded before the option existed had none."""
+    epochs = config.get("warmup_epochs") or 0
+    return f" after a linear warm-up over {epochs:g} epoch{'s' if epochs != 1 else ''}," if epochs else ","
 
 
 def _accuracy(arts: dict[str, Any]) -> list[str]:
@@ -255,6 +262,38 @@ def _latency(bench: dict[str, Any]) -> list[str]:
         lines.append(f"| `{art}` | {rt} | " + " | ".join(cells) + f" | {first['load_ms']:.0f} | {rss} |")
     lines += ["", f"int8 on this CPU: {mach['int8_note']}"]
     return lines
+
+
+def _phone(arts: dict[str, Any], bench: dict[str, Any] | None) -> list[str]:
+    """Which files a phone app embeds and with which API, with each one's size, verified accuracy and, where the
+    benchmark measured it, its batch-1 latency on one thread of the reference machine (a desktop CPU, not a
+    phone: the ratios between rows carry over, the milliseconds do not)."""
+    phone = {n: a for n, a in arts.items() if a.get("format") in (TFLITE_FORMAT, ORT_FORMAT)}
+    if not phone:
+        return []
+    ok = [r for r in (bench or {}).get("results", []) if r["status"] == "ok" and r["batch_size"] == 1]
+    rows = []
+    for name, a in sorted(phone.items(), key=lambda item: item[1]["bytes"]):
+        v = a.get("verification") or {}
+        accuracy = f"{v['accuracy']:.2%}" if v.get("images") else "-"
+        for rt in filter(None, (a["runtime"], second_runtime(a["runtime"], a["format"]))):
+            r = next((r for r in ok if r["artifact"] == name and r["runtime"] == rt and r["threads"] == 1), None)
+            ms = f"{r['p50_ms']:.3f}" if r else "not measured"
+            rows.append(f"| `{name}` | {runtime(rt).label} | {a['bytes']:,} | {accuracy} | {ms} |")
+    return [
+        "",
+        "## In a phone app",
+        "",
+        "An Android or iOS app embeds a `.tflite` and runs it with LiteRT (the Interpreter, or the CompiledModel API",
+        "for GPU and NPU delegation), or an `.ort` with ONNX Runtime Mobile (a reduced build keeps only the",
+        "operators in `*.required_operators_and_types.config`). Labels and input normalisation are inside each file;",
+        "`manifest.json` has self-check images with each file's expected outputs for a start-up check. Latency: batch",
+        "1, one thread, p50 on the reference machine above (a desktop CPU; measure on the phone for its own figures).",
+        "",
+        "| file | embedded with | bytes | accuracy | p50 ms |",
+        "|---|---|---:|---:|---:|",
+        *rows,
+    ]
 
 
 def _microcontrollers(arts: dict[str, Any]) -> list[str]:
@@ -381,8 +420,11 @@ def _failures(workspace: Path) -> list[str]:
     return lines
 
 
-def _provenance(m: dict[str, Any]) -> list[str]:
-    """The commands, versions and checksums that made the release."""
+def _provenance(m: dict[str, Any], metrics: dict[str, Any] | None, release: bool) -> list[str]:
+    """The commands, versions and checksums that made the files; the training command from metrics.json."""
+    config = metrics.get("config") if isinstance(metrics, dict) else None
+    train = command_line(config) if isinstance(config, dict) else "(trained elsewhere: no metrics.json)"
+    commands = ["make release   # which runs:"] if release else []
     lines: list[str] = []
     versions = m.get("versions", {})
     lines += [
@@ -390,6 +432,8 @@ def _provenance(m: dict[str, Any]) -> list[str]:
         "## How it was produced",
         "",
         "```",
+        *commands,
+        train,
         RELEASE_COMMANDS,
         "```",
         "",

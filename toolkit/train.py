@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import platform
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -84,6 +85,22 @@ class TrainConfig:
         for name in ("augment", "mixed_precision", "all_data"):
             if not isinstance(getattr(self, name), bool):
                 raise ToolkitError(f"{name} must be true or false, got {getattr(self, name)!r}")
+
+
+def command_line(config: dict[str, Any]) -> str:
+    """The `toolkit train` call that repeats a run recorded in metrics.json's `config`: every option that differs
+    from its default, so that a model card names the training that made its model rather than a fixed text."""
+    defaults = asdict(TrainConfig(epochs=DEFAULT_EPOCHS))
+    words = ["toolkit train"]
+    for name, value in config.items():
+        if name not in defaults or name == "eval_limit" or value == defaults[name] or value is None:
+            continue
+        option = "--model" if name == "model_file" else "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(option if value else "--no-" + option[2:])
+        else:
+            words.append(f"{option} {shlex.quote(str(value))}")
+    return " ".join(words)
 
 
 @dataclass

@@ -44,6 +44,7 @@ class BenchRecord:
     runs: int = 0
     images_per_second: float | None = None
     bytes: int | None = None
+    sha256: str | None = None  # of the file measured, so that a published row names the very bytes it timed
     peak_rss_mb: float | None = None  # peak resident memory of the process that ran it
     rss_before_load_mb: float | None = None  # its memory with the runtime imported, before the model was loaded
     gflops_per_second: float | None = None
@@ -78,13 +79,15 @@ class Target:
     bytes: int
     accuracy: float | None = None
     entry: dict[str, Any] | None = None  # what the backend needs besides the file (the web app's model entry)
+    sha256: str | None = None
 
     @classmethod
     def of(cls, workspace: Path, record, entry: dict[str, Any] | None = None) -> Target:
         """A manifest record's target, after checking its file is the one that was certified."""
         path = manifest.certified(workspace, record)
         accuracy = (record.verification or {}).get("accuracy")
-        return cls(record.file, path, record.format, record.variant, record.runtime, record.bytes, accuracy, entry)
+        fields = (record.file, path, record.format, record.variant, record.runtime, record.bytes, accuracy, entry)
+        return cls(*fields, sha256=record.sha256)
 
     def row(self, **fields) -> BenchRecord:
         base = dict(
@@ -94,6 +97,7 @@ class Target:
             runtime=self.runtime,
             device="cpu",
             bytes=self.bytes,
+            sha256=self.sha256,
             accuracy=self.accuracy,
         )
         return BenchRecord(**{**base, **fields})
@@ -289,8 +293,9 @@ def earlier_results(previous: Path, machine: dict[str, Any]) -> dict[str, Any] |
 
 def merge(report: dict[str, Any], previous: Path) -> dict[str, Any]:
     """Fold this run's rows into an earlier results.json of the same machine: a row of this run replaces the row
-    with the same (artifact, runtime, threads, batch); the others stay, native rows before browser rows. So a
-    one-file run or a browser run adds to the results instead of wiping them."""
+    with the same (artifact, runtime, threads, batch); the others stay, native rows before browser rows, unless they
+    timed other bytes of a file this run measured. So a one-file run or a browser run adds to the results instead of
+    wiping them, and a re-exported file leaves no row of its old self behind."""
     prev = earlier_results(previous, report["machine"])
     if prev is None:
         return report
@@ -300,7 +305,13 @@ def merge(report: dict[str, Any], previous: Path) -> dict[str, Any]:
         return (r.get("artifact"), r.get("runtime"), r.get("threads"), r.get("batch_size"))
 
     new_keys = {key(r) for r in report["results"]}
-    kept = [r for r in old_rows if key(r) not in new_keys]
+    measured = {r.get("artifact"): r.get("sha256") for r in report["results"]}
+    # an earlier row of a file this run measured again with other bytes times a file that is gone: it goes too
+    kept = [
+        r
+        for r in old_rows
+        if key(r) not in new_keys and (r.get("artifact") not in measured or r.get("sha256") == measured[r["artifact"]])
+    ]
     if not kept:
         return report
     rows = sorted([*kept, *report["results"]], key=lambda r: kind_of(str(r.get("runtime"))) == BROWSER)

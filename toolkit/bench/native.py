@@ -67,16 +67,16 @@ def plan_targets(
         rec = rec or manifest.record_of(path)  # refuses a certified file that changed; None: in no manifest
         variant = rec.variant if rec else path.name.split(".")[-2] if path.name.count(".") >= 2 else "?"
         accuracy = (rec.verification or {}).get("accuracy") if rec else None  # never a certificate of another file
+        size, sha = path.stat().st_size, rec.sha256 if rec else manifest.file_sha256(path)
         for name in _runtimes_of(suffix, rec, cuda):
-            targets.append(Target(path.name, path, suffix[1:], variant, name, path.stat().st_size, accuracy))
+            targets.append(Target(path.name, path, suffix[1:], variant, name, size, accuracy, sha256=sha))
     keras_path = next((Path(m) for m in (models or []) if Path(m).suffix == ".keras"), None) or ws.model(workspace)
     if (include_keras and not models) or (models and any(Path(m).suffix == ".keras" for m in models)):
         if keras_path.is_file():
             ref = next((r.verification.get("reference_accuracy") for r in recs.values() if r.verification), None)
+            size, sha = keras_path.stat().st_size, manifest.file_sha256(keras_path)
             for runtime in artifacts.KERAS_BASELINES:
-                targets.append(
-                    Target(keras_path.name, keras_path, "keras", "float32", runtime, keras_path.stat().st_size, ref)
-                )
+                targets.append(Target(keras_path.name, keras_path, "keras", "float32", runtime, size, ref, sha256=sha))
     return targets
 
 

@@ -191,7 +191,8 @@ def benchmark_plot(report: dict[str, Any], target: Path) -> Path:
     ax1.set_xscale("log")
     ax1.set_xlabel("batch-1 latency, ms (log scale; | = p99)")
     ax1.set_title("Latency per runtime and variant")
-    ax1.legend(fontsize=8)
+    if threads:  # a run with nothing timed (every row failed or skipped) has no bars to name
+        ax1.legend(fontsize=8)
     sized = {}
     for r in ok:
         if r.get("accuracy") is not None and r["format"] not in ("keras", "web"):  # web models: the same networks
