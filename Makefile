@@ -56,6 +56,7 @@ release: setup chromium
 	$(BIN)/toolkit verify --dir exported
 	$(BIN)/toolkit verify --browser --dir exported
 	$(BIN)/toolkit quantize --dir exported
+	$(BIN)/toolkit quantize --explain --dir exported
 	$(BIN)/toolkit benchmark --publish --dir exported
 	$(BIN)/toolkit benchmark --browser --publish --dir exported
 	$(BIN)/toolkit report --dir exported

@@ -1,10 +1,9 @@
 """The reference architecture, exactly as specified, and what the exporter changes in a model."""
 
 import numpy as np
-import pytest
 
 from toolkit.backend import keras as _keras
-from toolkit.model import build_model, count_params, flops_per_image, settle_constant_channels
+from toolkit.model import build_model, count_params, equalize_batchnorm_scales, flops_per_image
 
 EXPECTED = [
     ("conv1", "Conv2D", (26, 26, 32), 320),
@@ -41,37 +40,98 @@ def test_flops_from_the_layer_shapes():
     assert build_model(batch_size=1).input.shape[0] == 1
 
 
-def _dense_relu_batchnorm():
-    """Dense(4, relu) -> BatchNormalization -> Dense(3), with unit 0 dead (never positive) and unit 2 constant 0.5."""
+def _dense_relu_batchnorm(live_variance: float = 1000.0):
+    """Input(16) -> Dense(8, relu) -> BatchNormalization -> Dense(4), with unit 0 dead (never positive), its
+    moving statistics as training leaves them (variance about 0: the largest gain), and live units whose large
+    variance gives them a small gain."""
     keras = _keras()
-    inputs = keras.Input((6,))
-    hidden = keras.layers.Dense(4, activation="relu", name="hidden")(inputs)
+    inputs = keras.Input((16,))
+    hidden = keras.layers.Dense(8, activation="relu", name="hidden")(inputs)
     norm = keras.layers.BatchNormalization(name="norm")(hidden)
-    model = keras.Model(inputs, keras.layers.Dense(3, name="out")(norm))
-    kernel, bias = model.get_layer("hidden").get_weights()
-    kernel[:, [0, 2]], bias[[0, 2]] = 0.0, [-1.0, 0.5]
+    model = keras.Model(inputs, keras.layers.Dense(4, name="out")(norm))
+    rng = np.random.default_rng(0)
+    kernel = rng.normal(0, 3, (16, 8)).astype("float32")
+    bias = np.full(8, 5.0, "float32")
+    kernel[:, 0], bias[0] = 0.0, -1.0
     model.get_layer("hidden").set_weights([kernel, bias])
-    # moving statistics as training leaves them: unit 0 near-zero mean and variance; unit 1 varies, with a variance
-    # as small as unit 0's (it is live all the same); unit 2 constant but with a large variance on record
-    gamma, beta = np.array([1.0, 1.0, 1.0, 1.0]), np.array([0.3, -0.2, 0.1, 0.0])
-    model.get_layer("norm").set_weights(
-        [gamma, beta, np.array([1e-6, 0.0, 0.5, 0.0]), np.array([1e-9, 1e-9, 1.0, 1.0])]
-    )
+    var = np.full(8, live_variance, "float32")
+    var[0] = 1e-9
+    gamma, beta, mean = rng.uniform(0.5, 2, 8), rng.normal(0, 1, 8), np.full(8, 5.0)
+    mean[0] = 1e-6
+    model.get_layer("norm").set_weights([gamma, beta, mean, var])
     return model
 
 
-def test_settling_a_dead_batchnorm_channel_keeps_the_outputs_and_only_that_channel():
+def test_equalization_keeps_the_outputs_and_balances_the_weight_ranges():
     model = _dense_relu_batchnorm()
-    images = np.random.default_rng(0).normal(size=(200, 6)).astype("float32")
-    before = model.predict(images, verbose=0)
-    assert settle_constant_channels(model, images) == [{"layer": "norm", "channels": 1, "of": 4}]
-    gamma, beta, _, _ = model.get_layer("norm").get_weights()
-    assert gamma.tolist() == [0.0, 1.0, 1.0, 1.0]
-    assert beta[0] == pytest.approx(0.3 - 1e-6 / np.sqrt(1e-9 + 1e-3)) and beta[1:].tolist() == pytest.approx(
-        [-0.2, 0.1, 0]
+    x = np.random.default_rng(1).normal(size=(300, 16)).astype("float32")
+    before = model.predict(x, verbose=0)
+    assert equalize_batchnorm_scales(model) == [{"layer": "norm", "before": "hidden", "after": "out", "channels": 8}]
+    np.testing.assert_allclose(model.predict(x, verbose=0), before, rtol=1e-5, atol=1e-5)
+    gamma, _, mean, var = model.get_layer("norm").get_weights()
+    gain = gamma / np.sqrt(var + 1e-3)
+    assert mean.tolist() == [0.0] * 8
+    first = np.abs(model.get_layer("hidden").get_weights()[0]).max(0)
+    folded = np.abs(model.get_layer("out").get_weights()[0] * gain[:, None]).max(1)
+    np.testing.assert_allclose(first[1:], folded[1:], rtol=1e-5)  # each live channel: equal ranges on both sides
+
+
+def test_equalization_is_what_keeps_full_integer_weights_of_the_next_layer():
+    """The point of it, through TensorFlow's converter and LiteRT: the dead unit's gain, folded into the next
+    layer, sets its int8 weight scale and leaves the live weights a step or two, until equalized."""
+    from toolkit.export import Calibration
+    from toolkit.export.tflite import convert
+
+    x = np.random.default_rng(2).normal(size=(400, 16)).astype("float32")
+
+    def int8_error(model) -> float:
+        from ai_edge_litert.interpreter import Interpreter
+
+        it = Interpreter(model_content=convert(model, "int8", Calibration(x[:200], 0), int8_io=False))
+        it.resize_tensor_input(0, (200, 16))
+        it.allocate_tensors()
+        it.set_tensor(it.get_input_details()[0]["index"], x[200:])
+        it.invoke()
+        got = it.get_tensor(it.get_output_details()[0]["index"])
+        want = model.predict(x[200:], verbose=0)
+        return float(np.abs(got - want).mean() / np.abs(want).mean())
+
+    plain = _dense_relu_batchnorm()
+    equalized = _dense_relu_batchnorm()
+    equalize_batchnorm_scales(equalized)
+    before, after = int8_error(plain), int8_error(equalized)
+    assert after < before / 4, (before, after)
+
+
+def _sequential(*layers):
+    keras = _keras()
+    return keras.Sequential([keras.Input((6, 6, 2)), *layers])
+
+
+def test_equalization_takes_a_relu_layer_between_and_leaves_other_shapes_alone():
+    keras = _keras()
+    x = np.random.default_rng(3).normal(size=(50, 6, 6, 2)).astype("float32")
+    conv = _sequential(
+        keras.layers.Conv2D(4, 3, name="c1"),
+        keras.layers.ReLU(name="r"),
+        keras.layers.BatchNormalization(name="bn"),
+        keras.layers.Conv2D(3, 1, name="c2"),
     )
-    np.testing.assert_allclose(model.predict(images, verbose=0), before, atol=1e-6)
-    assert settle_constant_channels(model, images) == []  # gamma 0 is settled: nothing left to do
+    conv.get_layer("bn").set_weights([np.full(4, 2.0), np.zeros(4), np.full(4, 0.1), np.array([1e-8, 1.0, 4.0, 9.0])])
+    before = conv.predict(x, verbose=0)
+    assert equalize_batchnorm_scales(conv) == [{"layer": "bn", "before": "c1", "after": "c2", "channels": 4}]
+    np.testing.assert_allclose(conv.predict(x, verbose=0), before, rtol=1e-5, atol=1e-5)
+    # no ReLU (a converter folds that normalisation into the layer before), a leaky one, or no layer with weights
+    # after it: nothing to move, nothing changed
+    for middle, last in (
+        (keras.layers.Activation("linear"), keras.layers.Conv2D(3, 1)),
+        (keras.layers.LeakyReLU(), keras.layers.Conv2D(3, 1)),
+        (keras.layers.ReLU(), keras.layers.MaxPooling2D()),
+    ):
+        other = _sequential(keras.layers.Conv2D(4, 3), middle, keras.layers.BatchNormalization(), last)
+        weights = [w.copy() for w in other.get_weights()]
+        assert equalize_batchnorm_scales(other) == []
+        assert all((a == b).all() for a, b in zip(weights, other.get_weights()))
 
 
 def test_a_model_without_a_graph_is_left_as_it_is():
@@ -87,4 +147,4 @@ def test_a_model_without_a_graph_is_left_as_it_is():
 
     net = Net()
     net(np.zeros((1, 4), "float32"))
-    assert settle_constant_channels(net, np.zeros((8, 4), "float32")) == []
+    assert equalize_batchnorm_scales(net) == []

@@ -22,6 +22,7 @@ RELEASE_COMMANDS = """toolkit export --format all
 toolkit verify
 toolkit verify --browser
 toolkit quantize
+toolkit quantize --explain
 toolkit benchmark --publish
 toolkit benchmark --browser --publish
 toolkit report"""

@@ -151,44 +151,105 @@ def with_fixed_batch(model, batch_size: int = 1):
     return copy
 
 
-CONSTANT_VARIANCE = 1e-3  # of the layer's epsilon: a moving variance below it means the input never varied
+def _links(model) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Each top-level layer's producers and consumers, by name, from the model's config (a Sequential model in
+    its order): what the graph rewrite below needs to know that a tensor feeds one layer only."""
+    names = [l.name for l in model.layers]
+    producers: dict[str, list[str]] = {n: [] for n in names}
+    if type(model).__name__ == "Sequential":
+        producers.update({b: [a] for a, b in zip(names, names[1:])})
+    else:
+
+        def histories(node) -> list[str]:
+            if isinstance(node, dict):
+                found = [node["keras_history"][0]] if "keras_history" in node else []
+                return found + [h for v in node.values() for h in histories(v)]
+            return [h for v in node for h in histories(v)] if isinstance(node, (list, tuple)) else []
+
+        for layer in model.get_config()["layers"]:
+            if layer["name"] in producers:
+                producers[layer["name"]] = [n for n in histories(layer.get("inbound_nodes", [])) if n in producers]
+    consumers: dict[str, list[str]] = {n: [] for n in names}
+    for name, sources in producers.items():
+        for source in sources:
+            consumers[source].append(name)
+    return producers, consumers
 
 
-def settle_constant_channels(model, images) -> list[dict[str, Any]]:
-    """Give every BatchNormalization channel whose input is constant (a ReLU unit that died in training: moving
-    variance below CONSTANT_VARIANCE x epsilon, and one value on every calibration image) gamma 0 and, as beta, the
-    output it had at that value; in place, so the model's outputs on those images do not change. Why: such a channel
-    has the layer's largest gain, 1/sqrt(epsilon), and a converter folds that gain into the next layer's weights,
-    whose per-channel int8 scale it then sets: measured on a reference CNN with 11 dead units of 64, the live
-    weights of the last Dense kept about one int8 step and the full-integer files lost 1.2 pp (LiteRT) and 4.5 pp
-    (ONNX Runtime), and 0.0 pp once settled. Only BatchNormalization layers of the model's own graph are looked at;
-    returns what was changed, per layer."""
+def _activation(layer) -> str | None:
+    """'relu' or 'linear' for a layer whose output is its weights' output passed through that, else None."""
+    keras = _keras()
+    if isinstance(layer, keras.layers.ReLU):
+        plain = layer.max_value is None and not layer.negative_slope and not layer.threshold
+        return "relu" if plain else None
+    name = getattr(getattr(layer, "activation", None), "__name__", None)
+    return name if name in ("relu", "linear") else None
+
+
+def _around(norm, by_name: dict, producers: dict, consumers: dict):
+    """(the Dense or Conv2D before, the one after) when `norm` is a BatchNormalization that equalization can move
+    gain across: the layer before feeds it alone, through exactly one ReLU (its own activation or a ReLU layer),
+    with matching channels; else None."""
+    keras = _keras()
+    weighted = (keras.layers.Dense, keras.layers.Conv2D)
+    if not (isinstance(norm, keras.layers.BatchNormalization) and norm.scale and norm.center):
+        return None
+    chain = [norm.name]
+    while len(producers[chain[0]]) == 1 and len(chain) < 3:
+        before = by_name[producers[chain[0]][0]]
+        if consumers[before.name] != [chain[0]]:
+            break
+        chain.insert(0, before.name)
+        if isinstance(before, weighted):
+            break
+    first, after = by_name[chain[0]], [by_name[n] for n in consumers[norm.name]]
+    acts = [_activation(by_name[n]) for n in chain[:-1]]
+    if not (isinstance(first, weighted) and None not in acts and sorted(acts) in (["relu"], ["linear", "relu"])):
+        return None
+    if len(after) != 1 or not isinstance(after[0], weighted):
+        return None
+    channels = norm.weights[0].shape[0]
+    if first.kernel.shape[-1] != channels or after[0].kernel.shape[-2] != channels:
+        return None
+    return first, after[0]
+
+
+def equalize_batchnorm_scales(model) -> list[dict[str, Any]]:
+    """Cross-layer equalization (Nagel et al., 2019, "Data-free quantization") around a BatchNormalization between
+    ReLU units and the next layer, in place and exact: a Dense or Conv2D with ReLU (or followed by one), then
+    BatchNormalization, then a Dense or Conv2D. Converters fold the normalisation's per-channel gain into the next
+    layer's weights, where a unit that rarely or never fires has the largest gain (its variance is about 0, its
+    gain up to 1/sqrt(epsilon)) and sets the int8 scale of every output channel. Since relu(a z) = a relu(z) for
+    a > 0, part of each gain moves into the layer before: each channel's weight ranges in the two layers become
+    equal (the geometric mean of both). Measured on reference CNNs trained with `--all-data`: their full-integer
+    files lost 1.23 and 0.25 pp (LiteRT) and 4.51 and 1.54 pp (ONNX Runtime) before, at most 0.06 pp after.
+    Returns what was changed, per normalisation layer."""
     import numpy as np
 
-    keras = _keras()
-    norm = keras.layers.BatchNormalization
-    layers = [l for l in getattr(model, "layers", []) if isinstance(l, norm) and l.scale and l.center]
     try:
-        probe = keras.Model(model.inputs, [l.input for l in layers]) if layers else None
-    except (AttributeError, KeyError, TypeError, ValueError):  # a subclassed model has no graph to cut at its layers
-        probe = None
-    if probe is None:
+        producers, consumers = _links(model)
+    except (AttributeError, KeyError, TypeError, ValueError):  # a subclassed model has no graph to read
         return []
-    seen = probe.predict(images, batch_size=256, verbose=0)
-    settled = []
-    for layer, x in zip(layers, seen if len(layers) > 1 else [seen]):
-        axis = layer.axis % x.ndim
-        x = np.moveaxis(np.asarray(x, dtype=np.float64), axis, -1).reshape(-1, x.shape[axis])
-        gamma, beta, mean, var = (np.asarray(w.numpy(), dtype=np.float64) for w in layer.weights[:4])
-        constant = (x.max(0) == x.min(0)) & (var < CONSTANT_VARIANCE * layer.epsilon) & (gamma != 0)
-        if not constant.any():
+    by_name = {l.name: l for l in model.layers}
+    changed = []
+    for norm in model.layers:
+        ends = _around(norm, by_name, producers, consumers)
+        if ends is None:
             continue
-        at = x.max(0)
-        out = gamma * (at - mean) / np.sqrt(var + layer.epsilon) + beta
-        layer.gamma.assign(np.where(constant, 0.0, gamma).astype("float32"))
-        layer.beta.assign(np.where(constant, out, beta).astype("float32"))
-        settled.append({"layer": layer.name, "channels": int(constant.sum()), "of": int(constant.size)})
-    return settled
+        first, after = ends
+        kernel, *bias = (w.numpy() for w in first.weights[: 2 if first.use_bias else 1])
+        gamma, beta, mean, var = (w.numpy().astype(np.float64) for w in norm.weights[:4])
+        gain = gamma / np.sqrt(var + norm.epsilon)
+        nxt = np.moveaxis(np.abs(after.kernel.numpy()), -2, 0).reshape(len(gain), -1).max(1)
+        r1, r2 = np.abs(kernel).reshape(-1, kernel.shape[-1]).max(0), nxt * np.abs(gain)
+        a = np.where((r1 > 0) & (r2 > 0), np.sqrt(r2 / np.where(r1 > 0, r1, 1)), 1.0)
+        first.kernel.assign((kernel * a).astype(kernel.dtype))
+        if bias:
+            first.bias.assign((bias[0] * a).astype(bias[0].dtype))
+        for w, value in zip(norm.weights[:4], (gain / a, beta - gain * mean, 0 * mean, 0 * var + 1 - norm.epsilon)):
+            w.assign(value.astype("float32"))
+        changed.append({"layer": norm.name, "before": first.name, "after": after.name, "channels": len(gain)})
+    return changed
 
 
 def count_params(model) -> dict[str, int]:

@@ -32,11 +32,11 @@ from toolkit.model import (
     PROBABILITIES,
     Interface,
     check_fits,
+    equalize_batchnorm_scales,
     file_stem,
     flops_per_image,
     interface_of,
     load_keras_model,
-    settle_constant_channels,
     with_probabilities,
 )
 from toolkit.runtimes import load as load_runner
@@ -223,7 +223,7 @@ def export(
     check_fits(interface, dataset.image_shape, dataset.num_classes, dataset.location, source)
     labels = labels_for(interface, dataset, labels_file)
     calibration = make_calibration(dataset, calibration_size, seed)
-    settled = settle_constant_channels(model, calibration.images)
+    equalized = equalize_batchnorm_scales(model)
     model_path = adopt_model(source, fsio.ensure_dir(workspace))
     ctx = ExportContext(
         model=with_probabilities(model) if interface.output == LOGITS else model,
@@ -244,8 +244,8 @@ def export(
             "classes": interface.classes,
             "output": "probabilities" if interface.output == PROBABILITIES else "logits: every export adds a softmax",
             "flops_per_image": flops_per_image(ctx.model),
-            # BatchNormalization channels with a constant input, given gamma 0 for every export (model.py says why)
-            "settled_channels": settled,
+            # BatchNormalization gains moved into the ReLU layer before, for every export (model.py says why)
+            "equalized": equalized,
         },
         "labels": labels,
         "preprocessing": ctx.preprocessing,
