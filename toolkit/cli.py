@@ -187,20 +187,25 @@ def data(
 
 # --------------------------------------------------------------------------------------------- train
 
+TRAIN_DEFAULTS = train_lib.TrainConfig()  # one home for the defaults: the options show these
+
 
 @command
 def train(
     epochs: Optional[int] = typer.Option(
-        None, min=1, help="Training epochs. Default: 12, or on --resume the interrupted run's."
+        None, min=1, help=f"Training epochs. Default: {train_lib.DEFAULT_EPOCHS}, or on --resume the interrupted run's."
     ),
-    batch_size: int = typer.Option(128, "--batch-size", min=1, help="Images per training step."),
+    batch_size: int = typer.Option(TRAIN_DEFAULTS.batch_size, "--batch-size", min=1, help="Images per training step."),
     learning_rate: float = typer.Option(
-        3e-3, "--learning-rate", min=1e-9, help="Adam's peak learning rate (warm-up, then cosine decay)."
+        TRAIN_DEFAULTS.learning_rate,
+        "--learning-rate",
+        min=1e-9,
+        help="Adam's learning rate, cosine-decayed (the peak, after any warm-up).",
     ),
-    seed: int = typer.Option(42, help="Random seed (deterministic on CPU)."),
+    seed: int = typer.Option(TRAIN_DEFAULTS.seed, help="Random seed (deterministic on CPU)."),
     limit: Optional[int] = typer.Option(None, min=1, help="Train on the first N training images only (smoke tests)."),
     warmup_epochs: float = typer.Option(
-        1.0,
+        TRAIN_DEFAULTS.warmup_epochs,
         "--warmup-epochs",
         min=0.0,
         max=100.0,
