@@ -30,6 +30,8 @@ def test_report_and_model_card(exported_workspace, mnist, tmp_path):
     assert "# Model card: mnist_cnn" in text and "mnist_cnn.int8.tflite" in text
     assert "report/mnist_cnn_int8_tflite.confusion.png" in text
     assert "scale 0.00392156886" in text  # the int8 input's quantization, from the manifest
+    produced = text.split("## How it was produced")[1]  # what made these files, not what makes the release
+    assert "make release" not in produced and "toolkit export --format micro,onnx,ort,tflite,web\n" in produced
 
 
 def test_report_never_writes_through_a_symlink_out_of_the_workspace(tmp_path, mnist_dir):

@@ -9,7 +9,15 @@ from typing import Any
 
 from toolkit import fsio, manifest
 from toolkit import workspace as ws
-from toolkit.artifacts import LITERT_MICRO, ORT_FORMAT, TFLITE_FORMAT, VELA_FORMAT, runtime, second_runtime
+from toolkit.artifacts import (
+    LITERT_MICRO,
+    ORT_FORMAT,
+    RECIPES_FORMAT,
+    TFLITE_FORMAT,
+    VELA_FORMAT,
+    runtime,
+    second_runtime,
+)
 from toolkit.errors import ToolkitError, first_line
 from toolkit.micro.boards import fits
 from toolkit.preprocess import __doc__ as PREPROCESS_DOC
@@ -182,7 +190,7 @@ def _training(metrics: dict[str, Any]) -> list[str]:
         f"- Keras {metrics['versions']['keras']} on {metrics['backend']}, {metrics['device']}; "
         f"{metrics['params']:,} parameters,",
         f"  {metrics['flops_per_image'] / 1e6:.2f} MFLOP per image.",
-        f"- Adam, peak learning rate {c['learning_rate']:g}{_warmup(c)} then cosine decay, batch {c['batch_size']}, "
+        f"- Adam, {_schedule(c)}, batch {c['batch_size']}, "
         f"{metrics['epochs']} epochs, "
         f"random shifts of up to 2 pixels {'on' if c['augment'] else 'off'}, seed {c['seed']};",
         f"  {kept}. {metrics['seconds_per_epoch']} s per epoch on average.",
@@ -192,10 +200,12 @@ def _training(metrics: dict[str, Any]) -> list[str]:
     ]
 
 
-def _warmup(config: dict[str, Any]) -> str:
-    """The one-cycle warm-up as words; runs recorded before the option existed had none."""
-    epochs = config.get("warmup_epochs") or 0
-    return f" after a linear warm-up over {epochs:g} epoch{'s' if epochs != 1 else ''}," if epochs else ","
+def _schedule(config: dict[str, Any]) -> str:
+    """The learning-rate schedule as words; runs recorded before the warm-up option existed had none."""
+    rate, epochs = config["learning_rate"], config.get("warmup_epochs") or 0
+    if not epochs:
+        return f"learning rate {rate:g} with cosine decay"
+    return f"a linear warm-up over {epochs:g} epoch{'s' if epochs != 1 else ''} to {rate:g}, then cosine decay"
 
 
 def _accuracy(arts: dict[str, Any]) -> list[str]:
@@ -425,7 +435,7 @@ def _provenance(m: dict[str, Any], metrics: dict[str, Any] | None, release: bool
     """The commands, versions and checksums that made the files; the training command from metrics.json."""
     config = metrics.get("config") if isinstance(metrics, dict) else None
     train = command_line(config) if isinstance(config, dict) else "(trained elsewhere: no metrics.json)"
-    commands = ["make release   # which runs:"] if release else []
+    commands = ["make release   # which runs:", train, RELEASE_COMMANDS] if release else [train, *_made(m)]
     lines: list[str] = []
     versions = m.get("versions", {})
     lines += [
@@ -434,8 +444,6 @@ def _provenance(m: dict[str, Any], metrics: dict[str, Any] | None, release: bool
         "",
         "```",
         *commands,
-        train,
-        RELEASE_COMMANDS,
         "```",
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
@@ -444,6 +452,16 @@ def _provenance(m: dict[str, Any], metrics: dict[str, Any] | None, release: bool
         "each file's SHA-256 is in `manifest.json`.",
     ]
     return lines
+
+
+def _made(m: dict[str, Any]) -> list[str]:
+    """The commands that made a workspace's files, from the formats its manifest lists (Vela's files come with
+    the micro format, the recipes from `toolkit quantize`)."""
+    formats = {a.get("format") for a in m.get("artifacts", {}).values()}
+    exported = sorted(formats - {VELA_FORMAT, RECIPES_FORMAT})
+    return ([f"toolkit export --format {','.join(exported)}"] if exported else []) + (
+        ["toolkit quantize"] if RECIPES_FORMAT in formats else []
+    )
 
 
 def write_model_card(workspace: Path) -> Path:
