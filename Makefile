@@ -49,7 +49,7 @@ demo: setup
 	$(BIN)/toolkit verify --dir $(DEMO_DIR)
 	$(BIN)/toolkit benchmark --dir $(DEMO_DIR)
 
-# Rebuild the committed reference release in exported/ (about 40 min on the AMD machine's 2 cores; the one-cycle default trains in about 4 min on the Intel one).
+# Rebuild the committed reference release in exported/ (21 min on the AMD EPYC machine's 2 cores, 7.5 of them training).
 release: setup chromium
 	$(BIN)/toolkit train --dir exported
 	$(BIN)/toolkit export --format all --dir exported

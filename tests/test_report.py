@@ -3,6 +3,7 @@ the model card that gathers the manifest, the reports and the latest benchmark."
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -60,3 +61,20 @@ def test_the_card_reads_benchmarks_of_its_own_workspace_only(tmp_path):
     assert card.benchmark_files(workspace) == [workspace / "benchmark" / "results.json"]
     assert card.latest_benchmark(card.benchmark_files(workspace)) is None  # unreadable as a benchmark: left out
     assert card.benchmark_files(card.RELEASE)[-1].parent.parent.name == "results"  # the release: the published ones
+
+
+def test_the_card_leaves_out_a_report_of_an_earlier_file_of_the_same_name(tmp_path):
+    from toolkit import card, manifest
+
+    (tmp_path / "report").mkdir()
+    (tmp_path / "m.tflite").write_bytes(b"the file exported now")
+    (tmp_path / "report" / "samples.png").write_bytes(b"png")
+    row = {"per_class": {"0": {"f1-score": 0.9}}, "errors": 3, "images": 10, "files": {"samples": "x/samples.png"}}
+    now = {**row, "artifact": "m.tflite", "sha256": manifest.file_sha256(tmp_path / "m.tflite")}
+    (tmp_path / "report" / "now.report.json").write_text(json.dumps(now))
+    (tmp_path / "report" / "old.report.json").write_text(json.dumps({**now, "sha256": "0" * 64, "errors": 99}))
+    (tmp_path / "report" / "older.report.json").write_text(json.dumps({**row, "artifact": "m.tflite"}))  # no SHA
+    assert card._current_reports(tmp_path) == [now]
+    lines = card._failures(tmp_path)
+    assert "`m.tflite`: 3 errors in 10 test images; weakest classes by F1: 0 (0.9000)." in lines
+    assert lines[-1] == "![samples](report/samples.png)" and not any("99 errors" in l for l in lines)

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -46,15 +46,13 @@ def test_short_run_learns_and_writes_the_contract(trained_workspace):
 
 
 def test_resume_continues_from_the_checkpoint(tmp_path, mnist):
-    config = TrainConfig(epochs=1, limit=600, eval_limit=200, batch_size=64)
+    config = TrainConfig(epochs=1, limit=600, eval_limit=200, batch_size=64, warmup_epochs=1.0)  # one-cycle
     train_lib.train(tmp_path, mnist, config)
     state = json.loads((tmp_path / "checkpoint" / "state.json").read_text())
     assert state["epoch"] == 1
     first = _schedule_config(tmp_path)
     steps_per_epoch = first["decay_steps"] + first["warmup_steps"]
-    result = train_lib.train(
-        tmp_path, mnist, TrainConfig(epochs=2, limit=600, eval_limit=200, batch_size=64), resume=True
-    )
+    result = train_lib.train(tmp_path, mnist, replace(config, epochs=2), resume=True)
     assert result.metrics["epochs"] == 2
     # more epochs on resume stretch the schedule over the whole run: one warm-up epoch, then decay to the end
     stretched = _schedule_config(tmp_path)
@@ -119,7 +117,8 @@ def test_all_data_trains_on_every_training_image_and_keeps_the_last_epoch(tmp_pa
     assert len(x_all) == 60_000 and len(xv_all) == 0
     assert np.array_equal(x_all[48_000:], xv) and np.array_equal(y_all[:48_000], y)  # the held-out images join
 
-    args = ["train", "--all-data", "--epochs", "2", "--limit", "600", "--data-dir", str(mnist_dir)]
+    args = ["train", "--all-data", "--epochs", "2", "--limit", "600", "--learning-rate", "3e-3", "--warmup-epochs", "1"]
+    args += ["--data-dir", str(mnist_dir)]
     out = CliRunner().invoke(app, [*args, "--dir", str(tmp_path)])
     assert out.exit_code == 0, out.output
     assert "valid: -" in out.output  # nothing held out, nothing to show

@@ -409,25 +409,38 @@ def _inputs_outputs(m: dict[str, Any], arts: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _failures(workspace: Path) -> list[str]:
-    """The report's pictures and weakest classes, where `toolkit report` wrote them."""
-    lines: list[str] = []
+def _current_reports(workspace: Path) -> list[dict[str, Any]]:
+    """The reports `toolkit report` wrote of files that are still the bytes it read (the report records their
+    SHA-256): a report of an earlier export of the same name is left out of the card, not shown as this one's."""
+    reports = []
     report_dir = ws.report(workspace)
-    pngs = sorted(report_dir.glob("*.png")) if report_dir.is_dir() else []
-    if pngs:
-        lines += ["", "## Where it fails", ""]
-        reports = sorted(report_dir.glob("*.report.json"))
-        if reports:
-            r = json.loads(reports[-1].read_text())
-            worst = sorted(r["per_class"].items(), key=lambda kv: kv[1]["f1-score"])[:3]
-            lines += [
-                f"`{r['artifact']}`: {r['errors']} errors in {r['images']:,} test images; weakest classes by F1: "
-                + ", ".join(f"{k} ({v['f1-score']:.4f})" for k, v in worst)
-                + ".",
-                "",
-            ]
-        for p in pngs:
-            lines.append(f"![{p.stem}](report/{p.name})")
+    for path in sorted(report_dir.glob("*.report.json")) if report_dir.is_dir() else []:
+        try:
+            r = json.loads(path.read_text())
+            artifact = workspace / Path(r["artifact"]).name
+            if artifact.is_file() and manifest.file_sha256(artifact) == r.get("sha256"):
+                reports.append(r)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return reports
+
+
+def _failures(workspace: Path) -> list[str]:
+    """The report's pictures and weakest classes, where `toolkit report` wrote them for the current files."""
+    reports = _current_reports(workspace)
+    if not reports:
+        return []
+    lines = ["", "## Where it fails", ""]
+    for r in reports:
+        worst = sorted(r["per_class"].items(), key=lambda kv: kv[1]["f1-score"])[:3]
+        lines += [
+            f"`{r['artifact']}`: {r['errors']} errors in {r['images']:,} test images; weakest classes by F1: "
+            + ", ".join(f"{k} ({v['f1-score']:.4f})" for k, v in worst)
+            + ".",
+            "",
+        ]
+    pictures = sorted({Path(f).name for r in reports for f in r.get("files", {}).values()})
+    lines += [f"![{Path(p).stem}](report/{p})" for p in pictures if (ws.report(workspace) / p).is_file()]
     return lines
 
 

@@ -63,6 +63,7 @@ def report_artifact(
     )
     result = {
         "artifact": artifact.name,
+        "sha256": manifest.file_sha256(artifact),  # the card shows a report only while the file is still this one
         "images": int(len(y)),
         "accuracy": round(float((predicted == y).mean()), 6),
         "errors": int((predicted != y).sum()),
