@@ -78,3 +78,13 @@ def test_the_card_leaves_out_a_report_of_an_earlier_file_of_the_same_name(tmp_pa
     lines = card._failures(tmp_path)
     assert "`m.tflite`: 3 errors in 10 test images; weakest classes by F1: 0 (0.9000)." in lines
     assert lines[-1] == "![samples](report/samples.png)" and not any("99 errors" in l for l in lines)
+
+
+def test_the_card_names_the_equalized_layers_and_ignores_a_damaged_record():
+    from toolkit import card
+
+    good = {"layer": "norm", "before": "d2", "after": "out", "channels": 64}
+    (line, _) = card._equalized({"model": {"equalized": [good]}})
+    assert "`norm` (64 channels, between `d2` and `out`)" in line
+    for damaged in ("x", [{"layer": 1}], [None], {"layer": "norm"}):
+        assert card._equalized({"model": {"equalized": damaged}}) == []

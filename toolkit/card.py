@@ -459,12 +459,34 @@ def _provenance(m: dict[str, Any], metrics: dict[str, Any] | None, release: bool
         *commands,
         "```",
         "",
+        *_equalized(m),
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
         f"Source model `{m.get('model', {}).get('file', 'model.keras')}`, "
         f"SHA-256 `{m.get('model', {}).get('sha256', '?')}`;",
         "each file's SHA-256 is in `manifest.json`.",
     ]
     return lines
+
+
+def _equalized(m: dict[str, Any]) -> list[str]:
+    """The export's cross-layer equalization, where it changed the network the files were converted from."""
+    recorded = (m.get("model") or {}).get("equalized")
+    names = ("layer", "before", "after")
+    done = [
+        e
+        for e in (recorded if isinstance(recorded, list) else [])
+        if isinstance(e, dict) and all(isinstance(e.get(k), str) for k in names) and isinstance(e.get("channels"), int)
+    ]  # a damaged record is left out of the card, as a report of an earlier file is
+    if not done:
+        return []
+    where = "; ".join(
+        f"`{e['layer']}` ({e['channels']} channels, between `{e['before']}` and `{e['after']}`)" for e in done
+    )
+    return [
+        f"Before conversion, cross-layer equalization moved BatchNormalization gains into the ReLU layer before: "
+        f"{where}. It computes the same function; every file is verified against `model.keras` as it is.",
+        "",
+    ]
 
 
 def _made(m: dict[str, Any]) -> list[str]:
