@@ -322,6 +322,7 @@ def _through_every_command(tmp_path, model_file: Path, data_args: list[str], exp
     ws = tmp_path / "ws"
     d = [*data_args, "--dir", str(ws)]
     train = ["train", "--model", str(model_file), "--epochs", "30", "--batch-size", "16", "--learning-rate", "0.01"]
+    train += ["--warmup-epochs", "1"]  # a warm-up to that high rate, as the run was tuned
     _ok(runner.invoke(app, [*train, *d]))
     exported = runner.invoke(app, ["export", "--format", "all", *d, "--json", str(tmp_path / "export.json")])
     assert exported.exit_code in (0, 1), exported.output  # 1: a verification failed; judged below
