@@ -74,6 +74,7 @@ def test_the_card_leaves_out_a_report_of_an_earlier_file_of_the_same_name(tmp_pa
     (tmp_path / "report" / "now.report.json").write_text(json.dumps(now))
     (tmp_path / "report" / "old.report.json").write_text(json.dumps({**now, "sha256": "0" * 64, "errors": 99}))
     (tmp_path / "report" / "older.report.json").write_text(json.dumps({**row, "artifact": "m.tflite"}))  # no SHA
+    (tmp_path / "report" / "damaged.report.json").write_text(json.dumps({**now, "per_class": {"0": {}}}))
     assert card._current_reports(tmp_path) == [now]
     lines = card._failures(tmp_path)
     assert "`m.tflite`: 3 errors in 10 test images; weakest classes by F1: 0 (0.9000)." in lines

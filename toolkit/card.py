@@ -417,11 +417,13 @@ def _current_reports(workspace: Path) -> list[dict[str, Any]]:
     for path in sorted(report_dir.glob("*.report.json")) if report_dir.is_dir() else []:
         try:
             r = json.loads(path.read_text())
-            artifact = workspace / Path(r["artifact"]).name
-            if artifact.is_file() and manifest.file_sha256(artifact) == r.get("sha256"):
+            scores = [v["f1-score"] for v in r["per_class"].values()] + [r["errors"], r["images"]]
+            readable = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in scores)
+            artifact = manifest.artifact_path(workspace, Path(r["artifact"]).name)  # never a file outside
+            if readable and artifact.is_file() and manifest.file_sha256(artifact) == r.get("sha256"):
                 reports.append(r)
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, ToolkitError):
+            continue  # a damaged report, or one of a file outside the workspace, is left out
     return reports
 
 
