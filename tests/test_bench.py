@@ -10,11 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.helpers import clean_failure, one_line_error
-from toolkit import bench
+from toolkit.bench import benchmark as bench
 from toolkit.bench import summary
 from toolkit.bench.driver import merge
-from toolkit.bench.stats import runs_for, stats_ms
 from toolkit.cli import app
+from toolkit.timing import runs_for, stats_ms
 
 REQUIRED = [
     "artifact",

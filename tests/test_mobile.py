@@ -112,7 +112,7 @@ def test_every_verified_artifact_carries_self_check_vectors(exported_workspace, 
 
 
 def test_litert_compiled_model_is_verified_and_benchmarked_beside_the_interpreter(exported_workspace, mnist):
-    from toolkit import bench
+    from toolkit.bench import benchmark as bench
 
     workspace, _ = exported_workspace
     for record in manifest.records(workspace):

@@ -396,7 +396,7 @@ def test_an_rgb_model_on_an_image_folder_goes_through_every_command(tmp_path):
     assert (ws / "shapes_net.micro.c").is_file() and '"egg"' in (ws / "shapes_net.micro.h").read_text()
     site = json.loads((ws / "web" / "models.json").read_text())
     assert site["mode"] == "rgb" and site["labels"] == NAMES and site["input_shape"] == [32, 32, 3]
-    assert predicted[0]["digit"] == "egg"
+    assert predicted[0]["label"] == "egg"
     # ONNX Runtime fuses the depthwise convolution and the add into one unnamed node; the rest keep their layer
     assert {"stem", "separable", "pool", "gap", "classes"} <= set(profiled)
     # the page of an RGB model takes a picture: chosen in the file input, classified, its label shown
@@ -441,7 +441,7 @@ def test_a_grey_logits_model_on_idx_data_goes_through_every_command(tmp_path):
     )
     assert header["model"]["output"].startswith("logits") and header["labels"] == ["0", "1", "2", "3"]
     assert json.loads((ws / "web" / "models.json").read_text())["mode"] == "grey"
-    assert predicted[0]["digit"] == "1" and 0 < predicted[0]["confidence"] <= 1  # probabilities, not logits
+    assert predicted[0]["label"] == "1" and 0 < predicted[0]["confidence"] <= 1  # probabilities, not logits
     costly = {n for n, f in flops_by_layer(load_keras_model(ws / "model.keras")).items() if f > 0}
     assert costly <= set(profiled)
 

@@ -83,7 +83,7 @@ def test_every_image_form_gives_the_same_digit(exported_workspace, mnist, tmp_pa
             labels.append(label)
     assert Image.open(files[4]).mode.startswith("I")  # the 16-bit file really is 16-bit
     results = classify(files, best_artifact(workspace))
-    got = [r.digit for r in results]
+    got = [r.label for r in results]
     assert np.mean(np.array(got) == np.array(labels)) >= 0.95, list(zip(files, got, labels))
     assert all(0 < r.confidence <= 1 and len(r.top) == 3 for r in results)
 
@@ -98,7 +98,7 @@ def test_predict_command_json(exported_workspace, mnist, tmp_path):
     )
     assert result.exit_code == 0, result.output
     out = json.loads((tmp_path / "p.json").read_text())
-    assert out["predictions"][0]["digit"] == str(mnist.y_test[i]) and len(out["predictions"][0]["top"]) == 2
+    assert out["predictions"][0]["label"] == str(mnist.y_test[i]) and len(out["predictions"][0]["top"]) == 2
 
 
 @pytest.mark.parametrize(

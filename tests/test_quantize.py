@@ -20,7 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.helpers import one_line_error
-from toolkit import export, manifest, verify
+from toolkit import export, manifest, parity, verify
 from toolkit.cli import app
 from toolkit.errors import ToolkitError
 from toolkit.quantize import backends, recipes
@@ -160,7 +160,7 @@ def test_export_format_recipes_skips_a_recipe_that_fails(release_float32, tmp_pa
     assert not (workspace / "mnist_cnn.int4-hadamard.tflite").exists()
     made = records[0].made_with
     assert made["source_origin"].startswith("the workspace's mnist_cnn.float32.tflite")  # not converted again
-    assert made["accuracy_budget_pp"] == verify.RECIPE_BUDGET_PP
+    assert made["accuracy_budget_pp"] == parity.RECIPE_BUDGET_PP
 
 
 # ----------------------------------------------------------------------------------------- the search
@@ -210,10 +210,10 @@ def test_recipe_criteria_come_from_the_budget_never_from_nothing():
         entry = dict(file="f.tflite", format=fmt, variant=variant, runtime="litert", bytes=1, sha256="0" * 64)
         return manifest.ArtifactRecord.from_dict({**entry, "input": spec, "output": spec, "made_with": made_with})
 
-    assert verify.criteria_of(record("recipes", "int4", {"accuracy_budget_pp": 0.5})) == {"max_accuracy_loss_pp": 0.5}
+    assert parity.criteria_of(record("recipes", "int4", {"accuracy_budget_pp": 0.5})) == {"max_accuracy_loss_pp": 0.5}
     for bad in ({}, {"accuracy_budget_pp": "lots"}, {"accuracy_budget_pp": True}, {"accuracy_budget_pp": -1}):
-        assert verify.criteria_of(record("recipes", "int4+dense1-int8", bad)) == {"max_accuracy_loss_pp": 0.1}
-    assert verify.criteria_of(record("tflite", "int8", {})) == verify.CRITERIA["int8"]
+        assert parity.criteria_of(record("recipes", "int4+dense1-int8", bad)) == {"max_accuracy_loss_pp": 0.1}
+    assert parity.criteria_of(record("tflite", "int8", {})) == parity.CRITERIA["int8"]
 
 
 def test_pareto_front():

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import REPO
 from toolkit import manifest
-from toolkit.train import command_line
+from toolkit.training.config import command_line
 
 RELEASE = REPO / "exported"
 pytestmark = pytest.mark.skipif(not (RELEASE / "manifest.json").is_file(), reason="no release committed")
@@ -89,6 +89,15 @@ def test_model_card_and_report_are_there():
         assert f"| `mnist_cnn.int8.{'ort' if runtime == 'ONNX Runtime' else 'tflite'}` | {runtime}" in card, runtime
     for link in [l.split("(")[1].rstrip(")") for l in card.splitlines() if l.startswith("![")]:
         assert (RELEASE / link).is_file(), link
+
+
+def test_the_committed_card_is_what_the_card_writes_now():
+    """The card is written from the records alone (each format's section from its own module), so the committed
+    one is exactly what `toolkit report` writes for the committed release and its published benchmark results."""
+    from toolkit import card
+
+    bench = card.latest_benchmark(card.benchmark_files(RELEASE))
+    assert card.model_card(RELEASE, bench) == (RELEASE / "MODEL_CARD.md").read_text()
 
 
 def test_card_and_make_release_name_the_training_that_made_the_model():

@@ -64,7 +64,8 @@ def test_the_card_reads_benchmarks_of_its_own_workspace_only(tmp_path):
 
 
 def test_the_card_leaves_out_a_report_of_an_earlier_file_of_the_same_name(tmp_path):
-    from toolkit import card, manifest
+    from toolkit import manifest
+    from toolkit.card import findings
 
     (tmp_path / "report").mkdir()
     (tmp_path / "m.tflite").write_bytes(b"the file exported now")
@@ -75,17 +76,18 @@ def test_the_card_leaves_out_a_report_of_an_earlier_file_of_the_same_name(tmp_pa
     (tmp_path / "report" / "old.report.json").write_text(json.dumps({**now, "sha256": "0" * 64, "errors": 99}))
     (tmp_path / "report" / "older.report.json").write_text(json.dumps({**row, "artifact": "m.tflite"}))  # no SHA
     (tmp_path / "report" / "damaged.report.json").write_text(json.dumps({**now, "per_class": {"0": {}}}))
-    assert card._current_reports(tmp_path) == [now]
-    lines = card._failures(tmp_path)
+    assert findings.current_reports(tmp_path) == [now]
+    lines = findings.failures(tmp_path)
     assert "`m.tflite`: 3 errors in 10 test images; weakest classes by F1: 0 (0.9000)." in lines
     assert lines[-1] == "![samples](report/samples.png)" and not any("99 errors" in l for l in lines)
 
 
 def test_the_card_names_the_equalized_layers_and_ignores_a_damaged_record():
-    from toolkit import card
+    from toolkit.card.header import Header
+    from toolkit.card.provenance import equalized
 
     good = {"layer": "norm", "before": "d2", "after": "out", "channels": 64}
-    (line, _) = card._equalized({"model": {"equalized": [good]}})
+    (line, _) = equalized(Header.from_dict({"model": {"equalized": [good]}}))
     assert "`norm` (64 channels, between `d2` and `out`)" in line
     for damaged in ("x", [{"layer": 1}], [None], {"layer": "norm"}):
-        assert card._equalized({"model": {"equalized": damaged}}) == []
+        assert equalized(Header.from_dict({"model": {"equalized": damaged}})) == []

@@ -18,7 +18,9 @@ from tests.helpers import run_toolkit
 from toolkit import train as train_lib
 from toolkit.errors import Interrupted, ToolkitError
 from toolkit.model import load_keras_model
-from toolkit.train import TrainConfig, random_shift
+from toolkit.train import TrainConfig
+from toolkit.training.batches import random_shift, training_data
+from toolkit.training.config import DEFAULT_EPOCHS, command_line
 
 
 def test_short_run_learns_and_writes_the_contract(trained_workspace):
@@ -111,9 +113,9 @@ def test_all_data_trains_on_every_training_image_and_keeps_the_last_epoch(tmp_pa
 
     from toolkit.cli import app
 
-    (x, y), (xv, yv) = train_lib.training_data(mnist, TrainConfig())
+    (x, y), (xv, yv) = training_data(mnist, TrainConfig())
     assert len(x) == 48_000 and len(xv) == 12_000
-    (x_all, y_all), (xv_all, _) = train_lib.training_data(mnist, TrainConfig(all_data=True))
+    (x_all, y_all), (xv_all, _) = training_data(mnist, TrainConfig(all_data=True))
     assert len(x_all) == 60_000 and len(xv_all) == 0
     assert np.array_equal(x_all[48_000:], xv) and np.array_equal(y_all[:48_000], y)  # the held-out images join
 
@@ -291,8 +293,8 @@ def test_a_damaged_checkpoint_model_is_one_line(tmp_path, mnist):
 
 
 def test_command_line_names_only_the_options_that_differ_from_the_defaults():
-    defaults = asdict(train_lib.TrainConfig(epochs=train_lib.DEFAULT_EPOCHS))
-    assert train_lib.command_line(defaults) == "toolkit train"
+    defaults = asdict(TrainConfig(epochs=DEFAULT_EPOCHS))
+    assert command_line(defaults) == "toolkit train"
     changed = {**defaults, "seed": 1, "all_data": True, "augment": False, "eval_limit": 500}
     changed["model_file"] = "my net.keras"
-    assert train_lib.command_line(changed) == "toolkit train --seed 1 --no-augment --all-data --model 'my net.keras'"
+    assert command_line(changed) == "toolkit train --seed 1 --no-augment --all-data --model 'my net.keras'"

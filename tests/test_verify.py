@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import EXPECTED_FILES, VERIFY_IMAGES
 from tests.helpers import copy_workspace, parity_holds
-from toolkit import manifest, runtimes, verify
+from toolkit import manifest, parity, runtimes, verify
 from toolkit.errors import ToolkitError
 from toolkit.manifest import ArtifactRecord
 
@@ -135,13 +135,13 @@ def test_reduced_precision_criteria_tolerate_boundary_flips_of_a_weak_model():
         if k % 2:
             truth[i] = runner_up  # Keras was wrong here; the artifact's flip makes it right
         flipped[i, [keras_says, runner_up]] = flipped[i, [runner_up, keras_says]]
-    ref = verify.Reference(np.zeros((n, 28, 28, 1), np.float32), truth, p)
-    result = verify.compare(_record("dynamic"), flipped, ref)
+    ref = parity.Reference(np.zeros((n, 28, 28, 1), np.float32), truth, p)
+    result = parity.compare(_record("dynamic"), flipped, ref)
     assert result.agreement == 0.995 and result.accuracy_delta_pp == 0 and result.passed, result.problems
     broken = p.copy()
     confident = np.setdiff1d(np.arange(n), boundary)[:20]
     broken[confident] = np.roll(broken[confident], 1, axis=1)
-    bad = verify.compare(_record("dynamic"), broken, ref)
+    bad = parity.compare(_record("dynamic"), broken, ref)
     assert not bad.passed and "where Keras is confident" in bad.problems[0]
 
 

@@ -285,7 +285,7 @@ def test_verify_browser_cli_errors_are_one_line(exported_workspace, tmp_path):
 def test_browser_benchmark_rows_share_the_native_schema(exported_workspace, mnist, tmp_path):
     from dataclasses import fields
 
-    from toolkit import bench
+    from toolkit.bench import benchmark as bench
     from toolkit.bench.driver import BenchRecord, merge
 
     workspace, _ = exported_workspace

@@ -123,66 +123,53 @@ def parity_table(results, title: str):
     return Group(table(titled, columns, rows, styles), *problems)
 
 
-def benchmark_table(report):
-    """A benchmark run (toolkit.bench.BenchReport): a row per measurement, the harness check and the int8 note."""
-    rows, styles = [], []
-    for r in report.results:
-        device = r.device.replace(" (headless)", "")
-        if r.status in ("estimate", "sized"):
-            continue  # shown below, apart from the timed rows
-        if r.status != "ok":
-            rows.append(
-                [
-                    _short(r.artifact),
-                    r.runtime,
-                    device,
-                    r.threads or "-",
-                    r.batch_size,
-                    *["-"] * 8,
-                    f"{r.status}: {r.note}"[:120],
-                ]
-            )
-            styles.append("dim" if r.status == "skipped" else "red")
-            continue
-        rows.append(
-            [
-                _short(r.artifact),
-                r.runtime,
-                device,
-                r.threads,
-                r.batch_size,
-                f"{r.p50_ms:.3f}",
-                f"{r.p90_ms:.3f}",
-                f"{r.p99_ms:.3f}",
-                f"{r.images_per_second:,.0f}",
-                "-" if r.gflops_per_second is None else f"{r.gflops_per_second:.1f} ({r.fraction_of_peak:.0%})",
-                "-" if r.ratio_to_floor is None else f"{r.ratio_to_floor:.2f}x",
-                f"{r.load_ms:.0f}",
-                "-" if r.peak_rss_mb is None else f"{r.peak_rss_mb:.0f}",
-                f"{r.bytes / 1024:,.0f} KB",
-            ]
-        )
-        styles.append(None)
-    m = report.machine
-    where = f" in {report.browser['name']}" if report.browser else ""
-    columns = [
-        "artifact",
-        "runtime",
-        "device",
-        "threads",
-        "batch",
-        "p50 ms",
-        "p90 ms",
-        "p99 ms",
-        "images/s",
-        "GFLOP/s (of fp32 peak)",
-        "p50 / floor",
-        "cold ms",
-        "RSS MB",
-        "size",
+_BENCH_COLUMNS = [
+    "artifact",
+    "runtime",
+    "device",
+    "threads",
+    "batch",
+    "p50 ms",
+    "p90 ms",
+    "p99 ms",
+    "images/s",
+    "GFLOP/s (of fp32 peak)",
+    "p50 / floor",
+    "cold ms",
+    "RSS MB",
+    "size",
+]
+
+
+def _bench_row(r) -> tuple[list, str | None]:
+    """A timed or untimed row of the benchmark table and its style: a skipped or failed row shows its note."""
+    device = r.device.replace(" (headless)", "")
+    if r.status != "ok":
+        note = f"{r.status}: {r.note}"[:120]
+        row = [_short(r.artifact), r.runtime, device, r.threads or "-", r.batch_size, *["-"] * 8, note]
+        return row, "dim" if r.status == "skipped" else "red"
+    row = [
+        _short(r.artifact),
+        r.runtime,
+        device,
+        r.threads,
+        r.batch_size,
+        f"{r.p50_ms:.3f}",
+        f"{r.p90_ms:.3f}",
+        f"{r.p99_ms:.3f}",
+        f"{r.images_per_second:,.0f}",
+        "-" if r.gflops_per_second is None else f"{r.gflops_per_second:.1f} ({r.fraction_of_peak:.0%})",
+        "-" if r.ratio_to_floor is None else f"{r.ratio_to_floor:.2f}x",
+        f"{r.load_ms:.0f}",
+        "-" if r.peak_rss_mb is None else f"{r.peak_rss_mb:.0f}",
+        f"{r.bytes / 1024:,.0f} KB",
     ]
-    parts = [table(f"Benchmark on {m['cpu']} ({m['cpus_usable']} CPUs){where}", columns, rows, styles)]
-    device_rows = [
+    return row, None
+
+
+def _device_table(results):
+    """Microcontroller and NPU rows (sized at export, or Vela's estimates) as a table of their own; None if none."""
+    rows = [
         [
             _short(r.artifact),
             r.runtime,
@@ -192,33 +179,51 @@ def benchmark_table(report):
             r.note,
             r.method,
         ]
-        for r in report.results
+        for r in results
         if r.status in ("estimate", "sized")
     ]
-    if device_rows:
-        parts.append(
-            table(
-                "Microcontroller and NPU: sizes measured at export; NPU rows are Vela ESTIMATES",
-                ["artifact", "runtime", "device", "RAM B", "flash B", "figures", "how obtained"],
-                device_rows,
-            )
-        )
+    if not rows:
+        return None
+    return table(
+        "Microcontroller and NPU: sizes measured at export; NPU rows are Vela ESTIMATES",
+        ["artifact", "runtime", "device", "RAM B", "flash B", "figures", "how obtained"],
+        rows,
+    )
+
+
+def _bench_notes(report) -> list[Text]:
+    """The lines under the tables: the harness check (when it ran) and each browser-against-native comparison."""
+    notes = []
     hc = report.harness_check
     if hc and "error" not in hc:
-        parts.append(
+        notes.append(
             Text(
                 f"Harness check: p50 {hc['harness_p50_ms']:.4f} ms vs bare LiteRT loop "
                 f"{hc['bare_loop_p50_ms']:.4f} ms ({hc['overhead_fraction']:+.1%})"
             )
         )
     for c in report.comparison or []:
-        parts.append(
+        notes.append(
             Text(
                 f"Browser vs native, {c['threads']} thread(s), batch 1: best web {c['best_web']} p50 "
                 f"{c['best_web_p50_ms']:.3f} ms, best native {c['best_native']} {c['best_native_p50_ms']:.3f} "
                 f"ms: {c['web_over_native']:.2f}x"
             )
         )
+    return notes
+
+
+def benchmark_table(report):
+    """A benchmark run (toolkit.bench.driver.BenchReport): a row per measurement, the harness check, the int8 note."""
+    timed = [_bench_row(r) for r in report.results if r.status not in ("estimate", "sized")]  # those: shown apart
+    rows, styles = [row for row, _ in timed], [style for _, style in timed]
+    m = report.machine
+    where = f" in {report.browser['name']}" if report.browser else ""
+    parts = [table(f"Benchmark on {m['cpu']} ({m['cpus_usable']} CPUs){where}", _BENCH_COLUMNS, rows, styles)]
+    device = _device_table(report.results)
+    if device is not None:
+        parts.append(device)
+    parts += _bench_notes(report)
     parts.append(Text(m["int8_note"], style="dim"))
     return Group(*parts)
 
@@ -285,3 +290,102 @@ def keras_progress_callback():
             sys.stderr.flush()
 
     return RichEpochProgress()
+
+
+def html_of(record) -> str:
+    """A library record as the CLI shows it, in HTML: what Jupyter displays for an API result (`_repr_html_`)."""
+    import io
+
+    recorder = Console(record=True, file=io.StringIO(), width=160, highlight=False, markup=False, force_jupyter=False)
+    for part in renderables_of(record):
+        recorder.print(part)
+    return recorder.export_html(inline_styles=True, code_format="<pre style='font-size: 12px'>{code}</pre>")
+
+
+def renderables_of(record) -> list:
+    """The tables of a record of the API: an export, a verification, a benchmark run, a quantization search."""
+    parts: list = []
+    if hasattr(record, "artifacts") and hasattr(record, "refused"):  # api.ExportResult
+        parts.append(export_table(record.artifacts, "Exported"))
+        record = record.verification
+    if record is None:
+        return parts
+    if hasattr(record, "results") and hasattr(record, "notes"):  # verify.Verification
+        parts.append(parity_table(record.results, "Verification against the Keras model"))
+        parts.extend(Text(note, style="yellow") for note in record.notes)
+    elif hasattr(record, "report") and hasattr(record, "merged"):  # bench.benchmark.BenchOutcome
+        parts.append(benchmark_table(record.report))
+    elif hasattr(record, "rows") and hasattr(record, "budget_pp"):  # quantize.report.Outcome
+        from toolkit.quantize.report import table_rows
+
+        columns, rows, styles = table_rows(record)
+        parts.append(table(f"Quantization recipes within {record.budget_pp:g} pp", columns, rows, styles))
+    return parts
+
+
+def show_data_report(report, ds, brief: bool = False) -> None:
+    """`toolkit data` (and with `brief`, the two lines `toolkit train` starts with): source, checksums, splits."""
+    if brief:
+        sizes = "  ".join(f"{s.name} {s.count:,}" for s in report.splits)
+        console.print(f"Data: {report.dataset} from {report.source} ({report.location}); {report.checksums}")
+        console.print(f"      {sizes}; pixels {report.splits[0].pixel_min}-{report.splits[0].pixel_max} -> [0, 1]")
+        return
+    console.print(f"Dataset:   {report.dataset}")
+    console.print(f"Source:    {report.source}: {report.location}")
+    console.print(f"Checksums: {report.checksums}")
+    console.print(f"SHA-256:   {report.sha256}")
+    rows = [
+        [s.name, f"{s.count:,}", f"{s.pixel_min}-{s.pixel_max}" if s.count else "-", f"{s.pixel_mean or 0:.2f}"]
+        for s in report.splits
+    ]
+    console.print(table(None, ["split", "images", "pixel range", "pixel mean"], rows))
+    counts = [[name, *[f"{s.class_counts[d]:,}" for s in report.splits]] for d, name in enumerate(ds.class_names)]
+    console.print(table("Images per class", ["class", *[s.name for s in report.splits]], counts))
+    h, w, c = ds.image_shape
+    console.print(f"Model input: pixels / 255 -> float32 [0, 1], NHWC {h}x{w}x{c}")
+
+
+def show_training(result) -> None:
+    """The end of `toolkit train`: the kept epoch, the files written, accuracy and loss per split."""
+    m = result.metrics
+    console.print(
+        f"Best epoch {m['best_epoch']} of {m['epochs']}; {m['seconds_per_epoch']} s per epoch on {m['device']}"
+    )
+    console.print(f"Wrote {result.model_path} and {result.metrics_path}")
+    for label, values in (("Accuracy", m["accuracy"]), ("    Loss", m["loss"])):
+        shown = (f"{k}: {'-' if values[k] is None else format(values[k], '.3f')}" for k in ("train", "valid", "test"))
+        console.print(f"{label}:  " + "  ".join(shown), style="bold")
+
+
+def show_verification(outcome) -> None:
+    """A verification: the native and the browser results in a table each, then what was not checked."""
+    browser = [r for r in outcome.results if kind_of(r.runtime) == BROWSER]
+    native = [r for r in outcome.results if r not in browser]
+    for results, title in (
+        (native, "Verification against the Keras model"),
+        (browser, "Verification in the browser against the Keras model"),
+    ):
+        if results:
+            console.print(parity_table(results, title))
+    for note in outcome.notes:
+        console.print(note, style="yellow")
+
+
+def show_report(result) -> None:
+    """`toolkit report`: per-class precision, recall and F1, then the files written."""
+    rows = [
+        [label, f"{v['precision']:.4f}", f"{v['recall']:.4f}", f"{v['f1-score']:.4f}", f"{int(v['support']):,}"]
+        for label, v in result["per_class"].items()
+    ]
+    m = result["macro_avg"]
+    rows.append(
+        ["macro avg", f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1-score']:.4f}", f"{int(m['support']):,}"]
+    )
+    title = (
+        f"{result['artifact']}: accuracy {result['accuracy']:.4f} ({result['errors']} errors of {result['images']:,})"
+    )
+    console.print(table(title, ["class", "precision", "recall", "F1", "images"], rows))
+    for name, path in result["files"].items():
+        console.print(f"{name}: {path}")
+    if result.get("model_card"):
+        console.print(f"Model card: {result['model_card']}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import math
 import os
@@ -260,6 +261,16 @@ def read_bytes(path: Path) -> bytes:
         raise ToolkitError(f"{path}: is a folder, not a file") from None
     except OSError as e:
         raise ToolkitError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, in hex (read in 1 MiB pieces). Commands ask their Workspace, which hashes a
+    file once per command; this is the hashing itself."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def read_json(path: Path) -> Any:

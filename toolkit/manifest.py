@@ -6,14 +6,10 @@ the same workspace merge their changes instead of losing one; re-exporting one v
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +17,10 @@ from toolkit import fsio
 from toolkit import workspace as ws
 from toolkit.artifacts import BROWSER, TensorSpec, kind_of
 from toolkit.errors import ToolkitError
+from toolkit.workspace import Workspace
 
 MANIFEST_FILE = ws.MANIFEST_FILE
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = ws.SCHEMA_VERSION
 
 PREPROCESSING = {
     "input": "grey image, white digit on black background, 28x28 pixels",
@@ -167,6 +164,14 @@ def check_header(m: dict[str, Any], path: Path) -> None:
         not isinstance(preprocessing, dict) or not all(isinstance(v, str) for v in preprocessing.values())
     ):
         raise ToolkitError(f"{path}: 'preprocessing' is not an object of strings")
+    data = m.get("data")
+    if data is not None and (
+        not isinstance(data, dict)
+        or not all(isinstance(data.get(k), str | None) for k in ("dataset", "source", "data_dir", "sha256"))
+        or not isinstance(data.get("image_size"), list | None)
+        or not all(_whole(v, 1, 1 << 16) for v in data.get("image_size") or [])
+    ):
+        raise ToolkitError(f"{path}: 'data' is not a description of the data (dataset, data_dir, image_size)")
     model = m.get("model")
     if model is not None and not isinstance(model, dict):
         raise ToolkitError(f"{path}: 'model' is not an object")
@@ -176,50 +181,25 @@ def check_header(m: dict[str, Any], path: Path) -> None:
             raise ToolkitError(f"{path}: 'model.{name}' is not a {kind.__name__}")
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+file_sha256 = fsio.file_sha256  # the hashing itself; a command hashes through its Workspace (once per file)
 
 
-@contextlib.contextmanager
-def _locked(workspace: Path) -> Iterator[None]:
-    fsio.ensure_dir(workspace)
-    with open(workspace / ws.MANIFEST_LOCK, "a+") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+def read(workspace: str | Path | Workspace) -> dict[str, Any]:
+    """The manifest (checked: its header fields have their types), or an empty one where none was written yet.
+    Read from disk once per command: the Workspace keeps it until another process changes the file."""
+    w = Workspace.of(workspace)
+    found = w.read_manifest()
+    check_header(found, w.manifest_path)
+    return found
 
 
-def read(workspace: Path) -> dict[str, Any]:
-    """The manifest, or an empty one where none was written yet."""
-    path = Path(workspace) / MANIFEST_FILE
-    if not path.exists():
-        return {"schema": SCHEMA_VERSION, "artifacts": {}}
-    manifest = fsio.read_json(path)
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("artifacts"), dict):
-        raise ToolkitError(f"{path}: not a toolkit manifest (no 'artifacts' object)")
-    check_header(manifest, path)
-    return manifest
+def update(workspace: str | Path | Workspace, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Read-modify-write under the lock, written atomically; `change` edits the manifest dict in place."""
+    w = Workspace.of(workspace)
+    return w.update_manifest(change, check=lambda m: check_header(m, w.manifest_path))
 
 
-def update(workspace: Path, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-    """Read-modify-write under the lock; `change` edits the manifest dict in place."""
-    workspace = Path(workspace)
-    with _locked(workspace):
-        manifest = read(workspace)
-        change(manifest)
-        manifest["schema"] = SCHEMA_VERSION
-        manifest["updated_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        fsio.write_json(workspace / MANIFEST_FILE, manifest)
-    return manifest
-
-
-def records(workspace: Path) -> list[ArtifactRecord]:
+def records(workspace: str | Path | Workspace) -> list[ArtifactRecord]:
     """Every artifact record, each checked: well-typed, and its file inside the workspace."""
     manifest = read(workspace)
     out = []
@@ -253,25 +233,14 @@ def artifact_path(workspace: Path, file: str) -> Path:
 NOT_CERTIFIED = "SHA-256 differs from the manifest: file changed since export, not certified"
 
 
-def certified(workspace: Path, record: ArtifactRecord) -> Path:
+def certified(workspace: str | Path | Workspace, record: ArtifactRecord) -> Path:
     """The record's file, after checking that it exists and is byte for byte what was exported and verified."""
     path = artifact_path(workspace, record.file)
     if not path.is_file():
         raise ToolkitError(f"{path}: file missing (listed in {ws.manifest(workspace)})")
-    if file_sha256(path) != record.sha256:
+    if Workspace.of(workspace).sha256(path) != record.sha256:
         raise ToolkitError(f"{path}: {NOT_CERTIFIED}")
     return path
-
-
-def _workspaces_of(path: Path) -> list[Path]:
-    """The folders that may hold the manifest of `path`: its own and the two above it (web models live in
-    DIR/web/models/), as given and as resolved, so that a symlink cannot hide the workspace it sits in."""
-    found: list[Path] = []
-    for start in (path.absolute(), path.resolve()):
-        for folder in list(start.parents)[:3]:
-            if folder not in found and ws.manifest(folder).is_file():
-                found.append(folder)
-    return found
 
 
 def record_of(path: Path) -> ArtifactRecord | None:
@@ -280,11 +249,12 @@ def record_of(path: Path) -> ArtifactRecord | None:
     certified"). A workspace's model.keras is checked against the checksum the manifest records for it."""
     path = Path(path)
     target = path.resolve()
-    for folder in _workspaces_of(path):
+    for folder in Workspace.candidates(path):
+        folder = Workspace(folder)
         if path.suffix == ".keras":
             model = read(folder).get("model")
             if isinstance(model, dict) and (folder / str(model.get("file", ""))).resolve() == target:
-                if file_sha256(path) != model.get("sha256"):
+                if folder.sha256(path) != model.get("sha256"):
                     raise ToolkitError(f"{path}: differs from the model the manifest was exported from; not certified")
             continue
         for record in records(folder):  # refuses a manifest whose entries lead out of the workspace
@@ -297,13 +267,13 @@ def record_of(path: Path) -> ArtifactRecord | None:
 def header_of(path: Path) -> dict[str, Any]:
     """The manifest of the workspace a file belongs to (model.keras or an artifact, also under web/models/), or {}
     for a file in no workspace: what predict and report need of the model (labels, preprocessing)."""
-    for folder in list(Path(path).resolve().parents)[:3]:
-        if ws.manifest(folder).is_file():
-            return read(folder)
-    return {}
+    found = Workspace.containing(path)
+    return read(found) if found is not None else {}
 
 
-def put_artifacts(workspace: Path, new: list[ArtifactRecord], header: dict[str, Any]) -> dict[str, Any]:
+def put_artifacts(
+    workspace: str | Path | Workspace, new: list[ArtifactRecord], header: dict[str, Any]
+) -> dict[str, Any]:
     """Add or replace artifact entries (keyed by file name) and refresh the model-level fields."""
 
     def change(m: dict[str, Any]) -> None:
@@ -320,7 +290,7 @@ def put_artifacts(workspace: Path, new: list[ArtifactRecord], header: dict[str, 
 
 
 def put_verification(
-    workspace: Path,
+    workspace: str | Path | Workspace,
     results: dict[str, dict[str, Any]],
     full_split: bool = True,
     self_check: dict[str, Any] | None = None,
@@ -350,10 +320,9 @@ def put_verification(
     return update(workspace, change)
 
 
-def select(workspace: Path, files: list[str] | None, kinds: tuple[str, ...]) -> list[ArtifactRecord]:
+def select(workspace: str | Path | Workspace, files: list[str] | None, kinds: tuple[str, ...]) -> list[ArtifactRecord]:
     """The manifest's artifacts whose runtime is of one of `kinds` (toolkit.artifacts: native, browser, micro), or
     those of them named in `files` (by manifest path, file name, or a path to the file)."""
-    workspace = Path(workspace)
     chosen = [r for r in records(workspace) if kind_of(r.runtime) in kinds]
     if not chosen:
         what = (

@@ -10,13 +10,15 @@ import numpy as np
 from toolkit import artifacts, manifest, runtimes
 from toolkit import workspace as ws
 from toolkit.errors import ToolkitError
+from toolkit.loader import open_file
 from toolkit.preprocess import prepare_for
+from toolkit.workspace import Workspace
 
 
 @dataclass
 class Prediction:
     file: str
-    digit: str
+    label: str  # the class name (a digit for the reference model)
     confidence: float
     top: list[tuple[str, float]]
 
@@ -24,11 +26,11 @@ class Prediction:
         return asdict(self)
 
 
-def best_artifact(workspace: Path) -> Path:
+def best_artifact(workspace: str | Path | Workspace) -> Path:
     """The verified artifact with the best accuracy (the smaller file on a tie); model.keras if none is verified."""
-    workspace = Path(workspace)
+    workspace = Workspace.of(workspace)
     candidates = []
-    if ws.manifest(workspace).exists():
+    if workspace.has_manifest():
         for rec in manifest.records(workspace):
             v = rec.verification or {}
             runnable = artifacts.kind_of(rec.runtime) == artifacts.NATIVE and (workspace / rec.file).is_file()
@@ -49,9 +51,7 @@ def classify(images: list[str | Path], model: str | Path, top: int = 3) -> list[
         raise ToolkitError("no image files given")
     if top < 1:
         raise ToolkitError(f"--top must be at least 1, got {top}")
-    manifest.record_of(Path(model))  # a changed file that a manifest certified is refused before it runs
-    runner = runtimes.load(model)
-    header = manifest.header_of(Path(model))
+    runner, _, header = open_file(model)  # a changed file that a manifest certified is refused before it runs
     classes = runner.output.shape[1]
     labels = header.get("labels") if isinstance(header.get("labels"), list) else None
     if labels is None or len(labels) != classes:
@@ -68,7 +68,7 @@ def classify(images: list[str | Path], model: str | Path, top: int = 3) -> list[
         out.append(
             Prediction(
                 file=str(path),
-                digit=labels[order[0]],
+                label=labels[order[0]],
                 confidence=round(float(p[order[0]]), 6),
                 top=[(labels[i], round(float(p[i]), 6)) for i in order],
             )

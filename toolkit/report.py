@@ -8,35 +8,32 @@ from pathlib import Path
 from typing import Any
 
 from toolkit import card as card_lib
-from toolkit import fsio, manifest, runtimes
+from toolkit import fsio, runtimes
 from toolkit import workspace as ws
 from toolkit.data import to_model_input
+from toolkit.loader import open_file
 from toolkit.plots import confusion_matrix_png, image_grid_png
 from toolkit.predict import best_artifact
+from toolkit.workspace import Workspace
 
 
 def report_artifact(
-    workspace: Path,
-    dataset,
-    artifact: Path | None = None,
-    out_dir: Path | None = None,
-    hardest: int = 30,
-    card: bool = False,
+    workspace: Path, dataset, artifact: Path | None = None, out_dir: Path | None = None, hardest: int = 30, card=False
 ) -> dict[str, Any]:
     """Per-class precision/recall/F1, confusion matrix, the hardest test images and sample images of each class;
     with `card`, the workspace's model card is rewritten from them."""
     import numpy as np
     from sklearn.metrics import classification_report, confusion_matrix
 
-    workspace = Path(workspace)
+    workspace = Workspace.of(workspace)
     artifact = Path(artifact) if artifact else best_artifact(workspace)
-    manifest.record_of(artifact)  # a changed file that a manifest certified is refused before it runs
+    runner, _, header = open_file(artifact)  # a changed file that a manifest certified is refused before it runs
     out_dir = fsio.ensure_dir(Path(out_dir) if out_dir else ws.report(workspace))
     x, y = dataset.splits().test
-    probabilities = runtimes.predict(runtimes.load(artifact), to_model_input(x))
+    probabilities = runtimes.predict(runner, to_model_input(x))
     predicted = probabilities.argmax(1)
     classes = probabilities.shape[1]
-    named = manifest.header_of(artifact).get("labels")
+    named = header.get("labels")
     labels = named if isinstance(named, list) and len(named) == classes else dataset.class_names[:classes]
     per_class = classification_report(
         y, predicted, labels=list(range(classes)), target_names=labels, output_dict=True, zero_division=0
@@ -63,7 +60,7 @@ def report_artifact(
     )
     result = {
         "artifact": artifact.name,
-        "sha256": manifest.file_sha256(artifact),  # the card shows a report only while the file is still this one
+        "sha256": workspace.sha256(artifact),  # the card shows a report only while the file is still this one
         "images": int(len(y)),
         "accuracy": round(float((predicted == y).mean()), 6),
         "errors": int((predicted != y).sum()),

@@ -311,11 +311,12 @@ def _ort_spec(arg) -> TensorSpec:
 class KerasRunner:
     runtime = KERAS
 
-    def __init__(self, path: Path, threads: int | None = None):
+    def __init__(self, path: Path, threads: int | None = None, model=None):
+        """`model`: the file's Keras model where the caller has it loaded already (a Workspace loads it once)."""
         from toolkit.model import LOGITS, interface_of, load_keras_model, with_probabilities  # imports Keras lazily
 
         self.path, self.threads = path, threads
-        self.model = load_keras_model(path)
+        self.model = model if model is not None else load_keras_model(path)
         if interface_of(self.model, path).output == LOGITS:  # the exports end in a softmax: so does the reference
             self.model = with_probabilities(self.model)
         inputs, outputs = self.model.inputs, self.model.outputs

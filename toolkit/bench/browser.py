@@ -17,17 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit import artifacts, fsio, manifest
+from toolkit import artifacts, manifest
 from toolkit import workspace as ws
 from toolkit.artifacts import ORT_WEB
 from toolkit.bench.driver import BenchRecord, BenchReport, Settings, Target
-from toolkit.bench.stats import runs_for, stats_ms, warmup_for
 from toolkit.data import Dataset
 from toolkit.errors import ToolkitError
+from toolkit.loader import browser_page
+from toolkit.timing import runs_for, stats_ms, warmup_for
 from toolkit.versions import package_versions
 from toolkit.web import app as web_app
 from toolkit.web import chromium as chromium_lib
-from toolkit.web import server
 
 PEAK_PATH = "__toolkit__/peak-matmul-"  # answered by a Playwright route, like the test images
 PEAK_SIZES = (256, 512, 1024)
@@ -70,14 +70,10 @@ class BrowserBackend:
     @contextlib.contextmanager
     def open(self, settings: Settings, say: Callable[[str], None]) -> Iterator[BrowserSession]:
         records = manifest.select(self.workspace, self.files, kinds=(artifacts.BROWSER,))
-        site = web_app.prepare_site(self.workspace, say)
-        entries = {e["file"]: e for e in fsio.read_json(site / "models.json")["models"]}
-        targets = [
-            Target.of(self.workspace, r, entries.get(str(Path(r.file).relative_to(ws.SITE_DIR)))) for r in records
-        ]
         images = self.dataset.x_test[: max(256, max(settings.batch_sizes))].tobytes()
-        with server.serving(site) as url, chromium_lib.launch() as chromium:
-            yield BrowserSession(targets, settings, chromium, url, images)
+        with browser_page(self.workspace, say) as page:
+            targets = [Target.of(self.workspace, r, page.entry(r)) for r in records]
+            yield BrowserSession(targets, settings, page.chromium, page.url, images)
 
 
 class BrowserSession:

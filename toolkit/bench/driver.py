@@ -18,8 +18,8 @@ from typing import Any, Protocol
 from toolkit import manifest
 from toolkit import workspace as ws
 from toolkit.artifacts import BROWSER, NATIVE, kind_of
-from toolkit.bench.machine import machine_info, machine_slug, measure_peak_gflops, usable_cpus
 from toolkit.errors import ToolkitError
+from toolkit.machine import machine_info, machine_slug, measure_peak_gflops, usable_cpus
 from toolkit.model import flops_per_image, load_keras_model
 
 

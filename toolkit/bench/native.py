@@ -21,9 +21,9 @@ from toolkit import artifacts, children, manifest
 from toolkit import workspace as ws
 from toolkit.artifacts import LITERT, ONNXRUNTIME, ONNXRUNTIME_CUDA, TENSORFLOW_GPU
 from toolkit.bench.driver import BenchRecord, BenchReport, Settings, Target
-from toolkit.bench.machine import gpu_info
 from toolkit.data import Dataset, to_model_input
 from toolkit.errors import ToolkitError
+from toolkit.machine import gpu_info
 from toolkit.versions import package_versions
 
 METHOD = (

@@ -24,12 +24,12 @@ import numpy as np
 from toolkit import manifest
 from toolkit import workspace as ws
 from toolkit.artifacts import NATIVE
-from toolkit.bench.machine import machine_info, measure_peak_gflops
-from toolkit.bench.stats import time_calls
 from toolkit.data import Dataset, to_model_input
 from toolkit.errors import ToolkitError
+from toolkit.machine import machine_info, measure_peak_gflops
 from toolkit.model import NO_LAYER, flops_by_layer, layer_of, load_keras_model
 from toolkit.runtimes import OnnxRunner
+from toolkit.timing import time_calls
 
 OVERHEAD = NO_LAYER  # nodes that belong to no Keras layer
 
@@ -90,24 +90,19 @@ def _weight_width(path: Path) -> int:
     return 1 if big and all(t.data_type in eight_bit for t in big) else 4
 
 
-def profile(
-    workspace: str | Path, dataset: Dataset, model: str | Path | None = None, threads: int = 1, calls: int = 2000
-) -> LayerProfile:
-    """Profile one ONNX artifact of the workspace (default: its float32 ONNX export) at batch 1 on `threads`."""
-    workspace = Path(workspace)
+def _onnx_record(workspace: Path, model: str | Path | None):
+    """The manifest record to profile: `model`, which must be an ONNX artifact, else the float32 ONNX export (or the
+    first ONNX artifact when there is none)."""
     files = [str(model)] if model else None
     onnx_records = [r for r in manifest.select(workspace, files, kinds=(NATIVE,)) if r.file.endswith(".onnx")]
     if not onnx_records:
         what = f"{model}: not an ONNX artifact" if model else f"{ws.manifest(workspace)}: no ONNX artifact"
         raise ToolkitError(f"{what}; `toolkit profile` reads ONNX Runtime's per-node timings (export --format onnx)")
-    record = next((r for r in onnx_records if r.variant == "float32"), onnx_records[0])
-    path = manifest.certified(workspace, record)
-    keras_model = load_keras_model(ws.model(workspace))
-    flops = flops_by_layer(keras_model)
-    kinds = {layer.name: type(layer).__name__ for layer in keras_model.layers}
-    params = {layer.name: int(layer.count_params()) for layer in keras_model.layers}
-    width = _weight_width(path)
+    return next((r for r in onnx_records if r.variant == "float32"), onnx_records[0])
 
+
+def _time_nodes(path: Path, dataset: Dataset, threads: int, calls: int) -> tuple[float, dict[str, tuple[str, float]]]:
+    """The file's unprofiled p50 in ms over test images at batch 1, then `node_medians` of a profiled session."""
     images = to_model_input(dataset.x_test[:256])
     batches = [images[i : i + 1] for i in range(len(images))]
     plain = OnnxRunner(path, threads=threads)
@@ -117,15 +112,28 @@ def profile(
         runner = OnnxRunner(path, threads=threads, profile_prefix=os.path.join(tmp, "ort"))
         time_calls(runner.run, batches, warmup=200, runs=calls)
         nodes = node_medians(runner.end_profiling(), calls)
-    peak = measure_peak_gflops(threads)
+    return p50_ms, nodes
 
+
+def _by_layer(nodes: dict[str, tuple[str, float]], layers: list[str]) -> tuple[dict[str, float], dict[str, list[str]]]:
+    """Each layer's summed node time in us, and its kernels in the order they first ran; OVERHEAD takes the nodes
+    of no layer."""
     per_layer: dict[str, float] = defaultdict(float)
     layer_ops: dict[str, list[str]] = defaultdict(list)
     for node, (op, us) in nodes.items():
-        name = layer_of(node, list(flops))
+        name = layer_of(node, layers)
         per_layer[name] += us
         if op not in layer_ops[name]:
             layer_ops[name].append(op)
+    return per_layer, layer_ops
+
+
+def _layer_rows(
+    per_layer: dict[str, float], layer_ops: dict[str, list[str]], keras_model, flops: dict[str, int], width: int, peak
+) -> list[LayerRow]:
+    """A row per layer that ran, in the model's order and OVERHEAD last: its time beside its FLOPs and weights."""
+    kinds = {layer.name: type(layer).__name__ for layer in keras_model.layers}
+    params = {layer.name: int(layer.count_params()) for layer in keras_model.layers}
     total = sum(per_layer.values())
     rows = []
     for name in [*flops, OVERHEAD]:
@@ -148,14 +156,30 @@ def profile(
                 weight_gb_per_second=round(weight_bytes / us / 1e3, 1) if us and weight_bytes else None,
             )
         )
+    return rows
+
+
+def profile(
+    workspace: str | Path, dataset: Dataset, model: str | Path | None = None, threads: int = 1, calls: int = 2000
+) -> LayerProfile:
+    """Profile one ONNX artifact of the workspace (default: its float32 ONNX export) at batch 1 on `threads`."""
+    workspace = Path(workspace)
+    record = _onnx_record(workspace, model)
+    path = manifest.certified(workspace, record)
+    keras_model = load_keras_model(ws.model(workspace))
+    flops = flops_by_layer(keras_model)
+    width = _weight_width(path)
+    p50_ms, nodes = _time_nodes(path, dataset, threads, calls)
+    peak = measure_peak_gflops(threads)
+    per_layer, layer_ops = _by_layer(nodes, list(flops))
     return LayerProfile(
         artifact=record.file,
         threads=threads,
         calls=calls,
         p50_ms=round(p50_ms, 4),
-        profiled_ms=round(total / 1e3, 4),
+        profiled_ms=round(sum(per_layer.values()) / 1e3, 4),
         floor_ms=round(sum(flops.values()) / peak / 1e6, 4),
         peak_gflops=round(peak, 1),
         machine=machine_info(),
-        rows=rows,
+        rows=_layer_rows(per_layer, layer_ops, keras_model, flops, width, peak),
     )

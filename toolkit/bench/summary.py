@@ -25,13 +25,11 @@ def _floor(r: dict[str, Any]) -> str:
     return f"{r['ratio_to_floor']:.2f}x" if r.get("ratio_to_floor") is not None else "-"
 
 
-def benchmark_markdown(report: dict[str, Any]) -> str:
+def _setup_lines(report: dict[str, Any]) -> list[str]:
+    """The run's bullets: the machine, its float32 peak, the versions and the settings the rows were timed with."""
     m, s, v = report["machine"], report["settings"], report["versions"]
-    ok = [r for r in report["results"] if r["status"] == "ok"]
     isa = ", ".join(k for k, on in m["isa"].items() if on) or "none detected"
-    lines = [
-        "# Benchmark results",
-        "",
+    return [
         f"- Machine: {m['cpu']} ({m['arch']}), {m['cpus_usable']} usable CPU(s), {m['memory_gb']} GB; ISA: {isa}",
         f"- GPU: {', '.join(m['gpu']['gpus']) or 'none visible'}",
         "- float32 peak (numpy matmul): "
@@ -42,25 +40,38 @@ def benchmark_markdown(report: dict[str, Any]) -> str:
         f"- Method: {s['method']}",
         f"- int8 on this CPU: {m['int8_note']}",
     ]
+
+
+def _browser_lines(report: dict[str, Any]) -> list[str]:
+    """A bullet for the rows timed in a browser, with its own settings when that run kept them apart."""
     b = report.get("browser")
-    if b:
-        bs = report.get("browser_settings", s)
-        web = ", ".join(sorted({r["runtime"] for r in report["results"] if r["device"] == b["name"]}))
-        lines.append(
-            f"- Browser rows ({web}): "
-            f"{b['name']}, cross-origin isolated: {b['cross_origin_isolated']}; started {bs['started_at']}; "
-            f"warm-up {bs['warmup']} calls, {bs['iterations_batch1']} timed calls at batch 1. Method: {bs['method']}"
-        )
-    hc = report.get("harness_check")
+    if not b:
+        return []
+    bs = report.get("browser_settings", report["settings"])
+    web = ", ".join(sorted({r["runtime"] for r in report["results"] if r["device"] == b["name"]}))
+    return [
+        f"- Browser rows ({web}): "
+        f"{b['name']}, cross-origin isolated: {b['cross_origin_isolated']}; started {bs['started_at']}; "
+        f"warm-up {bs['warmup']} calls, {bs['iterations_batch1']} timed calls at batch 1. Method: {bs['method']}"
+    ]
+
+
+def _harness_lines(hc: dict[str, Any] | None) -> list[str]:
+    """A bullet for the harness check: the harness's p50 against a bare LiteRT loop, or why the check failed."""
     if hc and "error" in hc:
-        lines.append(f"- Harness check ({hc['artifact']}): failed: {hc['error']}")
-    elif hc:
-        lines.append(
+        return [f"- Harness check ({hc['artifact']}): failed: {hc['error']}"]
+    if hc:
+        return [
             f"- Harness check ({hc['artifact']}, 1 thread, batch 1): harness p50 {hc['harness_p50_ms']:.4f} ms vs bare "
             f"set_tensor/invoke/get_tensor loop {hc['bare_loop_p50_ms']:.4f} ms: {hc['overhead_fraction']:+.1%} "
             f"({'within' if hc['within_10_percent'] else 'NOT within'} 10%)"
-        )
-    lines += [
+        ]
+    return []
+
+
+def _latency_lines(ok: list[dict[str, Any]]) -> list[str]:
+    """The batch-1 latency table, by threads then p50."""
+    lines = [
         "",
         "## Batch-1 latency (ms)",
         "",
@@ -76,26 +87,44 @@ def benchmark_markdown(report: dict[str, Any]) -> str:
             f"| {'-' if r['peak_rss_mb'] is None else round(r['peak_rss_mb'])} "
             f"| {r['bytes'] / 1024:.0f} | {acc} |"
         )
-    lines += [
+    return lines
+
+
+def _throughput_lines(ok: list[dict[str, Any]]) -> list[str]:
+    """The throughput table at every batch size, with achieved GFLOP/s and the p50 against the compute floor."""
+    return [
         "",
         "## Throughput (images/s) and achieved GFLOP/s",
         "",
         "| artifact | runtime | threads | batch | images/s | GFLOP/s | of float32 peak | p50 / compute floor |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
+    ] + [
+        f"| {r['artifact']} | {r['runtime']} | {r['threads']} | {r['batch_size']} | {r['images_per_second']:,.0f} "
+        f"| {_or_dash(r.get('gflops_per_second'), '.1f')} | {_or_dash(r.get('fraction_of_peak'), '.0%')} "
+        f"| {_floor(r)} |"
+        for r in sorted(ok, key=lambda r: (r["artifact"], r["runtime"], r["threads"], r["batch_size"]))
     ]
-    for r in sorted(ok, key=lambda r: (r["artifact"], r["runtime"], r["threads"], r["batch_size"])):
-        lines.append(
-            f"| {r['artifact']} | {r['runtime']} | {r['threads']} | {r['batch_size']} | {r['images_per_second']:,.0f} "
-            f"| {_or_dash(r.get('gflops_per_second'), '.1f')} | {_or_dash(r.get('fraction_of_peak'), '.0%')} "
-            f"| {_floor(r)} |"
-        )
+
+
+def _not_measured_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Skipped and failed rows, each with its reason; nothing when every row was measured."""
+    other = [r for r in rows if r["status"] in ("skipped", "failed")]
+    if not other:
+        return []
+    return ["", "## Not measured", ""] + [
+        f"- {r['runtime']} ({r['device']}): {r['status']}: {r['note']}" for r in other
+    ]
+
+
+def benchmark_markdown(report: dict[str, Any]) -> str:
+    """SUMMARY.md: the run's machine and settings, the latency and throughput tables, then the rows shown apart."""
+    ok = [r for r in report["results"] if r["status"] == "ok"]
+    lines = ["# Benchmark results", "", *_setup_lines(report)]
+    lines += _browser_lines(report) + _harness_lines(report.get("harness_check"))
+    lines += _latency_lines(ok) + _throughput_lines(ok)
     lines += comparison_lines(report)
     lines += device_lines(report["results"])
-    other = [r for r in report["results"] if r["status"] in ("skipped", "failed")]
-    if other:
-        lines += ["", "## Not measured", ""] + [
-            f"- {r['runtime']} ({r['device']}): {r['status']}: {r['note']}" for r in other
-        ]
+    lines += _not_measured_lines(report["results"])
     return "\n".join(lines) + "\n"
 
 

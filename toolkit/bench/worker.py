@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.artifacts import KERAS_BASELINES, KERAS_PREDICT, LITERT, LITERT_COMPILED, ONNXRUNTIME_CUDA
-from toolkit.bench.machine import current_rss_mb, vm_hwm_mb
-from toolkit.bench.stats import runs_for, stats_ms, time_calls, warmup_for
+from toolkit.machine import current_rss_mb, vm_hwm_mb
+from toolkit.timing import runs_for, stats_ms, time_calls, warmup_for
 
 
 def _import_runtime(runtime: str, threads: int) -> str:

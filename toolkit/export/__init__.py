@@ -11,7 +11,8 @@ microcontroller, web and recipe formats live with the rest of their job (`toolki
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import import_module
 from pathlib import Path
@@ -20,7 +21,6 @@ from typing import Any
 import numpy as np
 
 from toolkit import fsio, manifest
-from toolkit import workspace as ws
 from toolkit.artifacts import FORMAT_ALIASES, FORMATS
 from toolkit.data import Dataset, to_model_input
 from toolkit.errors import FormatRefused, ToolkitError
@@ -36,11 +36,11 @@ from toolkit.model import (
     file_stem,
     flops_per_image,
     interface_of,
-    load_keras_model,
     with_probabilities,
 )
 from toolkit.runtimes import load as load_runner
 from toolkit.versions import package_versions
+from toolkit.workspace import Workspace, describe_data
 
 DEFAULT_CALIBRATION_SIZE = 1000
 
@@ -81,7 +81,7 @@ def make_calibration(dataset: Dataset, size: int = DEFAULT_CALIBRATION_SIZE, see
 class ExportContext:
     model: Any  # the Keras model, ending in probabilities (a softmax is added after logits)
     model_path: Path
-    out_dir: Path
+    out_dir: Workspace  # the workspace (a path too): files are hashed through it, once each
     calibration: Calibration
     progress: Callable[[str], None] = field(default=lambda msg: None)
     built: dict[tuple[str, str], Path] = field(default_factory=dict)  # (format, variant) -> file written in this run
@@ -91,6 +91,9 @@ class ExportContext:
 
     def artifact_path(self, variant: str, suffix: str) -> Path:
         return self.out_dir / f"{self.name}.{variant}.{suffix}"
+
+    def sha256(self, path: Path) -> str:
+        return Workspace.of(self.out_dir).sha256(path)
 
 
 def variants_of(fmt: str) -> tuple[str, ...]:
@@ -105,12 +108,14 @@ def export_variants(
     records = []
     for variant in variants:
         path = ctx.artifact_path(variant, fmt)
-        records.append(describe_artifact(path, fmt, variant, write(ctx, variant, path)))
+        records.append(describe_artifact(path, fmt, variant, write(ctx, variant, path), ctx.out_dir))
     return records
 
 
-def describe_artifact(path: Path, fmt: str, variant: str, made_with: dict[str, Any]) -> ArtifactRecord:
-    """Load the written file in its runtime and record what it really is."""
+def describe_artifact(
+    path: Path, fmt: str, variant: str, made_with: dict[str, Any], workspace: Workspace | Path | None = None
+) -> ArtifactRecord:
+    """Load the written file in its runtime and record what it really is (hashed through `workspace`'s cache)."""
     runner = load_runner(path, probe=False)  # written by us a moment ago
     return ArtifactRecord(
         file=path.name,
@@ -118,7 +123,7 @@ def describe_artifact(path: Path, fmt: str, variant: str, made_with: dict[str, A
         variant=variant,
         runtime=runner.runtime,
         bytes=path.stat().st_size,
-        sha256=manifest.file_sha256(path),
+        sha256=Workspace.of(workspace if workspace is not None else path.parent).sha256(path),
         input=runner.input,
         output=runner.output,
         made_with=made_with,
@@ -186,17 +191,28 @@ def preprocessing_for(interface: Interface, dataset: Dataset) -> dict[str, str]:
     return out
 
 
-def adopt_model(source: Path, workspace: Path) -> Path:
+def adopt_model(source: Path, workspace: Workspace) -> Path:
     """The workspace's model.keras: `source` copied in (atomically) when it is another file, so that verify and
     every later command find the model the artifacts were made from."""
-    target = ws.model(workspace)
+    target = workspace.model_path
     if target.exists() and target.resolve() == source.resolve():
         return target
     return fsio.write_bytes(target, fsio.read_bytes(source))
 
 
+@contextlib.contextmanager
+def equalized(model) -> Iterator[list[dict[str, Any]]]:
+    """The model with its BatchNormalization gains equalized (model.py says why) for the converters, and its own
+    weights back afterwards: verification compares every file with model.keras as it is."""
+    weights = model.get_weights()
+    try:
+        yield equalize_batchnorm_scales(model)
+    finally:
+        model.set_weights(weights)
+
+
 def export(
-    workspace: Path,
+    workspace: str | Path | Workspace,
     dataset: Dataset,
     fmt: str = "all",
     variants: list[str] | None = None,
@@ -213,44 +229,59 @@ def export(
     is checked (an image classifier of the data's size and classes) before any conversion, and copied into the
     workspace as model.keras when it comes from elsewhere. A format that cannot carry the model (an operator its
     runtime lacks) is skipped and its one-line reason added to `refusals`; without that list it is raised."""
-    workspace = Path(workspace)
+    workspace = Workspace.of(workspace)
     plan = parse_selection(fmt, variants)
-    if ws.manifest(workspace).exists():
+    if workspace.has_manifest():
         manifest.records(workspace)  # a damaged manifest fails here, before any file is rewritten
-    source = Path(model_path) if model_path else ws.model(workspace)
-    model = load_keras_model(source)
+    source = Path(model_path) if model_path else workspace.model_path
+    model = workspace.keras_model(source)
     interface = interface_of(model, source, logits)
     check_fits(interface, dataset.image_shape, dataset.num_classes, dataset.location, source)
     labels = labels_for(interface, dataset, labels_file)
     calibration = make_calibration(dataset, calibration_size, seed)
-    equalized = equalize_batchnorm_scales(model)
-    model_path = adopt_model(source, fsio.ensure_dir(workspace))
-    ctx = ExportContext(
-        model=with_probabilities(model) if interface.output == LOGITS else model,
-        model_path=model_path,
-        out_dir=workspace,
-        calibration=calibration,
-        progress=progress or (lambda msg: None),
-        name=file_stem(name) if name else interface.name,
-        labels=labels,
-        preprocessing=preprocessing_for(interface, dataset),
-    )
-    header = {
+    fsio.ensure_dir(workspace.root)
+    model_path = adopt_model(source, workspace)
+    workspace.adopt_model(model, model_path)  # verify's reference is this model, not a second load of the file
+    with equalized(model) as changes:
+        ctx = ExportContext(
+            model=with_probabilities(model) if interface.output == LOGITS else model,
+            model_path=model_path,
+            out_dir=workspace,
+            calibration=calibration,
+            progress=progress or (lambda msg: None),
+            name=file_stem(name) if name else interface.name,
+            labels=labels,
+            preprocessing=preprocessing_for(interface, dataset),
+        )
+        header = export_header(ctx, interface, changes, dataset)
+        return export_formats(ctx, plan, header, refusals)
+
+
+def export_header(ctx: ExportContext, interface: Interface, changes: list, dataset: Dataset) -> dict[str, Any]:
+    """The manifest's model-level fields: the model, its labels and preprocessing, the data, the versions."""
+    return {
         "model": {
             "name": ctx.name,
-            "file": model_path.name,
-            "sha256": manifest.file_sha256(model_path),
+            "file": ctx.model_path.name,
+            "sha256": ctx.sha256(ctx.model_path),
             "input_shape": list(interface.input_shape),
             "classes": interface.classes,
             "output": "probabilities" if interface.output == PROBABILITIES else "logits: every export adds a softmax",
             "flops_per_image": flops_per_image(ctx.model),
             # BatchNormalization gains moved into the ReLU layer before, for every export (model.py says why)
-            "equalized": equalized,
+            "equalized": changes,
         },
-        "labels": labels,
+        "labels": ctx.labels,
         "preprocessing": ctx.preprocessing,
+        "data": describe_data(dataset),  # later commands load the same data without --data-dir
         "versions": package_versions(),
     }
+
+
+def export_formats(
+    ctx: ExportContext, plan: list[tuple[str, list[str]]], header: dict[str, Any], refusals: list[str] | None
+) -> list[ArtifactRecord]:
+    """Each format of the plan by its own module; each lands in the manifest as soon as it is written."""
     written: list[ArtifactRecord] = []
     for f, chosen in plan:
         module = import_module(FORMATS[f].module)  # a format imports its libraries only when asked for
@@ -261,6 +292,6 @@ def export(
                 raise
             refusals.append(f"{f}: {e}; the other formats are exported")
             continue
-        manifest.put_artifacts(workspace, records, header)  # each format lands as soon as it is written
+        manifest.put_artifacts(ctx.out_dir, records, header)
         written.extend(records)
     return written

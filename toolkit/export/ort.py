@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from toolkit import fsio, manifest
+from toolkit import fsio
 from toolkit.artifacts import ONNX_FORMAT, ORT_FORMAT
 from toolkit.errors import ToolkitError, first_line
 from toolkit.export import ExportContext, describe_artifact
@@ -79,8 +79,8 @@ def export(ctx: ExportContext, variants: list[str]) -> list[ArtifactRecord]:
                 "converter": f"onnxruntime.tools.convert_onnx_models_to_ort (onnxruntime {onnxruntime.__version__}) "
                 f"on {ctx.name}.{variant}.onnx",
                 "optimization": f"Fixed, target platform {TARGET_PLATFORM}",
-                "reduced_build_config": {"file": config.name, "sha256": manifest.file_sha256(config)},
+                "reduced_build_config": {"file": config.name, "sha256": ctx.sha256(config)},
                 "metadata": "ONNX metadata_props of the .onnx, carried over",
             }
-            records.append(describe_artifact(path, ORT_FORMAT, variant, made_with))
+            records.append(describe_artifact(path, ORT_FORMAT, variant, made_with, ctx.out_dir))
     return records

@@ -6,6 +6,9 @@ parameters, shapes, labels, the tensor arena to reserve (measured in tflite-micr
 operators to register. The header carries all of them, computed from the model. The model is rebuilt with a fixed
 batch of 1 first: a dynamic batch adds SHAPE, STRIDED_SLICE and PACK operators that a microcontroller would carry and
 run for nothing, and that Vela cannot place on the NPU.
+
+The model card's section on these files is written here too (`describe_made_with`): only this module knows what
+the figures it records in `made_with` mean.
 """
 
 from __future__ import annotations
@@ -15,17 +18,19 @@ import platform
 import re
 from dataclasses import dataclass
 from importlib.metadata import version
+from pathlib import Path
+from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
-from toolkit import fsio, manifest
-from toolkit.artifacts import LITERT_MICRO, MICRO_FORMAT, TensorSpec
+from toolkit import fsio
+from toolkit.artifacts import LITERT_MICRO, MICRO_FORMAT, VELA_FORMAT, TensorSpec
 from toolkit.errors import FormatRefused, ToolkitError
 from toolkit.export import ExportContext, describe_artifact
 from toolkit.export.tflite import HOW, convert
 from toolkit.manifest import ArtifactRecord
 from toolkit.micro import runtime
+from toolkit.micro.boards import fits
 from toolkit.micro.vela import vela_records
 from toolkit.model import NO_LAYER, layer_of, with_fixed_batch
 from toolkit.runtimes import quantize
@@ -146,12 +151,8 @@ def _self_check_block(m: Embedded, p: str) -> str:
     )
 
 
-def c_header(m: Embedded) -> str:
-    p = m.stem.upper()
-    calls = [runtime.resolver_call(op) for op in m.operators]
-    margin = round(runtime.ARENA_MARGIN * 100)
-    snippet = "\n".join(f" *   resolver.{call};" for call in calls)
-    registrations = "\n".join(f"  failures += resolver.{call} != 0;" for call in calls)
+def _defines(m: Embedded, p: str, margin: int) -> list[str]:
+    """The header's `#define` lines: every figure a firmware needs, read from the model or measured on it."""
     defines = [
         ("MODEL_BYTES", m.length, "flash: the model array"),
         ("ALIGNMENT", ALIGNMENT, "bytes, of the model array"),
@@ -175,8 +176,13 @@ def c_header(m: Embedded) -> str:
         ("SELF_CHECK_COUNT", len(m.self_check_inputs), "inputs with known outputs, below"),
         ("SELF_CHECK_TOLERANCE", SELF_CHECK_TOLERANCE, "int8 output steps"),
     ]
-    lines = [f"#define {p}_{name} {value}" + (f"  /* {note} */" if note else "") for name, value, note in defines]
-    guard = f"{p}_H"
+    return [f"#define {p}_{name} {value}" + (f"  /* {note} */" if note else "") for name, value, note in defines]
+
+
+def _usage_comment(m: Embedded, p: str, calls: list[str], margin: int) -> str:
+    """The header's opening comment: where the figures come from, and how a firmware sizes the arena, registers
+    the operators, runs the model and reads its output."""
+    snippet = "\n".join(f" *   resolver.{call};" for call in calls)
     return (
         f"/* {m.source} for LiteRT for Microcontrollers (tflite-micro): {m.length} bytes,\n"
         f" * SHA-256 {m.sha256}.\n"
@@ -201,11 +207,14 @@ def c_header(m: Embedded) -> str:
         f" *   q = clamp(round(pixel / 255 / {p}_INPUT_SCALE) + {p}_INPUT_ZERO_POINT, -128, 127)\n"
         f" * Output: probability = (q - {p}_OUTPUT_ZERO_POINT) * {p}_OUTPUT_SCALE\n"
         " */\n"
-        f"#ifndef {guard}\n#define {guard}\n\n#include <stdint.h>\n\n"
-        + "\n".join(lines)
-        + "\n\n"
-        + _self_check_block(m, p)
-        + '#ifdef __cplusplus\nextern "C" {\n#endif\n\n'
+    )
+
+
+def _declarations(m: Embedded, p: str, calls: list[str]) -> str:
+    """The array's declarations for C and C++, and the C++ helper that registers the model's operators."""
+    registrations = "\n".join(f"  failures += resolver.{call} != 0;" for call in calls)
+    return (
+        '#ifdef __cplusplus\nextern "C" {\n#endif\n\n'
         f"/* The model flatbuffer, {ALIGNMENT}-byte aligned, {m.length} bytes. */\n"
         f"extern const unsigned char {m.symbol}[];\n"
         f"extern const unsigned int {m.symbol}_len;\n\n"
@@ -219,15 +228,27 @@ def c_header(m: Embedded) -> str:
         "  return failures;\n"
         "}\n"
         "#endif\n\n"
-        f"#endif /* {guard} */\n"
     )
 
 
-def export(ctx: ExportContext, variants: list[str]) -> list[ArtifactRecord]:
-    """Write mnist_cnn.runtime.tflite, .c and .h and the Vela compilations; return their records (the registry writes
-    the manifest)."""
-    if "int8" not in variants:
-        return []
+def c_header(m: Embedded) -> str:
+    p = m.stem.upper()
+    calls = [runtime.resolver_call(op) for op in m.operators]
+    margin = round(runtime.ARENA_MARGIN * 100)
+    guard = f"{p}_H"
+    return (
+        _usage_comment(m, p, calls, margin)
+        + f"#ifndef {guard}\n#define {guard}\n\n#include <stdint.h>\n\n"
+        + "\n".join(_defines(m, p, margin))
+        + "\n\n"
+        + _self_check_block(m, p)
+        + _declarations(m, p, calls)
+        + f"#endif /* {guard} */\n"
+    )
+
+
+def _micro_model(ctx: ExportContext) -> tuple[bytes, list[str]]:
+    """The batch-1, full-int8 flatbuffer and its operators; refused if it carries what a dynamic batch adds."""
     ctx.progress(f"micro int8: converting the batch-1 model, calibrating on {ctx.calibration.size} images")
     data = convert(with_fixed_batch(ctx.model, 1), "int8", ctx.calibration, int8_io=True)
     ops = runtime.operators(data)
@@ -237,10 +258,15 @@ def export(ctx: ExportContext, variants: list[str]) -> list[ArtifactRecord]:
             f"the microcontroller model carries {', '.join(extra)} operators (a dynamic batch?); "
             f"it must have none of {', '.join(FORBIDDEN_OPERATORS)}"
         )
+    return data, ops
+
+
+def _measured_arena(ctx: ExportContext, data: bytes, tflite_path: Path) -> int:
+    """The smallest arena tflite-micro allocates the model in; an operator it cannot run is refused naming the
+    Keras layer it came from."""
     ctx.progress("micro int8: measuring the tensor arena in LiteRT for Microcontrollers")
-    tflite_path = ctx.artifact_path(MICRO_FORMAT, "tflite")
-    try:  # before anything is written: a model the interpreter cannot run leaves no file behind
-        arena_min = runtime.min_arena_bytes(data, path=tflite_path.name)
+    try:
+        return runtime.min_arena_bytes(data, path=tflite_path.name)
     except FormatRefused as e:
         layer = layer_of(e.tensor, [layer.name for layer in ctx.model.layers]) if e.tensor else NO_LAYER
         raise FormatRefused(
@@ -249,9 +275,12 @@ def export(ctx: ExportContext, variants: list[str]) -> list[ArtifactRecord]:
             e.operator,
             e.tensor,
         ) from None
-    fsio.write_bytes(tflite_path, data)
-    digest = manifest.file_sha256(tflite_path)
-    tflite_record = describe_artifact(
+
+
+def _tflite_record(ctx: ExportContext, tflite_path: Path, ops: list[str]) -> ArtifactRecord:
+    import tensorflow as tf  # only an export converts: the model card reads this module's description too
+
+    return describe_artifact(
         tflite_path,
         MICRO_FORMAT,
         "int8",
@@ -262,14 +291,18 @@ def export(ctx: ExportContext, variants: list[str]) -> list[ArtifactRecord]:
             "calibration": ctx.calibration.describe(),
             "operators": ops,
         },
+        ctx.out_dir,
     )
 
+
+def _embedded(ctx: ExportContext, data: bytes, tflite_path: Path, arena_min: int, ops: list[str]) -> Embedded:
+    """What the header states, with the self-check vectors that tflite-micro returns at the recommended arena."""
     # allocates at the recommended arena; its tensors are the model's as tflite-micro reads them
     runner = runtime.MicroRunner(data, tflite_path, runtime.recommended_arena(arena_min))
     checks, expected = _self_check_images(runner, ctx.calibration.images)
-    embedded = Embedded(
+    return Embedded(
         source=tflite_path.name,
-        sha256=digest,
+        sha256=ctx.sha256(tflite_path),
         length=len(data),
         input=runner.input,
         output=runner.output,
@@ -280,39 +313,115 @@ def export(ctx: ExportContext, variants: list[str]) -> list[ArtifactRecord]:
         self_check_inputs=quantize(checks, runner.input.scale, runner.input.zero_point).reshape(len(checks), -1),
         self_check_outputs=quantize(expected, runner.output.scale, runner.output.zero_point),  # back to its int8
     )
+
+
+def _c_made_with(embedded: Embedded, h_path: Path, h_sha256: str) -> dict[str, Any]:
+    """How the C array was made, and the figures a firmware author (and the model card) reads from it."""
+    return {
+        "converter": "toolkit C array writer",
+        "source": embedded.source,
+        "source_sha256": embedded.sha256,
+        "header": h_path.name,
+        "header_sha256": h_sha256,  # the header an app embeds is checked like the array
+        "symbol": embedded.symbol,
+        "length_symbol": f"{embedded.symbol}_len",
+        "alignment": ALIGNMENT,
+        "flash_bytes": embedded.length,
+        "arena_bytes_min": embedded.arena_min,
+        "arena_bytes_recommended": embedded.arena_recommended,
+        "arena_margin": f"{round(runtime.ARENA_MARGIN * 100)}%, rounded up to whole KiB",
+        "arena_kernels": runtime.KERNELS,
+        "arena_measured_with": f"tflite-micro {version('tflite-micro')} on a {platform.machine()} host, "
+        f"bisection to {runtime.ARENA_GRANULARITY} bytes",
+        "operators": embedded.operators,
+        "resolver": [runtime.resolver_call(op) for op in embedded.operators],
+    }
+
+
+def _c_record(ctx: ExportContext, data: bytes, embedded: Embedded, tflite_record: ArtifactRecord) -> ArtifactRecord:
+    """Write the header and the C array, check that the array reads back as the model, and return its record."""
     h_path = fsio.write_text(ctx.artifact_path(MICRO_FORMAT, "h"), c_header(embedded))
     c_path = fsio.write_text(ctx.artifact_path(MICRO_FORMAT, "c"), c_source(data, embedded, h_path.name))
     if runtime.read_c_array(c_path) != data:
-        raise ToolkitError(f"{c_path}: the array does not read back as {tflite_path.name}")
-    c_record = ArtifactRecord(
+        raise ToolkitError(f"{c_path}: the array does not read back as {embedded.source}")
+    return ArtifactRecord(
         file=c_path.name,
         format=MICRO_FORMAT,
         variant="int8",
         runtime=LITERT_MICRO,
         bytes=c_path.stat().st_size,
-        sha256=manifest.file_sha256(c_path),
+        sha256=ctx.sha256(c_path),
         input=tflite_record.input,
         output=tflite_record.output,
-        made_with={
-            "converter": "toolkit C array writer",
-            "source": tflite_path.name,
-            "source_sha256": digest,
-            "header": h_path.name,
-            "header_sha256": manifest.file_sha256(h_path),  # the header an app embeds is checked like the array
-            "symbol": embedded.symbol,
-            "length_symbol": f"{embedded.symbol}_len",
-            "alignment": ALIGNMENT,
-            "flash_bytes": len(data),
-            "arena_bytes_min": arena_min,
-            "arena_bytes_recommended": embedded.arena_recommended,
-            "arena_margin": f"{round(runtime.ARENA_MARGIN * 100)}%, rounded up to whole KiB",
-            "arena_kernels": runtime.KERNELS,
-            "arena_measured_with": f"tflite-micro {version('tflite-micro')} on a {platform.machine()} host, "
-            f"bisection to {runtime.ARENA_GRANULARITY} bytes",
-            "operators": ops,
-            "resolver": [runtime.resolver_call(op) for op in ops],
-        },
+        made_with=_c_made_with(embedded, h_path, ctx.sha256(h_path)),
     )
 
+
+def export(ctx: ExportContext, variants: list[str]) -> list[ArtifactRecord]:
+    """Write mnist_cnn.runtime.tflite, .c and .h and the Vela compilations; return their records (the registry writes
+    the manifest)."""
+    if "int8" not in variants:
+        return []
+    data, ops = _micro_model(ctx)
+    tflite_path = ctx.artifact_path(MICRO_FORMAT, "tflite")
+    arena_min = _measured_arena(ctx, data, tflite_path)  # before anything is written: a refusal leaves no file
+    fsio.write_bytes(tflite_path, data)
+    tflite_record = _tflite_record(ctx, tflite_path, ops)
+    c_record = _c_record(ctx, data, _embedded(ctx, data, tflite_path, arena_min, ops), tflite_record)
     ctx.progress("micro int8: compiling for Arm Ethos-U NPUs with Vela (performance-model estimates)")
     return [tflite_record, c_record, *vela_records(tflite_record, ctx.out_dir, ctx.progress)]
+
+
+def describe_made_with(records: list[ArtifactRecord]) -> list[str]:
+    """The model card's section on the micro format (toolkit.card): what the C array's `made_with` recorded, the
+    arena, flash and operators a firmware needs and the boards that fit them, and Vela's Ethos-U estimates, labelled
+    as estimates. Nothing where the workspace has no C array."""
+    c = next((r for r in records if r.runtime == LITERT_MICRO), None)
+    if c is None:
+        return []
+    vela = [r for r in records if r.format == VELA_FORMAT]
+    return ["", "## Microcontrollers and NPUs", "", *_card_c_array(c), *(_card_vela(vela) if vela else [])]
+
+
+def _card_c_array(c: ArtifactRecord) -> list[str]:
+    """The C array in words, and the boards whose RAM and flash it fits."""
+    w = c.made_with
+    lines = [
+        f"`{c.file}` + `{w['header']}` hold `{w['source']}` (batch 1, full int8) for LiteRT for Microcontrollers;",
+        f"it was run in that interpreter on the test split (see the accuracy table). Flash: {w['flash_bytes']:,} B "
+        f"of model. RAM: a tensor arena of at least {w['arena_bytes_min']:,} B, measured by allocation "
+        f"({w['arena_kernels']} kernels; optimised kernels such as CMSIS-NN can need a different figure); the",
+        f"header recommends {w['arena_bytes_recommended']:,} B ({w['arena_margin']}). Operators to register: "
+        + ", ".join(f"`{r}`" for r in w["resolver"])
+        + ".",
+        "",
+        "| board | chip | RAM | flash | arena / RAM | model / flash | fits | datasheet |",
+        "|---|---|---:|---:|---:|---:|---|---|",
+    ]
+    for f in fits(w["arena_bytes_recommended"], w["flash_bytes"]):
+        lines.append(
+            f"| {f['board']} | {f['chip']} | {f['ram_bytes'] // 1024:,} KB | {f['flash_bytes'] // 1024:,} KB "
+            f"| {f['ram_used']:.0%} | {f['flash_used']:.0%} | {'yes' if f['fits'] else '**no**'} "
+            f"| {f['source']} |"
+        )
+    return lines
+
+
+def _card_vela(vela: list[ArtifactRecord]) -> list[str]:
+    """Vela's performance-model figures of each Ethos-U compilation (the files run only on an Ethos-U system)."""
+    lines = [
+        "",
+        "Arm Ethos-U NPUs: **estimates from Vela's performance model, not measurements** "
+        "(the compiled files run only on an Ethos-U system):",
+        "",
+        "| file | NPU | clock | SRAM | flash or DRAM | inference | inferences/s |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for a in vela:
+        e = a.made_with["estimates"]
+        lines.append(
+            f"| `{a.file}` | {e['accelerator']} | {e['clock_mhz']:g} MHz | {e['sram_bytes']:,} B "
+            f"| {e['flash_bytes'] or e['dram_bytes']:,} B ({e['weights_storage']}) "
+            f"| {e['inference_ms']:.3f} ms | {e['inferences_per_second']:,.0f} |"
+        )
+    return lines

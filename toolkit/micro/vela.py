@@ -18,7 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from toolkit import children, fsio, manifest
+from toolkit import children, fsio
 from toolkit.artifacts import ETHOS_U, VELA_FORMAT
 from toolkit.manifest import ArtifactRecord
 
@@ -101,7 +101,7 @@ def _compile(tflite_path: Path, out_dir: Path, config: str, tmp: Path) -> dict[s
         "macs": round(float(s["nn_macs"])),
         "path": str(target),
         "bytes": target.stat().st_size,
-        "sha256": manifest.file_sha256(target),
+        "sha256": fsio.file_sha256(target),  # written here, hashed once
     }
 
 

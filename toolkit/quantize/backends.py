@@ -22,8 +22,9 @@ from toolkit import fsio, manifest, runtimes
 from toolkit.artifacts import LITERT, ONNXRUNTIME
 from toolkit.errors import ToolkitError, first_line
 from toolkit.export import Calibration
+from toolkit.parity import RECIPE_BUDGET_PP
 from toolkit.quantize.recipes import ALGORITHMS, GRANULARITIES, QUANTIZABLE_OPS, Layer, Recipe, largest_dense
-from toolkit.verify import RECIPE_BUDGET_PP
+from toolkit.workspace import Workspace
 
 
 class RecipeFailed(ToolkitError):
@@ -47,10 +48,10 @@ class Source:
 def workspace_sources(workspace: Path, model_path: Path) -> dict[str, Source]:
     """The workspace's float32 `.tflite` and `.onnx` (by suffix), where the manifest certifies them and lists
     `model_path` as the model they were exported from."""
-    workspace = Path(workspace)
-    if not (workspace / manifest.MANIFEST_FILE).is_file() or not Path(model_path).is_file():
+    workspace = Workspace.of(workspace)
+    if not workspace.has_manifest() or not Path(model_path).is_file():
         return {}
-    if manifest.read(workspace).get("model", {}).get("sha256") != manifest.file_sha256(model_path):
+    if manifest.read(workspace).get("model", {}).get("sha256") != workspace.sha256(model_path):
         return {}
     found = {}
     for record in manifest.records(workspace):

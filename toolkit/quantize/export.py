@@ -52,6 +52,8 @@ def export(ctx: ExportContext, variants: list[str]) -> list[ArtifactRecord]:
                 continue
             path = fsio.write_bytes(ctx.out_dir / name, built.read_bytes())
             records.append(
-                describe_artifact(path, RECIPES_FORMAT, recipe.name, made_with(recipe, source, ctx.calibration))
+                describe_artifact(
+                    path, RECIPES_FORMAT, recipe.name, made_with(recipe, source, ctx.calibration), ctx.out_dir
+                )
             )
     return records

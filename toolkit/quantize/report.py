@@ -102,6 +102,12 @@ class Outcome:
                 "allow more with --budget"
             )
 
+    def _repr_html_(self) -> str:
+        """Jupyter shows the record as the CLI's table."""
+        from toolkit.console import html_of
+
+        return html_of(self)
+
 
 @dataclass
 class LayerError:

@@ -32,11 +32,12 @@ import numpy as np
 from toolkit import fsio, manifest, runtimes, verify
 from toolkit import workspace as ws
 from toolkit.artifacts import LITERT, RECIPES_FORMAT
-from toolkit.bench.machine import cpu_model, usable_cpus
-from toolkit.bench.stats import stats_ms, time_calls
 from toolkit.data import Dataset
 from toolkit.errors import ToolkitError
 from toolkit.export import DEFAULT_CALIBRATION_SIZE, Calibration, describe_artifact, make_calibration
+from toolkit.loader import Loader
+from toolkit.machine import cpu_model, usable_cpus
+from toolkit.parity import RECIPE_BUDGET_PP, Reference
 from toolkit.quantize import backends, recipes
 from toolkit.quantize.report import (
     FAIL,
@@ -55,8 +56,9 @@ from toolkit.quantize.report import (
     Row,
     write_report,
 )
+from toolkit.timing import stats_ms, time_calls
 
-DEFAULT_BUDGET_PP = verify.RECIPE_BUDGET_PP
+DEFAULT_BUDGET_PP = RECIPE_BUDGET_PP
 
 EXPLAIN_DEFAULT = "int4"
 
@@ -145,7 +147,7 @@ class Workbench:
 class Search:
     """One run of `toolkit quantize`: make, verify and time candidates; the per-layer fallback; keep the best."""
 
-    def __init__(self, work: Workbench, dataset: Dataset, budget: float, ref: verify.Reference):
+    def __init__(self, work: Workbench, dataset: Dataset, budget: float, ref: Reference):
         self.work, self.dataset, self.budget, self.ref = work, dataset, budget, ref
         self.made: dict[str, tuple[recipes.Recipe, dict[str, Any]]] = {}  # recipe name -> (recipe, made_with)
 
@@ -176,7 +178,8 @@ class Search:
         self.work.say(f"{row.recipe}: verifying on {len(self.ref.labels):,} test images")
         record = describe_artifact(path, RECIPES_FORMAT, recipe.name, made_with)
         try:
-            parity = verify.verify_artifact(self.work.scratch, record, self.ref, verify.NativeScorer(self.work.scratch))
+            scorer = verify.NativeScorer(Loader(self.work.scratch))
+            parity = verify.verify_artifact(self.work.scratch, record, self.ref, scorer)
             row.latency_p50_ms = latency_ms(path, self.ref.images)
         except ToolkitError as e:  # a runtime that loaded the file but fails on a larger batch
             row.status, row.message = RUN_FAILED, str(e)[:300]
@@ -342,11 +345,11 @@ def report_folder(workspace: Path, out: str | Path | None) -> Path:
     return folder
 
 
-def _source_row(work: Workbench, ref: verify.Reference) -> Row:
+def _source_row(work: Workbench, ref: Reference) -> Row:
     """The float32 file the recipes start from, verified the same way, for the table's reference line."""
     source = work.tflite
     record = next(r for r in manifest.records(work.workspace) if r.file == source.file)
-    parity = verify.verify_artifact(work.workspace, record, ref, verify.NativeScorer(work.workspace))
+    parity = verify.verify_artifact(work.workspace, record, ref, verify.NativeScorer(Loader(work.workspace)))
     return Row(
         recipe="float32",
         runtime=record.runtime,

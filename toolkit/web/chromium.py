@@ -21,8 +21,8 @@ import numpy as np
 
 from toolkit import fsio
 from toolkit import workspace as ws
-from toolkit.bench.machine import vm_hwm_mb
 from toolkit.errors import ToolkitError
+from toolkit.machine import vm_hwm_mb
 from toolkit.web import server
 
 CHROMIUM_CANDIDATES = (

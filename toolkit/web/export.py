@@ -95,7 +95,7 @@ def export(ctx: ExportContext, variants: list[str]) -> list[ArtifactRecord]:
             made_with = tflite_export.write(ctx, variant, path, model=batch1, int8_io=False, label="web tflite")
         else:
             made_with = onnx_export.write(ctx, variant, path, label="web onnx")
-        record = describe_artifact(path, WEB_FORMAT, variant, made_with)
+        record = describe_artifact(path, WEB_FORMAT, variant, made_with, ctx.out_dir)
         record.file = str(path.relative_to(ctx.out_dir))
         record.runtime = BROWSER_BY_SUFFIX[path.suffix]
         records.append(record)
