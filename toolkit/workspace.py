@@ -116,6 +116,13 @@ class Workspace(os.PathLike):
     def __str__(self) -> str:
         return str(self.root)
 
+    def __getattr__(self, name: str):
+        """The folder's own path methods (`resolve`, `exists`, `name`, ...): code that takes a workspace as a path
+        works on this object too."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.root, name)
+
     def __repr__(self) -> str:
         return f"Workspace({str(self.root)!r})"
 
