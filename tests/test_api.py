@@ -37,7 +37,7 @@ def test_one_export_reads_loads_and_hashes_each_thing_once(trained_workspace, mn
     monkeypatch.setattr(fsio, "file_sha256", hashing)
     monkeypatch.setattr(manifest, "file_sha256", hashing)
     monkeypatch.setattr(keras.saving, "load_model", lambda *a, **k: loads.update(["model"]) or real_load(*a, **k))
-    args = ["export", "--format", "all", "--limit", "100", "--calibration-size", "100", "--data-dir", str(mnist_dir)]
+    args = ["export", "--format", "all", "--limit", "300", "--calibration-size", "200", "--data-dir", str(mnist_dir)]
     result = CliRunner().invoke(app, [*args, "--dir", str(ws)])
     assert result.exit_code == 0, result.output
     formats = {r["format"] for r in manifest.read(ws)["artifacts"].values()} - {"vela"}  # vela lands with micro
@@ -54,20 +54,20 @@ def test_a_keras_model_object_goes_through_the_api(trained_workspace, mnist_dir,
     monkeypatch.setenv("TOOLKIT_DATA_DIR", str(mnist_dir))
     model = keras.saving.load_model(trained_workspace[0] / "model.keras")
     ws = tmp_path / "ws"
-    exported = api.export(model, ws, formats="tflite", variants=["float32", "int8"], limit=200, calibration_size=100)
+    exported = api.export(model, ws, formats="tflite", variants=["float32", "int8"], limit=300, calibration_size=200)
     assert exported.passed and {r.file for r in exported.artifacts} == {
         "mnist_cnn.float32.tflite",
         "mnist_cnn.int8.tflite",
     }
     assert "mnist_cnn.int8.tflite" in exported._repr_html_()  # what Jupyter shows: the CLI's tables
-    verification = api.verify(ws, limit=200)  # no data given: the workspace's own
+    verification = api.verify(ws, limit=300)  # no data given: the workspace's own
     assert verification.passed and len(verification.results) == 2
     run = api.benchmark(
         ws, iterations=20, warmup=5, batch_sizes=[1], threads=[1], include_keras=False, out=tmp_path / "bench"
     )
     measured = [r for r in run.report.results if r.status == "ok"]
     assert {r.artifact for r in measured} >= {"mnist_cnn.float32.tflite", "mnist_cnn.int8.tflite"}
-    assert "mnist_cnn.int8.tflite" in run._repr_html_()
+    assert "Benchmark on" in run._repr_html_() and "int8" in run._repr_html_()
     digit = REPO / "examples" / "digits"
     picture = sorted(digit.glob("*.pgm"))[0]
     assert api.predict(picture, ws)[0].label == picture.stem[-1]  # test00000_label7.pgm
