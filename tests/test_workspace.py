@@ -146,6 +146,37 @@ def test_the_import_graph_has_no_circle():
     assert "toolkit.loader" in graph and graph["toolkit"] == set()  # the package itself imports nothing
 
 
+# The layers of docs/architecture.md, lowest first: a module imports (at load) only its own layer and those below.
+LAYERS = [
+    {"errors", "fsio", "plots", "tables", "cache", "children", "versions", "machine", "timing", "artifacts", "backend"},
+    {"workspace", "manifest"},
+    {"data", "model", "training", "preprocess"},
+    {"train", "runtimes"},
+    {"export", "micro", "web"},
+    {"loader", "parity"},
+    {"verify"},
+    {"bench", "quantize"},
+    {"predict", "report", "card"},
+    {"api"},
+    {"console", "commandline", "cli", "__main__"},
+]
+
+
+def test_imports_run_one_way_through_the_documented_layers():
+    modules = _modules()
+    layer_of = {top: i for i, layer in enumerate(LAYERS) for top in layer}
+    unplaced = {name for name in modules if name != "toolkit" and name.split(".")[1] not in layer_of}
+    assert not unplaced, f"modules in no layer of LAYERS: {sorted(unplaced)}"
+    upward = []
+    for name, path in modules.items():
+        if name == "toolkit":
+            continue
+        for target in _imports_at_load(name, path, modules) - {"toolkit"}:
+            if layer_of[target.split(".")[1]] > layer_of[name.split(".")[1]]:
+                upward.append(f"{name} -> {target}")
+    assert not upward, upward
+
+
 def _loaded_by(statement: str) -> set[str]:
     code = (
         f"import sys; {statement}; print(' '.join(m for m in sys.modules if m.startswith(('toolkit', 'tensorflow'))))"

@@ -252,11 +252,14 @@ class Workspace(os.PathLike):
 
 
 def describe_data(dataset) -> dict[str, Any]:
-    """The manifest's `data`: enough to load the same data again without options, and its fingerprint."""
+    """The manifest's `data`: enough to load the same data again without options, and its fingerprint. MNIST's
+    folder is not recorded: the default search finds it on any machine (and a committed manifest names no path of
+    the machine it was made on)."""
+    own_folder = dataset.source == "data-dir" and dataset.name != "mnist"
     return {
         "dataset": dataset.name,
         "source": dataset.source,
-        "data_dir": dataset.location if dataset.source == "data-dir" else None,
+        "data_dir": dataset.location if own_folder else None,
         "image_size": list(dataset.resized) if dataset.resized else None,
         "sha256": dataset.sha256,
     }
