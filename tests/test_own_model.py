@@ -367,6 +367,7 @@ def _through_every_command(tmp_path, model_file: Path, data_args: list[str], exp
 @pytest.mark.browser
 def test_an_rgb_model_on_an_image_folder_goes_through_every_command(tmp_path):
     root = shapes_folder(tmp_path / "shapes", {"train": 40, "test": 20})
+    _keras().utils.set_random_seed(0)  # the initial weights, whatever ran before in this process
     model = rgb_model()
     hand = (
         2 * 27 * 32 * 32 * 8
@@ -429,9 +430,10 @@ def test_a_grey_logits_model_on_idx_data_goes_through_every_command(tmp_path):
         + 3 * 4
     )  # the softmax every export adds
     image = tmp_path / "bar.png"
-    bar = np.zeros((20, 20), np.uint8)
-    bar[:, 8:11] = 255  # a vertical bar: class 1
+    bar = np.random.default_rng(1).integers(0, 40, (20, 20)).astype(np.uint8)  # the training images' background
+    bar[:, 5:8] = 255  # a vertical bar where the training images have theirs: class 1
     Image.fromarray(bar).save(image)
+    _keras().utils.set_random_seed(0)  # the initial weights, whatever ran before in this process
     ws, header, predicted, profiled, _ = _through_every_command(
         tmp_path,
         save(grey_logits_model(), tmp_path / "in", "bars.keras"),
