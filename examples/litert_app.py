@@ -42,9 +42,18 @@ def read_pgm(path):
     return pixels.reshape(height, width, 3) if depth == 3 else pixels.reshape(height, width)
 
 
-def to_input(pixels, shape):
+def scaled(x, contract):
+    """Pixels (..., C), 0-255 -> the model's input by the manifest's input contract: (pixel - mean) / std per
+    channel, in the model's channel order (pixel / 255 for a manifest that records none)."""
+    c = contract or {"mean": [0.0], "std": [255.0], "channel_order": "RGB"}
+    if x.shape[-1] == 3 and c.get("channel_order") == "BGR":
+        x = x[..., ::-1]
+    return ((x - np.asarray(c["mean"], np.float32)) / np.asarray(c["std"], np.float32)).astype(np.float32)
+
+
+def to_input(pixels, shape, contract):
     """uint8 pixels -> the model's input (1, H, W, C) as the manifest's preprocessing says: channels made the
-    model's (grey <-> RGB), a bilinear resize to H x W where the size differs, then pixels / 255."""
+    model's (grey <-> RGB), a bilinear resize to H x W where the size differs, then the input contract."""
     height, width, channels = shape
     x = pixels.astype(np.float32)
     if x.ndim == 2 and channels == 3:
@@ -61,7 +70,7 @@ def to_input(pixels, shape):
         top = x[y0][:, x0] * (1 - wx) + x[y0][:, x1] * wx
         bottom = x[y1][:, x0] * (1 - wx) + x[y1][:, x1] * wx
         x = top * (1 - wy) + bottom * wy
-    return (x / 255.0)[None].astype(np.float32)
+    return scaled(x, contract)[None]
 
 
 def self_check(manifest, entry, probabilities_of):
@@ -95,7 +104,9 @@ def main(manifest_path, model_name, images):
     interpreter.allocate_tensors()
     q_in, q_out = entry["input"]["quantization"], entry["output"]["quantization"]
 
-    def probabilities(x):  # one image (1, H, W, C), float32 pixels / 255 -> its probabilities
+    contract = manifest.get("input_contract")
+
+    def probabilities(x):  # one image (1, H, W, C), float32 model input -> its probabilities
         if q_in:  # int8 input: q = round(x / scale) + zero_point
             x = np.clip(np.round(x / q_in["scale"]) + q_in["zero_point"], -128, 127).astype(np.int8)
         interpreter.set_tensor(inp["index"], x)
@@ -105,9 +116,11 @@ def main(manifest_path, model_name, images):
             y = (y.astype(np.float32) - q_out["zero_point"]) * q_out["scale"]
         return y
 
-    self_check(manifest, entry, lambda px: np.stack([probabilities((p / 255.0)[None].astype(np.float32)) for p in px]))
+    self_check(
+        manifest, entry, lambda px: np.stack([probabilities(scaled(p[None].astype(np.float32), contract)) for p in px])
+    )
     for path in images:
-        y = probabilities(to_input(read_pgm(path), shape))  # the model's size and channels, pixels / 255, NHWC
+        y = probabilities(to_input(read_pgm(path), shape, contract))  # the model's size, channels and contract
         best = int(np.argmax(y))
         print(f"{path}: {labels[best]} ({y[best]:.3f})")
 

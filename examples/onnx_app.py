@@ -4,10 +4,11 @@
     python onnx_app.py ../exported/manifest.json mnist_cnn.int8.onnx digits/*.pgm
 
 The input and output names, the input's size and channels, the labels and the preprocessing come from the
-manifest. The ONNX models take float32 pixels / 255 (the int8 model quantizes inside the graph). Images: PGM
-(grey) or PPM (RGB), resized to the model's input where they differ; the digits here are 28x28 grey PGM files,
-white on black. At start-up the app runs the manifest's self-check images and refuses a model whose answers differ
-from the ones the toolkit recorded for that file.
+manifest. The ONNX models take float32 inputs made from pixels by the manifest's `input_contract` (pixel / 255 for
+the reference model; the int8 model quantizes inside the graph). Images: PGM (grey) or PPM (RGB), resized to the
+model's input where they differ; the digits here are 28x28 grey PGM files, white on black. At start-up the app
+runs the manifest's self-check images and refuses a model whose answers differ from the ones the toolkit recorded
+for that file.
 """
 
 import base64
@@ -42,9 +43,18 @@ def read_pgm(path):
     return pixels.reshape(height, width, 3) if depth == 3 else pixels.reshape(height, width)
 
 
-def to_input(pixels, shape):
+def scaled(x, contract):
+    """Pixels (..., C), 0-255 -> the model's input by the manifest's input contract: (pixel - mean) / std per
+    channel, in the model's channel order (pixel / 255 for a manifest that records none)."""
+    c = contract or {"mean": [0.0], "std": [255.0], "channel_order": "RGB"}
+    if x.shape[-1] == 3 and c.get("channel_order") == "BGR":
+        x = x[..., ::-1]
+    return ((x - np.asarray(c["mean"], np.float32)) / np.asarray(c["std"], np.float32)).astype(np.float32)
+
+
+def to_input(pixels, shape, contract):
     """uint8 pixels -> the model's input (1, H, W, C) as the manifest's preprocessing says: channels made the
-    model's (grey <-> RGB), a bilinear resize to H x W where the size differs, then pixels / 255."""
+    model's (grey <-> RGB), a bilinear resize to H x W where the size differs, then the input contract."""
     height, width, channels = shape
     x = pixels.astype(np.float32)
     if x.ndim == 2 and channels == 3:
@@ -61,7 +71,7 @@ def to_input(pixels, shape):
         top = x[y0][:, x0] * (1 - wx) + x[y0][:, x1] * wx
         bottom = x[y1][:, x0] * (1 - wx) + x[y1][:, x1] * wx
         x = top * (1 - wy) + bottom * wy
-    return (x / 255.0)[None].astype(np.float32)
+    return scaled(x, contract)[None]
 
 
 def self_check(manifest, entry, probabilities_of):
@@ -91,8 +101,9 @@ def main(manifest_path, model_name, images):
     session = ort.InferenceSession(str(Path(manifest_path).parent / entry["file"]), providers=["CPUExecutionProvider"])
     shape = entry["input"]["shape"][1:]  # (H, W, C) of this model
     feed, fetch = entry["input"]["name"], entry["output"]["name"]
-    self_check(manifest, entry, lambda px: session.run([fetch], {feed: (px / 255.0).astype(np.float32)})[0])
-    batch = np.concatenate([to_input(read_pgm(p), shape) for p in images])  # NHWC, the model's size, pixels / 255
+    contract = manifest.get("input_contract")
+    self_check(manifest, entry, lambda px: session.run([fetch], {feed: scaled(px.astype(np.float32), contract)})[0])
+    batch = np.concatenate([to_input(read_pgm(p), shape, contract) for p in images])  # NHWC, the model's size
     (probabilities,) = session.run([fetch], {feed: batch})
     for path, y in zip(images, probabilities):
         best = int(np.argmax(y))

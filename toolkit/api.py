@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit import fsio
+from toolkit.contract import InputContract
 from toolkit.data import Dataset
 from toolkit.errors import ToolkitError
 from toolkit.manifest import ArtifactRecord
@@ -147,10 +148,15 @@ def export(
     verify: bool = True,
     limit: int | None = None,
     progress: Progress = None,
+    input_contract: str | InputContract | None = None,
+    allow_chance: bool = False,
     **options: Any,
 ) -> ExportResult:
     """Export `model` (a Keras model, a .keras path, or the workspace's model.keras) to `formats` and verify every
-    new file on the test split. `options`: name, labels_file, logits, calibration_size, seed (as the CLI's)."""
+    new file on the test split. `input_contract`: how pixels become the model's inputs (a preset name such as "tf",
+    "scale=S,offset=O", "mean=M:M:M,std=S:S:S" or an InputContract; default: what the workspace recorded, else
+    what the model shows). `allow_chance`: certify parity with a Keras model at chance level (untrained).
+    `options`: name, labels_file, logits, calibration_size, seed (as the CLI's)."""
     from toolkit import export as export_lib
     from toolkit import verify as verify_lib
 
@@ -159,9 +165,21 @@ def export(
     refused: list[str] = []
     model_path = _adopt(model, ws)
     records = export_lib.export(
-        ws, dataset, formats, variants, model_path=model_path, progress=progress, refusals=refused, **options
+        ws,
+        dataset,
+        formats,
+        variants,
+        model_path=model_path,
+        progress=progress,
+        refusals=refused,
+        input_contract=input_contract,
+        **options,
     )
-    checked = verify_lib.check_new(ws, dataset, records, limit, progress=progress) if verify else None
+    checked = (
+        verify_lib.check_new(ws, dataset, records, limit, progress=progress, allow_chance=allow_chance)
+        if verify
+        else None
+    )
     return ExportResult(records, checked, refused)
 
 
@@ -173,15 +191,18 @@ def verify(
     browser: bool = False,
     threads: int = 1,
     progress: Progress = None,
+    allow_chance: bool = False,
 ):
     """Check every artifact (or `files`) against the Keras model on the test split, in its own runtime (with
-    `browser`, the web models in headless Chromium); the results are written into the manifest."""
+    `browser`, the web models in headless Chromium); the results are written into the manifest. A Keras model at
+    chance level fails every file, unless `allow_chance`."""
     from toolkit import verify as verify_lib
     from toolkit.artifacts import BROWSER
 
     ws = Workspace.of(workspace)
     kinds = (BROWSER,) if browser else verify_lib.NATIVE_KINDS
-    return verify_lib.check(ws, _data(data, ws, progress), files, limit, kinds, threads, progress=progress)
+    dataset = _data(data, ws, progress)
+    return verify_lib.check(ws, dataset, files, limit, kinds, threads, progress=progress, allow_chance=allow_chance)
 
 
 def quantize(

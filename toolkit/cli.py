@@ -17,10 +17,12 @@ import typer
 from toolkit import api
 from toolkit.artifacts import formats_help
 from toolkit.commandline import (
+    AllowChanceOption,
     DataDirOption,
     DatasetOption,
     DirOption,
     ImageSizeOption,
+    InputContractOption,
     JsonOption,
     VerifyLimitOption,
     app,
@@ -105,6 +107,7 @@ def train(
     model: Optional[Path] = typer.Option(
         None, "--model", help="Train this Keras model (.keras) from its initial weights instead of the reference CNN."
     ),
+    input_contract: Optional[str] = InputContractOption,
     data_dir: Optional[Path] = DataDirOption,
     dataset: Optional[str] = DatasetOption,
     image_size: Optional[str] = ImageSizeOption,
@@ -145,8 +148,10 @@ def export(
     calibration_size: int = typer.Option(
         1000, "--calibration-size", min=10, help="Training images used to calibrate int8."
     ),
+    input_contract: Optional[str] = InputContractOption,
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Verify the new artifacts on the test split."),
     limit: Optional[int] = VerifyLimitOption,
+    allow_chance: bool = AllowChanceOption,
     data_dir: Optional[Path] = DataDirOption,
     dataset: Optional[str] = DatasetOption,
     image_size: Optional[str] = ImageSizeOption,
@@ -162,6 +167,7 @@ def export(
     ds = load_data(data_dir, dataset, image_size, workspace)
     say = lambda msg: console.print(msg, style="dim")  # noqa: E731
     options = dict(name=name, labels_file=labels, logits=logits, calibration_size=calibration_size)
+    options.update(input_contract=input_contract, allow_chance=allow_chance)
     result = api.export(model, workspace, ds, fmt, split_list(quantize), verify, limit, progress=say, **options)
     console.print(export_table(result.artifacts, f"Exported to {workspace} ({', '.join(f for f, _ in plan)})"))
     if result.verification is not None:
@@ -180,6 +186,7 @@ def verify(
         False, "--browser", help="Verify the web artifacts inside the web app in headless Chromium instead."
     ),
     threads: int = typer.Option(1, "--threads", min=1, help="With --browser: WebAssembly threads of the web runtimes."),
+    allow_chance: bool = AllowChanceOption,
     data_dir: Optional[Path] = DataDirOption,
     dataset: Optional[str] = DatasetOption,
     image_size: Optional[str] = ImageSizeOption,
@@ -190,7 +197,7 @@ def verify(
     ds = load_data(data_dir, dataset, image_size, workspace)
     files = [str(m) for m in model] if model else None
     say = lambda msg: console.print(msg, style="dim")  # noqa: E731
-    outcome = api.verify(workspace, ds, files, limit, browser, threads, progress=say)
+    outcome = api.verify(workspace, ds, files, limit, browser, threads, progress=say, allow_chance=allow_chance)
     show_verification(outcome)
     write_json_output(json_out, outcome.to_dict())
     outcome.raise_if_failed()

@@ -16,6 +16,7 @@ import typer
 
 from toolkit import fsio
 from toolkit.console import console, error
+from toolkit.contract import HELP as CONTRACT_HELP
 from toolkit.errors import Interrupted, ToolkitError
 from toolkit.workspace import Workspace
 
@@ -50,6 +51,12 @@ ImageSizeOption = typer.Option(
     help="Resize an image folder's images to N or HxW pixels (bilinear); the same on every command.",
 )
 VerifyLimitOption = typer.Option(None, min=1, help="Verify on the first N test images only (default: all 10,000).")
+InputContractOption = typer.Option(None, "--input-contract", help=CONTRACT_HELP)
+AllowChanceOption = typer.Option(
+    False,
+    "--allow-chance",
+    help="Certify parity even where the Keras model is at chance level on its own test split (an untrained model).",
+)
 JsonOption = typer.Option(None, "--json", help="Also write the result as JSON to this file ('-' for stdout).")
 
 

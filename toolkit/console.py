@@ -13,6 +13,7 @@ from rich.text import Text
 
 from toolkit.artifacts import BROWSER, kind_of
 from toolkit.backend import keras as _keras
+from toolkit.contract import InputContract
 
 
 def _console(stderr: bool = False) -> Console:
@@ -328,7 +329,7 @@ def show_data_report(report, ds, brief: bool = False) -> None:
     if brief:
         sizes = "  ".join(f"{s.name} {s.count:,}" for s in report.splits)
         console.print(f"Data: {report.dataset} from {report.source} ({report.location}); {report.checksums}")
-        console.print(f"      {sizes}; pixels {report.splits[0].pixel_min}-{report.splits[0].pixel_max} -> [0, 1]")
+        console.print(f"      {sizes}; pixels {report.splits[0].pixel_min}-{report.splits[0].pixel_max}")
         return
     console.print(f"Dataset:   {report.dataset}")
     console.print(f"Source:    {report.source}: {report.location}")
@@ -342,7 +343,8 @@ def show_data_report(report, ds, brief: bool = False) -> None:
     counts = [[name, *[f"{s.class_counts[d]:,}" for s in report.splits]] for d, name in enumerate(ds.class_names)]
     console.print(table("Images per class", ["class", *[s.name for s in report.splits]], counts))
     h, w, c = ds.image_shape
-    console.print(f"Model input: pixels / 255 -> float32 [0, 1], NHWC {h}x{w}x{c}")
+    console.print("Model input: pixel / 255 -> float32 [0, 1] for the reference model; another model takes what its")
+    console.print(f"input contract says (`toolkit export --input-contract`); NHWC {h}x{w}x{c}")
 
 
 def show_training(result) -> None:
@@ -352,6 +354,8 @@ def show_training(result) -> None:
         f"Best epoch {m['best_epoch']} of {m['epochs']}; {m['seconds_per_epoch']} s per epoch on {m['device']}"
     )
     console.print(f"Wrote {result.model_path} and {result.metrics_path}")
+    if isinstance(m.get("input_contract"), dict):
+        console.print(f"Inputs: {InputContract.from_dict(m['input_contract']).describe()}")
     for label, values in (("Accuracy", m["accuracy"]), ("    Loss", m["loss"])):
         shown = (f"{k}: {'-' if values[k] is None else format(values[k], '.3f')}" for k in ("train", "valid", "test"))
         console.print(f"{label}:  " + "  ".join(shown), style="bold")

@@ -20,6 +20,7 @@ import numpy as np
 
 from toolkit import artifacts, fsio, runtimes
 from toolkit import workspace as ws
+from toolkit.contract import UNIT, InputContract
 from toolkit.errors import ToolkitError
 from toolkit.manifest import ArtifactRecord
 from toolkit.workspace import Workspace
@@ -33,6 +34,7 @@ class BrowserPage:
     url: str
     chromium: Any
     entries: dict[str, dict[str, Any]]  # models.json's entries by file (relative to the site)
+    contract: InputContract = UNIT  # how the page makes pixels into inputs (models.json's input_contract)
 
     @property
     def name(self) -> str:
@@ -57,14 +59,20 @@ def browser_page(workspace: str | Path, say: Callable[[str], None] = lambda msg:
     from toolkit.web import server
 
     site = web_app.prepare_site(workspace, say)
-    entries = {e["file"]: e for e in fsio.read_json(site / "models.json")["models"]}
+    models = fsio.read_json(site / "models.json")
+    entries = {e["file"]: e for e in models["models"]}
+    contract = (
+        InputContract.from_dict(models["input_contract"], str(site / "models.json"))
+        if models.get("input_contract")
+        else UNIT
+    )
     with server.serving(site) as url, chromium_lib.launch() as chromium:
-        yield BrowserPage(site, url, chromium, entries)
+        yield BrowserPage(site, url, chromium, entries, contract)
 
 
 class BrowserRunner:
     """A web model run by the page itself, in its browser runtime (LiteRT.js, ONNX Runtime Web): the page reads
-    uint8 pixels and divides them by 255 as an app does, so the images go to it as pixels."""
+    uint8 pixels and makes them inputs by the input contract as an app does, so the images go to it as pixels."""
 
     def __init__(self, page: BrowserPage, record: ArtifactRecord, threads: int = 1):
         entry = page.entry(record)
@@ -77,7 +85,7 @@ class BrowserRunner:
     def run(self, images: np.ndarray) -> np.ndarray:
         from toolkit.web import chromium as chromium_lib
 
-        pixels = np.ascontiguousarray(np.round(images * 255).astype(np.uint8)).tobytes()
+        pixels = self.page.contract.pixels(images).tobytes()
         app = chromium_lib.open_app(self.page.chromium, self.page.url, self.entry["id"], self.threads, pixels)
         try:
             probabilities, _ = app.classify(len(images))

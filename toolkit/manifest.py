@@ -16,6 +16,7 @@ from typing import Any
 from toolkit import fsio
 from toolkit import workspace as ws
 from toolkit.artifacts import BROWSER, TensorSpec, kind_of
+from toolkit.contract import InputContract
 from toolkit.errors import ToolkitError
 from toolkit.workspace import Workspace
 
@@ -164,6 +165,8 @@ def check_header(m: dict[str, Any], path: Path) -> None:
         not isinstance(preprocessing, dict) or not all(isinstance(v, str) for v in preprocessing.values())
     ):
         raise ToolkitError(f"{path}: 'preprocessing' is not an object of strings")
+    if m.get("input_contract") is not None:
+        InputContract.from_dict(m["input_contract"], str(path))  # a damaged contract: one line naming the file
     data = m.get("data")
     if data is not None and (
         not isinstance(data, dict)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from toolkit import artifacts
+from toolkit.contract import UNIT, InputContract
 from toolkit.manifest import ArtifactRecord
 
 # Pass criteria per variant. float32 must match Keras exactly up to float rounding. A reduced-precision variant
@@ -98,10 +99,32 @@ class Reference:
     # desktop runs on these images by the file's SHA-256, so that a file is run once per check: the micro model's
     # .tflite is both an artifact of its own and the micro scorer's cross-check
     native_runs: dict[str, np.ndarray] = field(default_factory=dict)
+    contract: InputContract = UNIT  # how the images were made from pixels (and are made back into them)
+    allow_chance: bool = False  # --allow-chance: certify parity even where the Keras model is at chance level
 
     @property
     def accuracy(self) -> float:
         return float(np.mean(self.probabilities.argmax(1) == self.labels))
+
+    @cached_property
+    def chance_level(self) -> float:
+        """The accuracy no better than guessing on these images: the most frequent class's share, plus three
+        standard errors of a guess at that rate (so a small test split is not judged by luck)."""
+        share = float(np.bincount(self.labels).max() / len(self.labels))
+        return share + 3 * float(np.sqrt(share * (1 - share) / len(self.labels)))
+
+    @cached_property
+    def at_chance(self) -> str | None:
+        """Why parity with this reference proves nothing, or None: a Keras model at chance level on its own test
+        split is broken for these inputs (most often an input contract that is not the one it was trained with),
+        and every file that agrees with it is broken too."""
+        if self.accuracy > self.chance_level:
+            return None
+        return (
+            f"the Keras model itself is at chance level on these inputs (accuracy {self.accuracy:.4f}, chance "
+            f"{self.chance_level:.4f}) with inputs {self.contract.describe()}: give the model's own "
+            "--input-contract (or --allow-chance for a model that is not trained yet)"
+        )
 
     @cached_property
     def self_check_images(self) -> list[int]:
@@ -117,8 +140,9 @@ class Reference:
         return sorted(chosen[:SELF_CHECK_IMAGES])
 
     def self_check_inputs(self) -> dict[str, Any]:
-        """The self-check images as an app gets them: uint8 pixels (model input x 255), base64, with their shape."""
-        pixels = np.round(self.images[self.self_check_images] * 255).astype(np.uint8)
+        """The self-check images as an app gets them: uint8 pixels (the model inputs made back into pixels by the
+        input contract), base64, with their shape."""
+        pixels = self.contract.pixels(self.images[self.self_check_images])
         return {
             "test_images": self.self_check_images,
             "shape": list(pixels.shape),
@@ -185,6 +209,11 @@ def compare(record: ArtifactRecord, probabilities: np.ndarray, ref: Reference) -
         result.problems.append(f"max |diff| {result.max_abs_diff:.2e} > {c['max_abs_diff']:g}")
     if "max_accuracy_loss_pp" in c and -result.accuracy_delta_pp > c["max_accuracy_loss_pp"]:
         result.problems.append(f"accuracy loss {-result.accuracy_delta_pp:.2f} pp > {c['max_accuracy_loss_pp']:g} pp")
+    if ref.at_chance is not None:
+        if ref.allow_chance:
+            result.criteria += "; the Keras model is at chance level (accepted: --allow-chance)"
+        else:
+            result.problems.append(ref.at_chance)
     result.passed = not result.problems
     return result
 

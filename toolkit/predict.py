@@ -9,6 +9,7 @@ import numpy as np
 
 from toolkit import artifacts, manifest, runtimes
 from toolkit import workspace as ws
+from toolkit.contract import UNIT, decide, from_header
 from toolkit.errors import ToolkitError
 from toolkit.loader import open_file
 from toolkit.preprocess import prepare_for
@@ -60,7 +61,11 @@ def classify(images: list[str | Path], model: str | Path, top: int = 3) -> list[
         raise ToolkitError(f"--top must be between 1 and {classes}, got {top}")
     shape = runtimes.image_shape(runner.input)
     preprocessing = header.get("preprocessing") if isinstance(header.get("preprocessing"), dict) else None
-    batch = np.stack([prepare_for(p, shape, preprocessing) for p in images])
+    batch = np.stack([prepare_for(p, shape, preprocessing) for p in images])  # pixel / 255
+    # the manifest's contract; for a file no workspace lists, what a Keras model shows, else pixel / 255
+    contract = from_header(header, str(model)) or decide(getattr(runner, "model", None), None)
+    if not contract.maps_like(UNIT, shape[-1]):
+        batch = contract.apply(batch * 255.0)
     probabilities = runtimes.predict(runner, batch)
     out = []
     for path, p in zip(images, probabilities):

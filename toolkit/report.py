@@ -10,6 +10,7 @@ from typing import Any
 from toolkit import card as card_lib
 from toolkit import fsio, runtimes
 from toolkit import workspace as ws
+from toolkit.contract import from_header
 from toolkit.data import to_model_input
 from toolkit.loader import open_file
 from toolkit.plots import confusion_matrix_png, image_grid_png
@@ -30,7 +31,8 @@ def report_artifact(
     runner, _, header = open_file(artifact)  # a changed file that a manifest certified is refused before it runs
     out_dir = fsio.ensure_dir(Path(out_dir) if out_dir else ws.report(workspace))
     x, y = dataset.splits().test
-    probabilities = runtimes.predict(runner, to_model_input(x))
+    contract = from_header(header, str(workspace)) or workspace.input_contract()  # the artifact's own, if listed
+    probabilities = runtimes.predict(runner, to_model_input(x, contract))
     predicted = probabilities.argmax(1)
     classes = probabilities.shape[1]
     named = header.get("labels")

@@ -2,9 +2,10 @@
 
 Verify, benchmark and predict all go through here. `.tflite` files run in LiteRT (`ai_edge_litert`),
 `.onnx` files in ONNX Runtime, `.keras` files in Keras. int8 inputs and outputs are quantized and
-dequantized here with the scale and zero point the file declares, so every runner takes pixels / 255 and
-returns probabilities. Importing this module imports neither TensorFlow nor Keras: an edge app needs only
-LiteRT or ONNX Runtime and numpy.
+dequantized here with the scale and zero point the file declares, so every runner takes the float32 model
+input (pixels made into inputs by the workspace's input contract, toolkit.contract) and returns
+probabilities. Importing this module imports neither TensorFlow nor Keras: an edge app needs only LiteRT or
+ONNX Runtime and numpy.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def _describe(shape: tuple[int, ...]) -> str:
 
 def check_images(images: np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndarray:
     """The input contract: float32 (N, H, W, C) of the model's own `shape` (H, W, C) (grayscale also as (N, H, W)),
-    finite, pixels / 255 in [0, 1]. Without `shape`, any image batch (C = 1 or 3) is taken."""
+    finite (pixels made into inputs by the input contract). Without `shape`, any image batch (C = 1 or 3) is taken."""
     if (
         type(images) is np.ndarray
         and images.dtype == np.float32
@@ -70,7 +71,8 @@ def check_images(images: np.ndarray, shape: tuple[int, ...] | None = None) -> np
     if images.dtype != np.float32:
         if images.dtype.kind != "f":
             raise ToolkitError(
-                f"input must be float32 pixels / 255, got dtype {images.dtype} (divide uint8 images by 255)"
+                f"input must be float32 model inputs, got dtype {images.dtype} (make uint8 images inputs by the "
+                "workspace's input contract: for the reference model, divide uint8 images by 255)"
             )
         images = images.astype(np.float32)
     if not np.isfinite(images).all():

@@ -24,6 +24,8 @@ import numpy as np
 from toolkit import __version__, fsio
 from toolkit import workspace as ws
 from toolkit.backend import keras as _keras
+from toolkit.contract import UNIT, InputContract, decide
+from toolkit.contract import parse as parse_contract
 from toolkit.data import Dataset, to_model_input
 from toolkit.errors import Interrupted, ToolkitError
 from toolkit.machine import measure_peak_gflops, usable_cpus
@@ -66,6 +68,16 @@ def architecture(config: TrainConfig, dataset: Dataset | None = None):
     if dataset is not None:
         check_fits(interface, dataset.image_shape, dataset.num_classes, dataset.location, path)
     return model
+
+
+def training_contract(config: TrainConfig, model=None) -> InputContract:
+    """How this run makes pixels into inputs: --input-contract, else raw pixels for a user's model that rescales
+    inside itself (`model`, else the model file, looked at), else pixel / 255 (the reference CNN)."""
+    if config.input_contract is not None:
+        return parse_contract(config.input_contract)
+    if config.model_file is not None:
+        return decide(model if model is not None else load_keras_model(Path(config.model_file)), None)
+    return UNIT
 
 
 def _loss(model):
@@ -167,7 +179,7 @@ def train(
         state = TrainState(config=replace(config, epochs=epochs), data_sha256=dataset.sha256)
     config = state.config
 
-    replicas, batches, valid, trained_images = _placed_data(dataset, state, say)
+    replicas, batches, valid, trained_images = _placed_data(dataset, state, training_contract(config), say)
     with distributed(replicas):  # the model's variables are made here, on the replicas
         model = load_checkpoint(ckpt_dir / "last.keras") if resume else architecture(config, dataset)
         work = work_per_epoch(trained_images, len(valid[0]), model)
@@ -207,13 +219,13 @@ def _finish_the_checkpoint(workspace: Path, dataset: Dataset, state: TrainState)
 
 
 def _placed_data(
-    dataset: Dataset, state: TrainState, say: Callable[[str], None]
+    dataset: Dataset, state: TrainState, contract: InputContract, say: Callable[[str], None]
 ) -> tuple[Replicas, Any, tuple[np.ndarray, np.ndarray], int]:
     """The replicas, the training batches (from the state's epoch on), the validation images (an equal share for
     each replica) and the count of images an epoch trains on. Seeds every random generator first."""
     config = state.config
     (x_train, y_train), (x_valid, y_valid) = training_data(dataset, config)
-    x_train, x_valid = to_model_input(x_train), to_model_input(x_valid)
+    x_train, x_valid = to_model_input(x_train, contract), to_model_input(x_valid, contract)
 
     keras = _keras()
     with fsio.captured_output():  # it seeds TensorFlow too, importing it: start-up chatter on other backends
@@ -253,7 +265,8 @@ def finish(
     """Evaluate the best epoch on every split and write `model.keras` and `metrics.json`."""
     keras, config = _keras(), state.config
     model = _shipped_model(ws.checkpoint(workspace) / "best.keras", config)
-    accuracy, loss, train_images = _evaluate(model, dataset, config)
+    contract = training_contract(config, model)
+    accuracy, loss, train_images = _evaluate(model, dataset, config, contract)
     model_path = ws.model(workspace)
     with fsio.atomic_path(model_path) as tmp:
         model.save(tmp)
@@ -280,6 +293,7 @@ def finish(
         "data_source": dataset.source,
         "train_images": train_images,
         "config": asdict(config),
+        "input_contract": contract.for_channels(dataset.image_shape[2]).to_dict(),  # export takes it from here
         "history": state.history,
         "model_sha256": file_sha256(model_path),
         "versions": {
@@ -306,7 +320,7 @@ def _shipped_model(best_path: Path, config: TrainConfig):
     return model
 
 
-def _evaluate(model, dataset: Dataset, config: TrainConfig) -> tuple[dict, dict, int]:
+def _evaluate(model, dataset: Dataset, config: TrainConfig, contract: InputContract) -> tuple[dict, dict, int]:
     """Accuracy and loss on each split (None for the validation split that --all-data leaves empty), and the count
     of images trained on."""
     (x_train, y_train), valid = training_data(dataset, replace(config, eval_limit=None))
@@ -317,6 +331,6 @@ def _evaluate(model, dataset: Dataset, config: TrainConfig) -> tuple[dict, dict,
         if not len(x):  # --all-data: nothing was held out
             accuracy[name] = loss[name] = None
             continue
-        result = model.evaluate(to_model_input(x), y, batch_size=500, verbose=0, return_dict=True)
+        result = model.evaluate(to_model_input(x, contract), y, batch_size=500, verbose=0, return_dict=True)
         accuracy[name], loss[name] = round(float(result["accuracy"]), 6), round(float(result["loss"]), 6)
     return accuracy, loss, len(y_train)

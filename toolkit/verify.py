@@ -31,16 +31,23 @@ from toolkit.workspace import Workspace
 
 
 def reference(
-    workspace: str | Path | Workspace, dataset: Dataset, limit: int | None = None, loader: Loader | None = None
+    workspace: str | Path | Workspace,
+    dataset: Dataset,
+    limit: int | None = None,
+    loader: Loader | None = None,
+    allow_chance: bool = False,
 ) -> Reference:
-    """The Keras model's probabilities on the test split (or its first `limit` images), from the workspace's
-    model as loaded once for this command."""
+    """The Keras model's probabilities on the test split (or its first `limit` images), made into inputs by the
+    workspace's input contract, from the workspace's model as loaded once for this command."""
+    workspace = Workspace.of(workspace)
     x, y = dataset.splits().test
     if limit is not None:
         x, y = x[:limit], y[:limit]
-    images = to_model_input(x)
+    contract = workspace.input_contract()
+    images = to_model_input(x, contract)
     keras_runner = (loader or Loader(workspace)).keras()
-    return Reference(images=images, labels=y, probabilities=runtimes.predict(keras_runner, images, batch_size=1000))
+    probabilities = runtimes.predict(keras_runner, images, batch_size=1000)
+    return Reference(images, y, probabilities, contract=contract, allow_chance=allow_chance)
 
 
 @dataclass
@@ -241,6 +248,7 @@ def check(
     optional: tuple[str, ...] = (),
     progress: Callable[[str], None] | None = None,
     write: bool = True,
+    allow_chance: bool = False,
 ) -> Verification:
     """Verify the manifest's artifacts of these runtime kinds (or those named in `files`) against one Keras
     reference, in one pass, and record the results in the manifest. A kind in `optional` whose runtime cannot
@@ -251,7 +259,7 @@ def check(
     check_same_data(workspace, dataset)
     say(f"Keras reference on {limit or len(dataset.y_test)} test images")
     with Loader(workspace, threads, say) as loader:
-        ref = reference(workspace, dataset, limit, loader)
+        ref = reference(workspace, dataset, limit, loader, allow_chance)
         outcome = Verification([])
         for kind in kinds:
             chosen = [r for r in records if artifacts.kind_of(r.runtime) == kind]
@@ -333,9 +341,19 @@ def check_new(
     records: list[ArtifactRecord],
     limit: int | None = None,
     progress: Callable[[str], None] | None = None,
+    allow_chance: bool = False,
 ) -> Verification:
     """Verify what an export just wrote, in one pass over one Keras reference. The web models need Chromium:
     on a machine without it they get a note (verify them later with `toolkit verify --browser`)."""
     kinds = (*NATIVE_KINDS, artifacts.BROWSER)
     runnable = [r.file for r in records if artifacts.kind_of(r.runtime) in kinds]  # Vela's files run on an Ethos-U
-    return check(workspace, dataset, runnable, limit, kinds, optional=(artifacts.BROWSER,), progress=progress)
+    return check(
+        workspace,
+        dataset,
+        runnable,
+        limit,
+        kinds,
+        optional=(artifacts.BROWSER,),
+        progress=progress,
+        allow_chance=allow_chance,
+    )

@@ -19,7 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from toolkit import fsio
+from toolkit import contract, fsio
+from toolkit.contract import InputContract
 from toolkit.errors import ToolkitError
 
 MODEL_FILE = "model.keras"
@@ -221,6 +222,22 @@ class Workspace(os.PathLike):
             return None
         found = fsio.read_json(self.metrics_path)
         return found if isinstance(found, dict) else None
+
+    def recorded_contract(self) -> InputContract | None:
+        """The input contract this workspace's files were made for (the manifest), else the one its model was
+        trained with (metrics.json); None where neither records one."""
+        if self.has_manifest():
+            found = contract.from_header(self.read_manifest(), str(self.manifest_path))
+            if found is not None:
+                return found
+        return contract.from_header(self.metrics(), str(self.metrics_path))
+
+    def input_contract(self, asked: InputContract | None = None) -> InputContract:
+        """How pixels become this workspace's model inputs: `asked`, else what is recorded, else what the model shows
+        (a leading Rescaling: raw pixels), else pixel / 255. The model is loaded only where nothing is recorded."""
+        recorded = self.recorded_contract() if asked is None else None
+        model = self.keras_model() if asked is None and recorded is None and self.model_path.is_file() else None
+        return contract.decide(model, asked, recorded)
 
     def remembered_data(self) -> dict[str, Any]:
         """What the workspace remembers of its data (manifest `data`: dataset, data_dir, image_size, sha256)."""

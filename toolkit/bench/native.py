@@ -25,6 +25,7 @@ from toolkit.data import Dataset, to_model_input
 from toolkit.errors import ToolkitError
 from toolkit.machine import gpu_info
 from toolkit.versions import package_versions
+from toolkit.workspace import Workspace
 
 METHOD = (
     "fresh process per artifact/runtime/threads; per-call perf_counter_ns around the runner's run(); "
@@ -122,7 +123,8 @@ class NativeBackend:
         targets = plan_targets(self.workspace, self.models, self.include_keras, gpu)
         with tempfile.TemporaryDirectory(prefix="toolkit-bench-") as tmp:
             images = Path(tmp) / "images.npy"
-            np.save(images, to_model_input(self.dataset.x_test[: max(settings.batch_sizes) * 4]))
+            contract = Workspace.of(self.workspace).input_contract()
+            np.save(images, to_model_input(self.dataset.x_test[: max(settings.batch_sizes) * 4], contract))
             yield NativeSession(targets, settings, images, gpu, self.timeout, say)
 
 

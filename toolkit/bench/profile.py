@@ -30,6 +30,7 @@ from toolkit.machine import machine_info, measure_peak_gflops
 from toolkit.model import NO_LAYER, flops_by_layer, layer_of, load_keras_model
 from toolkit.runtimes import OnnxRunner
 from toolkit.timing import time_calls
+from toolkit.workspace import Workspace
 
 OVERHEAD = NO_LAYER  # nodes that belong to no Keras layer
 
@@ -101,9 +102,8 @@ def _onnx_record(workspace: Path, model: str | Path | None):
     return next((r for r in onnx_records if r.variant == "float32"), onnx_records[0])
 
 
-def _time_nodes(path: Path, dataset: Dataset, threads: int, calls: int) -> tuple[float, dict[str, tuple[str, float]]]:
+def _time_nodes(path: Path, images: np.ndarray, threads: int, calls: int) -> tuple[float, dict[str, tuple[str, float]]]:
     """The file's unprofiled p50 in ms over test images at batch 1, then `node_medians` of a profiled session."""
-    images = to_model_input(dataset.x_test[:256])
     batches = [images[i : i + 1] for i in range(len(images))]
     plain = OnnxRunner(path, threads=threads)
     p50_ms = float(np.median(time_calls(plain.run, batches, warmup=200, runs=calls))) / 1e6
@@ -169,7 +169,8 @@ def profile(
     keras_model = load_keras_model(ws.model(workspace))
     flops = flops_by_layer(keras_model)
     width = _weight_width(path)
-    p50_ms, nodes = _time_nodes(path, dataset, threads, calls)
+    images = to_model_input(dataset.x_test[:256], Workspace.of(workspace).input_contract())
+    p50_ms, nodes = _time_nodes(path, images, threads, calls)
     peak = measure_peak_gflops(threads)
     per_layer, layer_ops = _by_layer(nodes, list(flops))
     return LayerProfile(

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from toolkit.contract import UNIT, InputContract
 from toolkit.data.folders import load_image_folder
 from toolkit.data.idx import load_folder_or_npz
 from toolkit.errors import ToolkitError
@@ -88,10 +89,10 @@ class Splits:
         return (("train", self.train), ("valid", self.valid), ("test", self.test))
 
 
-def to_model_input(images: np.ndarray) -> np.ndarray:
-    """uint8 images (N, H, W) or (N, H, W, 3) -> the model's input: float32 (N, H, W, C), pixels / 255."""
-    x = np.asarray(images, dtype=np.float32) / 255.0
-    return x[..., np.newaxis] if x.ndim == 3 else x
+def to_model_input(images: np.ndarray, contract: InputContract = UNIT) -> np.ndarray:
+    """uint8 images (N, H, W) or (N, H, W, 3) -> the model's input, float32 (N, H, W, C), by the workspace's input
+    contract (default: pixels / 255)."""
+    return contract.apply(images)
 
 
 def load(

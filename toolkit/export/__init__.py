@@ -20,8 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from toolkit import contract as contract_lib
 from toolkit import fsio, manifest
 from toolkit.artifacts import FORMAT_ALIASES, FORMATS
+from toolkit.contract import UNIT, InputContract
 from toolkit.data import Dataset, to_model_input
 from toolkit.errors import FormatRefused, ToolkitError
 from toolkit.manifest import ArtifactRecord
@@ -65,7 +67,9 @@ class Calibration:
         }
 
 
-def make_calibration(dataset: Dataset, size: int = DEFAULT_CALIBRATION_SIZE, seed: int = 0) -> Calibration:
+def make_calibration(
+    dataset: Dataset, size: int = DEFAULT_CALIBRATION_SIZE, seed: int = 0, contract: InputContract = UNIT
+) -> Calibration:
     classes = dataset.num_classes
     if size < 10:
         raise ToolkitError(f"--calibration-size must be at least 10, got {size}")
@@ -74,7 +78,7 @@ def make_calibration(dataset: Dataset, size: int = DEFAULT_CALIBRATION_SIZE, see
     per_class = [rng.permutation(np.flatnonzero(y == c)) for c in range(classes)]
     take = [idx[: size // classes + (1 if c < size % classes else 0)] for c, idx in enumerate(per_class)]
     chosen = rng.permutation(np.concatenate(take))
-    return Calibration(images=to_model_input(x[chosen]), seed=seed)
+    return Calibration(images=to_model_input(x[chosen], contract), seed=seed)
 
 
 @dataclass
@@ -88,6 +92,7 @@ class ExportContext:
     name: str = MODEL_NAME  # the stem of every file name
     labels: list[str] = field(default_factory=lambda: list(LABELS))
     preprocessing: dict[str, str] = field(default_factory=lambda: dict(manifest.PREPROCESSING))
+    contract: InputContract = UNIT  # how an app's pixels become this model's inputs
 
     def artifact_path(self, variant: str, suffix: str) -> Path:
         return self.out_dir / f"{self.name}.{variant}.{suffix}"
@@ -173,22 +178,45 @@ def labels_for(interface: Interface, dataset: Dataset, labels_file: Path | None)
     return names
 
 
-def preprocessing_for(interface: Interface, dataset: Dataset) -> dict[str, str]:
-    """How an app turns an image into the model's input: MNIST's digit steps for MNIST, else resize and scale."""
-    if dataset.name == "mnist":
-        return dict(manifest.PREPROCESSING)
+def preprocessing_for(interface: Interface, dataset: Dataset, contract: InputContract = UNIT) -> dict[str, str]:
+    """How an app turns an image into the model's input: MNIST's digit steps for MNIST, else resize; then the
+    input contract's scaling."""
     h, w, c = interface.input_shape
-    out = {
-        "input": f"{'RGB' if c == 3 else 'grey'} image, {h}x{w} pixels",
-        "scaling": "float32 = uint8 pixel / 255, range [0, 1]",
-        "layout": f"NHWC: (batch, {h}, {w}, {c})",
-        "resize": f"bilinear to {w}x{h} (width x height), no cropping",
-        "int8_input": manifest.PREPROCESSING["int8_input"],
-        "int8_output": manifest.PREPROCESSING["int8_output"],
-    }
+    if dataset.name == "mnist":
+        out = dict(manifest.PREPROCESSING)
+    else:
+        out = {
+            "input": f"{'RGB' if c == 3 else 'grey'} image, {h}x{w} pixels",
+            "scaling": manifest.PREPROCESSING["scaling"],
+            "layout": f"NHWC: (batch, {h}, {w}, {c})",
+            "resize": f"bilinear to {w}x{h} (width x height), no cropping",
+            "int8_input": manifest.PREPROCESSING["int8_input"],
+            "int8_output": manifest.PREPROCESSING["int8_output"],
+        }
+    if not contract.maps_like(UNIT, c):
+        out["scaling"] = contract.describe()
     if c == 3:
-        out["channel_order"] = "RGB"
+        bgr = contract.channel_order == "BGR"
+        out["channel_order"] = "BGR (the model's channel order: swap an RGB image's channels)" if bgr else "RGB"
     return out
+
+
+def contract_for(
+    workspace: Workspace, model: Any, channels: int, asked: str | InputContract | None, own_model: bool
+) -> InputContract:
+    """The input contract of this export: asked for, else recorded for the workspace's own model, else what the
+    model shows. Refused where the workspace already holds files made for another one (they would mix)."""
+    wanted = contract_lib.parse(asked) if isinstance(asked, str) else asked
+    recorded = workspace.recorded_contract() if own_model else None
+    chosen = contract_lib.decide(model, wanted, recorded).for_channels(channels)
+    if workspace.has_manifest() and workspace.read_manifest().get("artifacts"):
+        before = contract_lib.from_header(workspace.read_manifest(), str(workspace.manifest_path))
+        if before is not None and not before.maps_like(chosen, channels):
+            raise ToolkitError(
+                f"{workspace.manifest_path}: its files take inputs {before.describe()}; this export's would take "
+                f"{chosen.describe()}: export into another --dir, or give --input-contract {before.name}"
+            )
+    return chosen
 
 
 def adopt_model(source: Path, workspace: Workspace) -> Path:
@@ -224,6 +252,7 @@ def export(
     labels_file: Path | None = None,
     logits: str = "wrap",
     refusals: list[str] | None = None,
+    input_contract: str | InputContract | None = None,
 ) -> list[ArtifactRecord]:
     """Export the Keras model to the chosen format(s) and variants; record each artifact in the manifest. The model
     is checked (an image classifier of the data's size and classes) before any conversion, and copied into the
@@ -238,7 +267,9 @@ def export(
     interface = interface_of(model, source, logits)
     check_fits(interface, dataset.image_shape, dataset.num_classes, dataset.location, source)
     labels = labels_for(interface, dataset, labels_file)
-    calibration = make_calibration(dataset, calibration_size, seed)
+    own = model_path is None or source.resolve() == workspace.model_path.resolve()
+    contract = contract_for(workspace, model, interface.input_shape[-1], input_contract, own)
+    calibration = make_calibration(dataset, calibration_size, seed, contract)
     fsio.ensure_dir(workspace.root)
     model_path = adopt_model(source, workspace)
     workspace.adopt_model(model, model_path)  # verify's reference is this model, not a second load of the file
@@ -251,7 +282,8 @@ def export(
             progress=progress or (lambda msg: None),
             name=file_stem(name) if name else interface.name,
             labels=labels,
-            preprocessing=preprocessing_for(interface, dataset),
+            preprocessing=preprocessing_for(interface, dataset, contract),
+            contract=contract,
         )
         header = export_header(ctx, interface, changes, dataset)
         return export_formats(ctx, plan, header, refusals)
@@ -273,6 +305,7 @@ def export_header(ctx: ExportContext, interface: Interface, changes: list, datas
         },
         "labels": ctx.labels,
         "preprocessing": ctx.preprocessing,
+        "input_contract": ctx.contract.to_dict(),  # the numbers an app applies to its pixels (toolkit.contract)
         "data": describe_data(dataset),  # later commands load the same data without --data-dir
         "versions": package_versions(),
     }
@@ -292,6 +325,8 @@ def export_formats(
                 raise
             refusals.append(f"{f}: {e}; the other formats are exported")
             continue
+        for record in records:  # what an app does to its pixels for this very file (toolkit.contract.app_input)
+            record.made_with["app_input"] = contract_lib.app_input(ctx.contract, record.input)
         manifest.put_artifacts(ctx.out_dir, records, header)
         written.extend(records)
     return written

@@ -17,15 +17,24 @@ import json
 from typing import Any
 
 from toolkit import __version__
+from toolkit.contract import UNIT, InputContract
 
 LABEL_FILE = "labels.txt"
 INSTALL = "pip install --no-deps tflite-support==0.4.4"
-# the model's scaling (float32 = uint8 pixel / 255), as the metadata schema writes it: (pixel - mean) / std
-MEAN, STD = 0.0, 255.0
 
 
-def facts(name: str, variant: str, labels: list[str], preprocessing: dict[str, str], channels: int) -> dict[str, str]:
-    """What both formats carry, as strings."""
+def facts(
+    name: str,
+    variant: str,
+    labels: list[str],
+    preprocessing: dict[str, str],
+    channels: int,
+    contract: InputContract = UNIT,
+) -> dict[str, str]:
+    """What both formats carry, as strings. `normalization` is the input contract as the metadata schema writes it,
+    (pixel - mean) / std per channel, which is how Android's Support Library and Task Library apply it."""
+    per_channel = contract.for_channels(channels)
+    lo, hi = per_channel.range
     return {
         "name": f"{name} ({variant})",
         "version": f"edge toolkit {__version__}",
@@ -33,7 +42,11 @@ def facts(name: str, variant: str, labels: list[str], preprocessing: dict[str, s
         "input": f"{preprocessing.get('layout', '')}; {preprocessing.get('scaling', '')}".strip("; "),
         "output": f"probabilities of the {len(labels)} classes, in the order of the labels",
         "labels": json.dumps(labels),
-        "normalization": json.dumps({"mean": [MEAN] * channels, "std": [STD] * channels}),
+        "normalization": json.dumps(
+            {"mean": list(per_channel.mean), "std": list(per_channel.std), "min": lo, "max": hi}
+        ),
+        "input_contract": json.dumps(per_channel.to_dict()),
+        "channel_order": per_channel.channel_order if channels == 3 else "grey",
         "color_space": "GRAYSCALE" if channels == 1 else "RGB",
     }
 
@@ -41,7 +54,7 @@ def facts(name: str, variant: str, labels: list[str], preprocessing: dict[str, s
 def about(ctx: Any, variant: str) -> dict[str, str]:
     """The facts of the model an ExportContext exports, for one variant."""
     channels = int(ctx.model.inputs[0].shape[-1])
-    return facts(ctx.name, variant, list(ctx.labels), dict(ctx.preprocessing), channels)
+    return facts(ctx.name, variant, list(ctx.labels), dict(ctx.preprocessing), channels, ctx.contract)
 
 
 def _tflite_support():
@@ -77,7 +90,7 @@ def with_tflite_metadata(data: bytes, about: dict[str, str]) -> tuple[bytes, str
     unit.options.mean, unit.options.std = norm["mean"], norm["std"]
     image.processUnits = [unit]
     image.stats = fb.StatsT()
-    image.stats.min, image.stats.max = [0.0] * len(norm["mean"]), [1.0] * len(norm["mean"])
+    image.stats.min, image.stats.max = [norm["min"]] * len(norm["mean"]), [norm["max"]] * len(norm["mean"])
 
     probabilities = fb.TensorMetadataT()
     probabilities.name, probabilities.description = "probabilities", about["output"]
@@ -102,8 +115,13 @@ def with_tflite_metadata(data: bytes, about: dict[str, str]) -> tuple[bytes, str
     populator.populate()
     return populator.get_model_buffer(), (
         f"LiteRT metadata schema (tflite-support MetadataPopulator): name, version, description, "
-        f"{about['color_space'].lower()} input normalised (x - {MEAN:g}) / {STD:g}, {LABEL_FILE} packed on"
+        f"{about['color_space'].lower()} input normalised (pixel - mean) / std with mean {_numbers(norm['mean'])} "
+        f"and std {_numbers(norm['std'])}, {LABEL_FILE} packed on"
     )
+
+
+def _numbers(values: list[float]) -> str:
+    return f"{values[0]:g}" if len(set(values)) == 1 else "(" + ", ".join(f"{v:g}" for v in values) + ")"
 
 
 def set_onnx_metadata(model: Any, about: dict[str, str]) -> str:

@@ -25,6 +25,7 @@ import numpy as np
 
 from toolkit import fsio
 from toolkit.artifacts import LITERT_MICRO, MICRO_FORMAT, VELA_FORMAT, TensorSpec
+from toolkit.contract import UNIT, InputContract, app_input
 from toolkit.errors import FormatRefused, ToolkitError
 from toolkit.export import ExportContext, describe_artifact
 from toolkit.export.tflite import HOW, convert
@@ -62,6 +63,7 @@ class Embedded:
     operators: list[str]
     self_check_inputs: np.ndarray  # (k, input elements) int8: the first calibration images, quantized
     self_check_outputs: np.ndarray  # (k, output elements) int8: what tflite-micro returned for them
+    contract: InputContract = UNIT  # how a pixel becomes the float the input's quantization starts from
 
     @property
     def stem(self) -> str:
@@ -93,6 +95,10 @@ def c_source(data: bytes, m: Embedded, header_name: str) -> str:
 
 def _c_float(x: float) -> str:
     return f"{float(np.float32(x)):.9g}f"  # 9 significant digits give the float32 back exactly
+
+
+def _c_floats(values: tuple[float, ...]) -> str:
+    return "{" + ", ".join(_c_float(v) for v in values) + "}"
 
 
 def _c_shape(shape: list[int]) -> str:
@@ -156,6 +162,8 @@ def _defines(m: Embedded, p: str, margin: int) -> list[str]:
     defines = [
         ("MODEL_BYTES", m.length, "flash: the model array"),
         ("ALIGNMENT", ALIGNMENT, "bytes, of the model array"),
+        ("INPUT_PIXEL_MEAN", _c_floats(m.contract.mean), "per channel: x = (pixel - MEAN[c]) / STD[c]"),
+        ("INPUT_PIXEL_STD", _c_floats(m.contract.std), m.contract.describe().replace("*/", "* /")),
         ("INPUT_SCALE", _c_float(m.input.scale), None),
         ("INPUT_ZERO_POINT", f"({m.input.zero_point})", None),
         ("INPUT_DIMS", len(m.input.shape), None),
@@ -203,8 +211,11 @@ def _usage_comment(m: Embedded, p: str, calls: list[str], margin: int) -> str:
         f" *   tflite::MicroInterpreter interpreter(tflite::GetModel({m.symbol}), resolver,\n"
         f" *                                        tensor_arena, {p}_ARENA_BYTES);\n"
         " *   interpreter.AllocateTensors();\n"
-        " * Input (NHWC, white digit on black):\n"
-        f" *   q = clamp(round(pixel / 255 / {p}_INPUT_SCALE) + {p}_INPUT_ZERO_POINT, -128, 127)\n"
+        f" * Input (NHWC{', channels ' + m.contract.channel_order if len(m.contract.mean) == 3 else ''}), from each"
+        " 0-255 pixel value of channel c:\n"
+        f" *   x = (pixel - {p}_INPUT_PIXEL_MEAN[c]) / {p}_INPUT_PIXEL_STD[c]\n"
+        f" *   q = clamp(round(x / {p}_INPUT_SCALE) + {p}_INPUT_ZERO_POINT, -128, 127)\n"
+        f" *   which for this model is: {app_input(m.contract, m.input)}\n"
         f" * Output: probability = (q - {p}_OUTPUT_ZERO_POINT) * {p}_OUTPUT_SCALE\n"
         " */\n"
     )
@@ -312,6 +323,7 @@ def _embedded(ctx: ExportContext, data: bytes, tflite_path: Path, arena_min: int
         operators=ops,
         self_check_inputs=quantize(checks, runner.input.scale, runner.input.zero_point).reshape(len(checks), -1),
         self_check_outputs=quantize(expected, runner.output.scale, runner.output.zero_point),  # back to its int8
+        contract=ctx.contract.for_channels(int(runner.input.shape[-1])),
     )
 
 

@@ -235,7 +235,8 @@ def recommended_arena(min_bytes: int) -> int:
 
 class MicroRunner:
     """A full-integer int8 model in tflite-micro's interpreter, with the `toolkit.runtimes` Runner interface: float32
-    pixels / 255 in, float32 probabilities out, image by image as on a microcontroller."""
+    model inputs in (pixels made inputs by the input contract), float32 probabilities out, image by image as on a
+    microcontroller."""
 
     runtime = LITERT_MICRO
     threads = None

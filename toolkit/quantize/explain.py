@@ -15,6 +15,7 @@ from toolkit.export import DEFAULT_CALIBRATION_SIZE, make_calibration
 from toolkit.quantize import backends, recipes
 from toolkit.quantize.report import Explanation, LayerError, write_explanation
 from toolkit.quantize.search import EXPLAIN_DEFAULT, Workbench, parse_recipes, report_folder
+from toolkit.workspace import Workspace
 
 VALIDATE_IMAGES = 100  # calibration images for ai-edge-quantizer's per-tensor comparison (two interpreters per image)
 
@@ -34,7 +35,7 @@ def explain(
     workspace, say = Path(workspace), progress or (lambda m: None)
     chosen = recipes.recipe_named(parse_recipes(recipe, explain=True)[0])
     report_dir = report_folder(workspace, out)
-    calibration = make_calibration(dataset, calibration_size, seed)
+    calibration = make_calibration(dataset, calibration_size, seed, Workspace.of(workspace).input_contract())
     with tempfile.TemporaryDirectory(dir=workspace, prefix=".quantize-") as scratch:
         work = Workbench(workspace, calibration, Path(scratch), say)
         whole = work.path_for(chosen)

@@ -57,6 +57,7 @@ from toolkit.quantize.report import (
     write_report,
 )
 from toolkit.timing import stats_ms, time_calls
+from toolkit.workspace import Workspace
 
 DEFAULT_BUDGET_PP = RECIPE_BUDGET_PP
 
@@ -295,7 +296,7 @@ def search(
     report_dir = report_folder(workspace, out)
     verify.select_records(workspace, None, verify.NATIVE_KINDS)  # refused: no manifest, or model.keras changed since
     verify.check_same_data(workspace, dataset)
-    calibration = make_calibration(dataset, calibration_size, seed)
+    calibration = make_calibration(dataset, calibration_size, seed, Workspace.of(workspace).input_contract())
     with tempfile.TemporaryDirectory(dir=workspace, prefix=".quantize-") as scratch:
         work = Workbench(workspace, calibration, Path(scratch), say)
         say(f"Keras reference on {limit or len(dataset.y_test):,} test images")

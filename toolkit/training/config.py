@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from toolkit.contract import parse
 from toolkit.errors import ToolkitError
 
 # with the cosine decay of toolkit.train: 99.56% test accuracy, mean of 3 seeds (docs/training.md#seeds)
@@ -43,6 +44,7 @@ class TrainConfig:
     all_data: bool = False  # train on all 60,000 training images (no validation split) and keep the last epoch
     model_file: str | None = None  # a user's architecture (.keras), trained from its initial weights; None: reference
     devices: int | None = None  # data-parallel replicas; None: every visible accelerator (or simulated CPU device)
+    input_contract: str | None = None  # --input-contract (toolkit.contract.parse); None: what the model shows
 
     def validate(self) -> None:
         """Refuse values out of range (or of the wrong type, from a damaged checkpoint) in one line each."""
@@ -62,6 +64,8 @@ class TrainConfig:
             raise ToolkitError(f"--warmup-epochs must be a number from 0 to 10,000, got {warmup}")
         if self.model_file is not None and not isinstance(self.model_file, str):
             raise ToolkitError(f"model_file must be a path, got {self.model_file!r}")
+        if self.input_contract is not None:
+            parse(self.input_contract)  # one line naming the option where it is not a contract
         for name in ("augment", "mixed_precision", "all_data"):
             if not isinstance(getattr(self, name), bool):
                 raise ToolkitError(f"{name} must be true or false, got {getattr(self, name)!r}")

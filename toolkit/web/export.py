@@ -72,6 +72,8 @@ def write_models_json(site: Path, records: list[ArtifactRecord], vendor: list[di
             "model": ctx.name,
             "labels": ctx.labels,
             "preprocessing": ctx.preprocessing,
+            # the page turns pixels into inputs with these numbers: (pixel - mean) / std per channel
+            "input_contract": ctx.contract.for_channels(shape[-1] if shape else 1).to_dict(),
             "input_shape": shape,
             "mode": page_mode(ctx.preprocessing, shape[-1] if shape else 1),
             "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
