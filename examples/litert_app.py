@@ -51,7 +51,7 @@ def scaled(x, contract):
     return ((x - np.asarray(c["mean"], np.float32)) / np.asarray(c["std"], np.float32)).astype(np.float32)
 
 
-def to_input(pixels, shape, contract):
+def to_input(pixels, shape, contract=None):
     """uint8 pixels -> the model's input (1, H, W, C) as the manifest's preprocessing says: channels made the
     model's (grey <-> RGB), a bilinear resize to H x W where the size differs, then the input contract."""
     height, width, channels = shape

@@ -96,9 +96,9 @@ def test_a_mobilenet_v3_that_rescales_inside_itself_takes_raw_pixels_everywhere(
     int8 = next(a for a in header["artifacts"].values() if a["file"] == "MobileNetV3Small.int8.tflite")
     assert int8["input"]["quantization"]["scale"] > 0.5
     # what an app does for each file: the float files take the pixels as they are; the int8 ones an integer offset
-    app = {a["file"]: a["made_with"]["app_input"] for a in header["artifacts"].values()}
-    assert app["MobileNetV3Small.float32.tflite"].startswith("float32 = 0-255 pixels as they are")
-    assert "q = pixel - 128" in app["MobileNetV3Small.int8.tflite"] and "q = pixel - 128" in h
+    todo = {a["file"]: a["made_with"]["app_input"] for a in header["artifacts"].values()}
+    assert todo["MobileNetV3Small.float32.tflite"].startswith("float32 = 0-255 pixels as they are")
+    assert "q = pixel - 128" in todo["MobileNetV3Small.int8.tflite"] and "q = pixel - 128" in h
 
     pictures = [str(_picture(tmp_path / f"{colour}.png", colour)) for colour in (1, 4)]
     predicted = json.loads(_ok(runner.invoke(app, ["predict", *pictures, *data[2:], "--json", "-"])))

@@ -169,12 +169,14 @@ def test_export_format_recipes_skips_a_recipe_that_fails(release_float32, tmp_pa
 def test_budget_search_keeps_the_smallest_passing_file(small_workspace, tmp_path, mnist):
     workspace = _copy(small_workspace, tmp_path)
     names = ["int8-dynamic", "int4", "int2"]
-    anything = search_lib.search(workspace, mnist, budget=100, recipes=names, limit=LIMIT, out=tmp_path / "any")
+    # the small model has random weights: at chance level, so its parity is accepted explicitly
+    kept = dict(limit=LIMIT, allow_chance=True)
+    anything = search_lib.search(workspace, mnist, budget=100, recipes=names, out=tmp_path / "any", **kept)
     made = [r for r in anything.rows if r.recipe in names and r.bytes is not None]
     assert len(made) == 3 and anything.best.bytes == min(r.bytes for r in made)  # 100 pp: whatever runs passes
 
     workspace = _copy(small_workspace, tmp_path / "strict")
-    outcome = search_lib.search(workspace, mnist, budget=0.0, recipes=names, limit=LIMIT, out=tmp_path / "strict-r")
+    outcome = search_lib.search(workspace, mnist, budget=0.0, recipes=names, out=tmp_path / "strict-r", **kept)
     best = outcome.best
     assert best is not None and best.passed and best.accuracy_delta_pp >= 0
     smaller = [r for r in outcome.rows if r.bytes is not None and r.bytes < best.bytes and r.status != "source"]
@@ -190,7 +192,9 @@ def test_budget_search_keeps_the_smallest_passing_file(small_workspace, tmp_path
 
 def test_recipe_records_in_the_manifest(small_workspace, tmp_path, mnist):
     workspace = _copy(small_workspace, tmp_path)
-    outcome = search_lib.search(workspace, mnist, budget=100, recipes=["int8-dynamic"], limit=LIMIT, out=tmp_path / "r")
+    outcome = search_lib.search(
+        workspace, mnist, budget=100, recipes=["int8-dynamic"], limit=LIMIT, out=tmp_path / "r", allow_chance=True
+    )
     (record,) = [r for r in manifest.records(workspace) if r.format == "recipes"]
     assert record.file == outcome.best.kept == "mnist_cnn.int8-dynamic.tflite"
     assert (record.variant, record.runtime) == ("int8-dynamic", "litert")
@@ -199,9 +203,11 @@ def test_recipe_records_in_the_manifest(small_workspace, tmp_path, mnist):
     assert made["ai_edge_quantizer_recipe"] == "ai_edge_quantizer.recipe.dynamic_wi8_afp32()"
     assert made["layers"] == {"conv1": "int8", "dense1": "int8", "probabilities": "int8"}
     assert made["source"] == "mnist_cnn.float32.tflite" and made["accuracy_budget_pp"] == 100
-    assert record.verification["passed"] and record.verification["criteria"] == "accuracy loss <= 100 pp"
-    again = verify.check(workspace, mnist, [record.file], limit=LIMIT)  # `toolkit verify` judges it by its budget
-    assert again.passed and again.results[0].criteria == "accuracy loss <= 100 pp"
+    budget = "accuracy loss <= 100 pp"  # the random-weights model is at chance level, accepted explicitly
+    assert record.verification["passed"] and record.verification["criteria"].startswith(budget)
+    again = verify.check(workspace, mnist, [record.file], limit=LIMIT, allow_chance=True)  # judged by its budget
+    assert again.passed and again.results[0].criteria.startswith(budget)
+    assert not verify.check(workspace, mnist, [record.file], limit=LIMIT, write=False).passed  # never by itself
 
 
 def test_recipe_criteria_come_from_the_budget_never_from_nothing():

@@ -137,7 +137,7 @@ def test_non_finite_pixels_are_refused(exported_workspace, bad):
     [
         (np.full((1, 28, 28, 1), np.nan, np.float32), "NaN or infinity"),
         (np.zeros((2, 32, 32, 1), np.float32), "shape"),
-        (np.zeros((2, 28, 28, 1), np.uint8), "divide uint8 images by 255"),
+        (np.zeros((2, 28, 28, 1), np.uint8), "apply the input contract"),
         (np.zeros((0, 28, 28, 1), np.float32), "no images"),
     ],
 )

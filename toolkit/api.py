@@ -214,6 +214,7 @@ def quantize(
     limit: int | None = None,
     out: str | os.PathLike | None = None,
     progress: Progress = None,
+    allow_chance: bool = False,
 ):
     """The smallest file within `budget` percentage points of the Keras model, among the quantization recipes
     (all, or the comma-separated `recipes`), each verified on the test split."""
@@ -223,7 +224,8 @@ def quantize(
     chosen = search_lib.parse_recipes(recipes, False)
     ws = Workspace.of(workspace)
     dataset = _data(data, ws, progress)
-    return search_lib.search(ws, dataset, budget, chosen, calibration_size, limit=limit, out=out, progress=progress)
+    options = dict(limit=limit, out=out, progress=progress, allow_chance=allow_chance)
+    return search_lib.search(ws, dataset, budget, chosen, calibration_size, **options)
 
 
 def explain(

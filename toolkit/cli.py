@@ -339,6 +339,7 @@ def quantize(
         1000, "--calibration-size", min=10, help="Training images for calibration and the per-layer errors."
     ),
     limit: Optional[int] = VerifyLimitOption,
+    allow_chance: bool = AllowChanceOption,
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the report. Default: DIR/quantization."),
     data_dir: Optional[Path] = DataDirOption,
     dataset: Optional[str] = DatasetOption,
@@ -361,7 +362,8 @@ def quantize(
         console.print(f"Wrote {', '.join(result.files.values())}")
         write_json_output(json_out, result.to_dict())
         return
-    outcome = api.quantize(workspace, ds, budget, recipe, calibration_size, limit=limit, out=out, progress=say)
+    options = dict(limit=limit, out=out, progress=say, allow_chance=allow_chance)
+    outcome = api.quantize(workspace, ds, budget, recipe, calibration_size, **options)
     columns, rows, styles = quantize_report.table_rows(outcome)
     console.print(
         table(f"Quantization recipes within {budget:g} pp on {outcome.images:,} test images", columns, rows, styles)

@@ -254,7 +254,4 @@ def app_input(contract: InputContract, spec: Any) -> str:
                 return f"nothing: the {spec.dtype} input is the pixel itself{bgr} (its quantization is the contract)"
             sign = "+" if k > 0 else "-"
             return f"{spec.dtype}: q = pixel {sign} {abs(k)}{bgr}: its quantization is the contract, no float maths"
-    return (
-        f"{spec.dtype}: q = clamp(round(x / {scale:.9g}) + {zero}) with x = the contract's "
-        f"(pixel - mean) / std{bgr}"
-    )
+    return f"{spec.dtype}: q = clamp(round(x / {scale:.9g}) + {zero}) with x = the contract's (pixel - mean) / std{bgr}"

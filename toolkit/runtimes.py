@@ -1,11 +1,10 @@
 """One way to load any artifact and run it: `load(path) -> Runner`, `runner.run(float32 batch) -> probabilities`.
 
-Verify, benchmark and predict all go through here. `.tflite` files run in LiteRT (`ai_edge_litert`),
-`.onnx` files in ONNX Runtime, `.keras` files in Keras. int8 inputs and outputs are quantized and
-dequantized here with the scale and zero point the file declares, so every runner takes the float32 model
-input (pixels made into inputs by the workspace's input contract, toolkit.contract) and returns
-probabilities. Importing this module imports neither TensorFlow nor Keras: an edge app needs only LiteRT or
-ONNX Runtime and numpy.
+Verify, benchmark and predict all go through here. `.tflite` files run in LiteRT (`ai_edge_litert`), `.onnx`
+files in ONNX Runtime, `.keras` files in Keras. int8 inputs and outputs are quantized and dequantized here with
+the scale and zero point the file declares, so every runner takes the float32 model input (pixels made inputs by
+the input contract, toolkit.contract) and returns probabilities. Importing this module imports neither TensorFlow
+nor Keras: an edge app needs only LiteRT or ONNX Runtime and numpy.
 """
 
 from __future__ import annotations
@@ -71,8 +70,7 @@ def check_images(images: np.ndarray, shape: tuple[int, ...] | None = None) -> np
     if images.dtype != np.float32:
         if images.dtype.kind != "f":
             raise ToolkitError(
-                f"input must be float32 model inputs, got dtype {images.dtype} (make uint8 images inputs by the "
-                "workspace's input contract: for the reference model, divide uint8 images by 255)"
+                f"input must be float32 model inputs, got {images.dtype} (apply the input contract; reference: / 255)"
             )
         images = images.astype(np.float32)
     if not np.isfinite(images).all():

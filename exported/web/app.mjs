@@ -8,6 +8,21 @@ import {createEngine, RUNTIME_NAMES} from "./engines.mjs";
 import {preprocessRGBA} from "./preprocess.mjs";
 
 let H = 28, W = 28, C = 1, PIXELS = 28 * 28, LABELS = [];  // set from models.json in start()
+// The input contract (models.json `input_contract`): model input = (pixel - MEAN[k]) / STD[k] for the model's
+// channel k, which is the picture's RGB channel SOURCE[k] (BGR models take them reversed). Default: pixel / 255.
+let MEAN = [0], STD = [255], SOURCE = [0], UNIT = true;
+
+function setContract(contract) {
+  const c = contract || {mean: [0], std: [255], channel_order: "RGB"};
+  const perChannel = (v) => (v.length === C ? v : new Array(C).fill(v[0])).map(Math.fround);
+  MEAN = perChannel(c.mean);
+  STD = perChannel(c.std);
+  SOURCE = C === 3 && c.channel_order === "BGR" ? [2, 1, 0] : [0, 1, 2];
+  UNIT = MEAN.every((m) => m === 0) && STD.every((s) => s === 255) && SOURCE[0] === 0;
+}
+
+// one model input from a 0-255 value of the model's channel k
+const toInput = (value, k) => (value - MEAN[k]) / STD[k];
 const SHORT_NAMES = {"litertjs-wasm": "LiteRT.js", "onnxruntime-web-wasm": "ONNX Runtime Web"};
 const params = new URLSearchParams(location.search);
 const $ = (id) => document.getElementById(id);
@@ -145,7 +160,7 @@ function engineLabel() {
   return `${RUNTIME_NAMES[e.runtime] || e.runtime} · ${e.variant} · ${e.file.split("/").pop()} · ${state.engine.threads} thread(s)`;
 }
 
-// Any picture -> the model's input: resized (bilinear, no cropping) to W x H, grey or RGB, pixels / 255.
+// Any picture -> the model's input: resized (bilinear, no cropping) to W x H, grey or RGB, by the input contract.
 function resizedInput(source) {
   const canvas = document.createElement("canvas");
   canvas.width = W;
@@ -156,8 +171,8 @@ function resizedInput(source) {
   const rgba = ctx.getImageData(0, 0, W, H).data;
   const input = new Float32Array(H * W * C);
   for (let i = 0; i < H * W; i++) {
-    if (C === 3) for (let k = 0; k < 3; k++) input[i * 3 + k] = rgba[i * 4 + k] / 255;
-    else input[i] = (0.299 * rgba[i * 4] + 0.587 * rgba[i * 4 + 1] + 0.114 * rgba[i * 4 + 2]) / 255;
+    if (C === 3) for (let k = 0; k < 3; k++) input[i * 3 + k] = toInput(rgba[i * 4 + SOURCE[k]], k);
+    else input[i] = toInput(0.299 * rgba[i * 4] + 0.587 * rgba[i * 4 + 1] + 0.114 * rgba[i * 4 + 2], 0);
   }
   return input;
 }
@@ -174,6 +189,7 @@ async function classifyPad() {
   } else {
     try {
       input = preprocessRGBA(padCtx.getImageData(0, 0, pad.width, pad.height).data, pad.width, pad.height);
+      if (!UNIT) input = input.map((u) => toInput(u * 255, 0));  // the digit steps give pixel / 255
     } catch (e) {
       showResult(null);
       setStatus(`${engineLabel()} · draw a digit`);
@@ -228,6 +244,7 @@ async function start() {
   [H, W, C] = state.models.input_shape || [28, 28, 1];
   PIXELS = H * W * C;
   LABELS = state.models.labels || [];
+  setContract(state.models.input_contract);
   state.models.mode = state.models.mode || "digit";
   setUpInput(state.models.mode);
   const select = $("model");
@@ -277,7 +294,10 @@ async function fetchImages(url, count) {
   const bytes = new Uint8Array(await response.arrayBuffer());
   const n = Math.min(count ?? Infinity, Math.floor(bytes.length / PIXELS));
   const images = new Float32Array(n * PIXELS);
-  for (let i = 0; i < images.length; i++) images[i] = bytes[i] / 255;  // the model's scaling: pixel / 255
+  // RGB (or grey) pixels, as an app has them, made into model inputs by the input contract
+  for (let i = 0; i < images.length; i += C) {
+    for (let k = 0; k < C; k++) images[i + k] = toInput(bytes[i + SOURCE[k]], k);
+  }
   return {images, n};
 }
 

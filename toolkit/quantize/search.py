@@ -288,9 +288,11 @@ def search(
     limit: int | None = None,
     out: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
+    allow_chance: bool = False,
 ) -> Outcome:
     """Try the recipes (all, or those named), verify each on the test split, fall back per layer where a failing one
-    is smaller than the best, keep the smallest passing file in the workspace, and write the report."""
+    is smaller than the best, keep the smallest passing file in the workspace, and write the report. A Keras model
+    at chance level fails every recipe, unless `allow_chance`."""
     started, clock = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.perf_counter()
     workspace, budget, plan, say = Path(workspace), check_budget(budget), _plan(recipes), progress or (lambda m: None)
     report_dir = report_folder(workspace, out)
@@ -300,7 +302,7 @@ def search(
     with tempfile.TemporaryDirectory(dir=workspace, prefix=".quantize-") as scratch:
         work = Workbench(workspace, calibration, Path(scratch), say)
         say(f"Keras reference on {limit or len(dataset.y_test):,} test images")
-        ref = verify.reference(workspace, dataset, limit)
+        ref = verify.reference(workspace, dataset, limit, allow_chance=allow_chance)
         run = Search(work, dataset, budget, ref)
         rows = [_source_row(work, ref)]
         made = [run.make(r, "recipe") for r in plan]
