@@ -85,23 +85,24 @@ def test_a_mobilenet_v3_that_rescales_inside_itself_takes_raw_pixels_everywhere(
     contract = header["input_contract"]
     assert (contract["name"], contract["mean"], contract["std"]) == ("raw", [0.0] * 3, [1.0] * 3)
     assert "0-255 pixels as they are" in header["preprocessing"]["scaling"]
-    options, props = _metadata(ws, "MobileNetV3Small.float32")
+    options, props = _metadata(ws, "mobilenetv3small.float32")
     assert options == {"mean": [0.0] * 3, "std": [1.0] * 3}  # what the Support Library applies: (x - 0) / 1
     assert (
         json.loads(props["normalization"])["std"] == [1.0] * 3 and json.loads(props["input_contract"])["name"] == "raw"
     )
-    h = (ws / "MobileNetV3Small.micro.h").read_text()
+    h = (ws / "mobilenetv3small.micro.h").read_text()
     assert "INPUT_PIXEL_STD {1f, 1f, 1f}" in h and "INPUT_PIXEL_MEAN {0f, 0f, 0f}" in h
     # the int8 input's quantization spans raw pixels: calibrated on 0-255, not on 0-1
-    int8 = next(a for a in header["artifacts"].values() if a["file"] == "MobileNetV3Small.int8.tflite")
+    int8 = next(a for a in header["artifacts"].values() if a["file"] == "mobilenetv3small.int8.tflite")
     assert int8["input"]["quantization"]["scale"] > 0.5
     # what an app does for each file: the float files take the pixels as they are; the int8 ones an integer offset
     todo = {a["file"]: a["made_with"]["app_input"] for a in header["artifacts"].values()}
-    assert todo["MobileNetV3Small.float32.tflite"].startswith("float32 = 0-255 pixels as they are")
-    assert "q = pixel - 128" in todo["MobileNetV3Small.int8.tflite"] and "q = pixel - 128" in h
+    assert todo["mobilenetv3small.float32.tflite"].startswith("float32 = 0-255 pixels as they are")
+    assert "q = pixel - 128" in todo["mobilenetv3small.int8.tflite"] and "q = pixel - 128" in h
 
     pictures = [str(_picture(tmp_path / f"{colour}.png", colour)) for colour in (1, 4)]
-    predicted = json.loads(_ok(runner.invoke(app, ["predict", *pictures, *data[2:], "--json", "-"])))
+    predicted = runner.invoke(app, ["predict", *pictures, *data[2:], "--json", "-"])
+    predicted = json.loads(_ok(predicted) and predicted.stdout)
     assert [p["label"] for p in predicted["predictions"]] == [NAMES[1], NAMES[4]]
 
     # the same model fed pixel / 255 is at chance level: refused, though every file agrees with Keras
@@ -126,19 +127,19 @@ def test_a_mobilenet_v2_trained_elsewhere_on_minus_one_to_one_deploys_with_the_t
     from toolkit.data import load
 
     keras.utils.set_random_seed(0)
-    model = _settled(keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), classes=5, alpha=0.35))
+    model = _settled(keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), classes=5, alpha=0.5))
     (x, y), (xt, yt) = load(shapes).splits().train, load(shapes).splits().test
     prep = keras.applications.mobilenet_v2.preprocess_input
     model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(prep(x.astype("float32")), y, epochs=15, batch_size=32, verbose=0)
-    assert model.evaluate(prep(xt.astype("float32")), yt, verbose=0)[1] >= 0.9
+    model.fit(prep(x.astype("float32")), y, epochs=20, batch_size=32, verbose=0)
+    assert model.evaluate(prep(xt.astype("float32")), yt, verbose=0)[1] >= 0.8  # 0.94 here; chance is 0.2
     model.save(tmp_path / "mnv2.keras")
 
     ws, out = tmp_path / "ws", tmp_path / "export.json"
     args = ["export", "--model", str(tmp_path / "mnv2.keras"), "--input-contract", "tf", "--format", "tflite,onnx,web"]
     _ok(runner.invoke(app, [*args, "--data-dir", str(shapes), "--dir", str(ws), "--json", str(out)]))
     verified = json.loads(out.read_text())
-    assert verified["passed"] and all(r["reference_accuracy"] >= 0.9 for r in verified["results"])
+    assert verified["passed"] and all(r["reference_accuracy"] >= 0.8 for r in verified["results"])
     # the page makes the same inputs from the pixels it is given: its float32 models agree with Keras
     in_chromium = [r for r in verified["results"] if "Chromium" in r["where"]]
     assert len(in_chromium) == 6 and all(r["agreement"] == 1.0 for r in in_chromium if r["variant"] == "float32")
@@ -151,11 +152,11 @@ def test_a_mobilenet_v2_trained_elsewhere_on_minus_one_to_one_deploys_with_the_t
         [127.5] * 3,
         [-1.0, 1.0],
     )
-    options, props = _metadata(ws, "mobilenetv2_0.35_32.float32")
+    options, props = _metadata(ws, "mobilenetv2_0_50_32.float32")
     assert options == {"mean": [127.5] * 3, "std": [127.5] * 3}
     # later commands take the recorded contract: verify needs no option, and passes
     _ok(runner.invoke(app, ["verify", "--dir", str(ws)]))
     predicted = runner.invoke(
         app, ["predict", str(_picture(tmp_path / "bird.png", 1)), "--dir", str(ws), "--json", "-"]
     )
-    assert json.loads(_ok(predicted))["predictions"][0]["label"] == "bird"
+    assert json.loads(_ok(predicted) and predicted.stdout)["predictions"][0]["label"] == "bird"

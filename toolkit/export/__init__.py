@@ -54,6 +54,7 @@ class Calibration:
     images: np.ndarray
     seed: int
     source: str = "train split"
+    spanned: bool = False  # one pixel of the first image set to 0 and one to 255 (see make_calibration)
 
     @property
     def size(self) -> int:
@@ -64,6 +65,11 @@ class Calibration:
             "images": self.size,
             "sampling": f"class-balanced random sample of the {self.source}",
             "seed": self.seed,
+            **(
+                {"pixel_range": "one pixel of the first image set to 0 and one to 255, so the int8 input spans 0-255"}
+                if self.spanned
+                else {}
+            ),
         }
 
 
@@ -78,7 +84,14 @@ def make_calibration(
     per_class = [rng.permutation(np.flatnonzero(y == c)) for c in range(classes)]
     take = [idx[: size // classes + (1 if c < size % classes else 0)] for c, idx in enumerate(per_class)]
     chosen = rng.permutation(np.concatenate(take))
-    return Calibration(images=to_model_input(x[chosen], contract), seed=seed)
+    pixels = x[chosen]
+    spanned = bool(pixels.min() > 0 or pixels.max() < 255)
+    if spanned:
+        # the int8 input's range is what calibration saw: spanning every pixel value makes its quantization the
+        # contract itself where it can be (q = pixel - 128 for raw and unit), at the cost of two changed pixels
+        pixels = pixels.copy()
+        pixels.reshape(len(pixels), -1, *pixels.shape[3:])[0, :2] = [[0], [255]] if pixels.ndim == 4 else [0, 255]
+    return Calibration(images=to_model_input(pixels, contract), seed=seed, spanned=spanned)
 
 
 @dataclass
