@@ -51,17 +51,26 @@ def progress_bar(transient: bool = False) -> Progress:
 
 
 _NUMBER = re.compile(r"^[+-]?[\d,]*\.?\d+(e[+-]?\d+)?%?$")
+# control characters and the bidirectional overrides: from a label or a folder name they would reach the terminal
+# as escape sequences (colours, cursor moves, a title change) or reorder what the user reads
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(text: str) -> str:
+    """`text` with each control character written as its escape (\\x1b), so the user's text cannot drive the
+    terminal."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def table(title: str | None, columns: list[str], rows: list[list], styles: list[str | None] | None = None):
     t = Table(header_style="bold")
     for i, col in enumerate(columns):
-        values = [str(row[i]) for row in rows]
+        values = [visible(str(row[i])) for row in rows]
         numeric = i > 0 and all(_NUMBER.match(v) or v == "-" for v in values)
         t.add_column(col, justify="right" if numeric else "left")
     for i, row in enumerate(rows):
-        t.add_row(*[Text(str(c)) for c in row], style=(styles[i] if styles else None))
-    return Group(Text(title, style="bold"), t) if title else t
+        t.add_row(*[Text(visible(str(c))) for c in row], style=(styles[i] if styles else None))
+    return Group(Text(visible(title), style="bold"), t) if title else t
 
 
 def _short(file: str) -> str:

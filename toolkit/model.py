@@ -5,6 +5,7 @@ same network on a fixed batch, and the work per image in FLOPs counted from the 
 from __future__ import annotations
 
 import re
+import unicodedata
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -67,8 +68,10 @@ CHANNELS = (1, 3)  # grayscale or RGB
 
 
 def file_stem(name: str) -> str:
-    """A model name as a file-name stem and C identifier part: letters, digits and underscores."""
-    stem = re.sub(r"\W+", "_", name).strip("_").lower()
+    """A model name as a file-name stem and C identifier part: ASCII letters, digits and underscores (accents are
+    dropped, other scripts too), so that every tool reads the files back and every compiler takes the symbols."""
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    stem = re.sub(r"[^a-z0-9]+", "_", ascii_name.lower()).strip("_")
     return stem or "model"
 
 

@@ -179,10 +179,13 @@ def parse_selection(fmt: str, variants: list[str] | None) -> list[tuple[str, lis
 
 
 def labels_for(interface: Interface, dataset: Dataset, labels_file: Path | None) -> list[str]:
-    """Class names: one per line of `labels_file`, else the dataset's (folder names, or 0..N-1)."""
+    """Class names: one per line of `labels_file`, else the dataset's (folder names, or 0..N-1). A line ends at a
+    line feed only (a carriage return before it is dropped): `str.splitlines` would also split inside a label at
+    characters such as U+001C or U+2028. A UTF-8 byte-order mark is not part of the first label."""
     if labels_file is None:
         return list(dataset.class_names)
-    lines = [line.strip() for line in fsio.read_bytes(labels_file).decode("utf-8", "replace").splitlines()]
+    text = fsio.read_bytes(labels_file).decode("utf-8-sig", "replace")
+    lines = [line.strip(" \t\r") for line in text.split("\n")]
     names = [line for line in lines if line]
     if len(names) != interface.classes:
         raise ToolkitError(f"{labels_file}: {len(names)} labels for the model's {interface.classes} classes")

@@ -13,7 +13,6 @@ the figures it records in `made_with` mean.
 
 from __future__ import annotations
 
-import json
 import platform
 import re
 from dataclasses import dataclass
@@ -44,8 +43,24 @@ FORBIDDEN_OPERATORS = ("SHAPE", "STRIDED_SLICE", "PACK")  # what a dynamic batch
 
 
 def symbol_for(name: str) -> str:
-    """mnist_cnn.micro.tflite -> mnist_cnn_micro_tflite (a valid C identifier)."""
-    return re.sub(r"\W", "_", name)
+    """mnist_cnn.micro.tflite -> mnist_cnn_micro_tflite: a valid C identifier (ASCII; a leading digit gets m_)."""
+    symbol = re.sub(r"[^A-Za-z0-9_]", "_", name)
+    return f"m_{symbol}" if symbol[:1].isdigit() else symbol
+
+
+def c_string(text: str) -> str:
+    """`text` as a C string literal that any C or C++ compiler takes: its UTF-8 bytes, printable ASCII as itself,
+    quote and backslash escaped, `?` escaped (no trigraph such as ??/ can form), every other byte in octal."""
+    out = []
+    for byte in text.encode("utf-8"):
+        ch = chr(byte)
+        if ch in '"\\?':
+            out.append("\\" + ch)
+        elif 32 <= byte < 127:
+            out.append(ch)
+        else:
+            out.append(f"\\{byte:03o}")  # three digits: the next character can never extend the escape
+    return '"' + "".join(out) + '"'
 
 
 @dataclass
@@ -175,12 +190,12 @@ def _defines(m: Embedded, p: str, margin: int) -> list[str]:
         ("OUTPUT_SHAPE", _c_shape(m.output.shape), None),
         ("OUTPUT_ELEMENTS", int(np.prod(m.output.shape)), f"{m.output.dtype} values"),
         ("NUM_LABELS", len(m.labels), None),
-        ("LABELS", "{" + ", ".join(json.dumps(label) for label in m.labels) + "}", "output index -> label"),
+        ("LABELS", "{" + ", ".join(c_string(label) for label in m.labels) + "}", "output index -> label"),
         ("ARENA_BYTES_MIN", m.arena_min, f"measured, {runtime.KERNELS} kernels"),
         ("ARENA_MARGIN_PERCENT", margin, None),
         ("ARENA_BYTES", m.arena_recommended, f"recommended: the minimum + {margin}%, in whole KiB"),
         ("OPERATOR_COUNT", len(m.operators), "for MicroMutableOpResolver<N>"),
-        ("OPERATORS", json.dumps(" ".join(m.operators)), "the builtin operators of the model"),
+        ("OPERATORS", c_string(" ".join(m.operators)), "the builtin operators of the model"),
         ("SELF_CHECK_COUNT", len(m.self_check_inputs), "inputs with known outputs, below"),
         ("SELF_CHECK_TOLERANCE", SELF_CHECK_TOLERANCE, "int8 output steps"),
     ]
