@@ -105,7 +105,7 @@ def test_predict_command_json(exported_workspace, mnist, tmp_path):
     "content, message",
     [
         (b"", "empty file"),
-        (b"this is not an image", "not an image file"),
+        (b"this is not an image", r"not an image \(PNG, JPEG"),
         (b"\x89PNG\r\n\x1a\n" + bytes(40), "damaged image|not an image"),
     ],
 )

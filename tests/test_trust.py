@@ -113,3 +113,92 @@ def test_the_micro_header_is_valid_c_and_cpp_for_hostile_labels_and_names(name, 
         )
         printed = subprocess.run([str(exe)], check=True, capture_output=True).stdout
         assert printed.split(b"\xff")[:-1] == [label.encode() for label in HOSTILE_LABELS], compiler
+
+
+# ------------------------------------------------------------------------------------------- image files
+
+
+def _png_header_only(path, width: int, height: int):
+    """A PNG that declares width x height (1-bit grey) with almost no data: a decompression bomb's header."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def _special_images(folder):
+    """The image kinds a dataset and predict must decode alike, as (file, expected grey pixels or None)."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1024 + 1023).astype(np.uint16)  # 16-bit, 1023..65535
+    Image.fromarray(ramp).save(folder / "deep.png")  # mode I;16
+    Image.fromarray(np.eye(8, dtype=bool)).save(folder / "bits.png")  # mode 1
+    Image.fromarray(np.full((8, 8, 3), (200, 10, 10), np.uint8)).convert("P").save(folder / "palette.png")
+    Image.fromarray(np.full((8, 8, 4), (0, 200, 0, 255), np.uint8), "RGBA").save(folder / "rgba.png")
+    Image.fromarray(np.full((8, 8, 3), 128, np.uint8)).convert("CMYK").save(folder / "cmyk.jpg")
+    tall = np.zeros((8, 4), np.uint8)
+    tall[0, :] = 255  # a bright top row
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    Image.fromarray(tall).save(folder / "rotated.jpg", exif=exif, quality=100)
+    return {"deep": ramp / 257.0}
+
+
+def test_datasets_and_predict_decode_every_image_kind_alike(tmp_path):
+    import numpy as np
+
+    from toolkit.data.folders import _decode
+    from toolkit.preprocess import load_image, pixels
+
+    expected = _special_images(tmp_path)
+    for path in sorted(tmp_path.iterdir()):
+        for channels in (1, 3):
+            in_dataset = _decode(path, path.read_bytes(), channels == 3, None).astype(np.float64)
+            in_predict = np.round(load_image(path, lambda img, c=channels: pixels(img, c)))
+            assert np.array_equal(in_dataset, in_predict), (path.name, channels)
+    deep = _decode(tmp_path / "deep.png", (tmp_path / "deep.png").read_bytes(), False, None)
+    assert np.abs(deep - expected["deep"]).max() <= 0.5 and len(np.unique(deep)) == 64  # scaled, not saturated
+    upright = _decode(tmp_path / "rotated.jpg", (tmp_path / "rotated.jpg").read_bytes(), False, None)
+    assert upright.shape == (4, 8) and upright[:, -1].mean() > 200  # the bright row turned to the right edge
+
+
+@pytest.mark.parametrize("kind", ["eps", "bomb", "empty", "random"])
+def test_a_hostile_image_file_is_one_line_and_runs_nothing(kind, tmp_path, monkeypatch):
+    from toolkit import data
+    from toolkit.preprocess import load_image
+
+    ran = []
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: ran.append(a) or (_ for _ in ()).throw(OSError("no")))
+    root = tmp_path / "data"
+    for name in ("a", "b"):
+        (root / "train" / name).mkdir(parents=True)
+        _special_images(root / "train" / name)
+        for p in (root / "train" / name).glob("*"):
+            if p.name != "rgba.png":
+                p.unlink()
+    bad = root / "train" / "a" / "bad.png"
+    if kind == "eps":
+        bad.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n")
+    elif kind == "bomb":
+        _png_header_only(bad, 20000, 20000)
+    elif kind == "empty":
+        bad.write_bytes(b"")
+    else:
+        bad.write_bytes(bytes(range(256)) * 4)
+    for attempt in (lambda: data.load(root), lambda: load_image(bad)):
+        with pytest.raises(ToolkitError) as e:
+            attempt()
+        message = str(e.value)
+        assert "\n" not in message and str(bad) in message and "BytesIO" not in message, message
+        if kind == "empty":
+            assert "empty" in message
+    assert not ran  # no Ghostscript, no other program

@@ -11,11 +11,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from toolkit.errors import ToolkitError
+from toolkit.errors import ToolkitError, first_line
 
 MAX_PIXELS = 40_000_000  # larger images are refused before decoding (decompression bombs)
 INK_THRESHOLD = 0.25
@@ -23,37 +27,78 @@ OPAQUE_ALPHA = 250  # alpha below this is transparency
 TRANSPARENT_SHARE = 0.01  # the alpha is the ink when at least this share of the pixels is transparent
 
 
-def load_image(path: str | Path, convert=None) -> np.ndarray:
-    """Decode an image file into a float grey array in [0, 255] with white ink on black (or, with `convert`, what
-    `convert(PIL image)` makes of it), after checking its size against decompression bombs."""
-    from PIL import Image, UnidentifiedImageError
+# The decoders an image file may reach, for datasets and predict alike: no EPS or PDF (Pillow hands those to
+# Ghostscript, an interpreter that would run on an untrusted file), no format a plugin decodes with another program
+DECODERS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "PPM")
 
-    path = Path(path)
-    if not path.is_file():
-        raise ToolkitError(f"{path}: file not found")
-    if path.stat().st_size == 0:
-        raise ToolkitError(f"{path}: empty file, not an image")
+
+def _bytes_of(source: str | Path | bytes, where: str | Path) -> bytes:
+    if not isinstance(source, bytes):
+        if not Path(source).is_file():
+            raise ToolkitError(f"{where}: file not found")
+        source = Path(source).read_bytes()
+    if not source:
+        raise ToolkitError(f"{where}: empty file, not an image")
+    return source
+
+
+@contextlib.contextmanager
+def opened(source: str | Path | bytes, where: str | Path, decode: bool = True) -> Iterator[Any]:
+    """The image in `source` (a path, or the file's bytes read from `where`) opened by one of DECODERS only, its
+    size checked before any pixel is decoded (decompression bombs), then decoded and upright by its EXIF
+    orientation (with `decode=False`, only its header is read). Whatever is wrong with the file is one line
+    naming it."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    blob = _bytes_of(source, where)
     Image.MAX_IMAGE_PIXELS = None  # opening reads only the header: the size is checked below, with its WxH
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(blob), formats=DECODERS) as img:
             Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # PIL's own check again for what decoding may meet (GIF frames)
             if img.width * img.height > MAX_PIXELS:
-                raise ToolkitError(f"{path}: image is {img.width}x{img.height}, larger than {MAX_PIXELS:,} pixels")
+                raise ToolkitError(f"{where}: image is {img.width}x{img.height}, larger than {MAX_PIXELS:,} pixels")
             if img.width == 0 or img.height == 0:
-                raise ToolkitError(f"{path}: image has no pixels")
+                raise ToolkitError(f"{where}: image has no pixels")
+            if not decode:
+                yield img
+                return
             img.load()
-            return (convert or to_grey)(img)
+            yield ImageOps.exif_transpose(img)
     except ToolkitError:
         raise
     except UnidentifiedImageError:
-        raise ToolkitError(f"{path}: not an image file PIL can read (PNG, JPEG, ...)") from None
+        raise ToolkitError(f"{where}: not an image ({', '.join(DECODERS)}) or a damaged one") from None
     except Image.DecompressionBombError:
-        raise ToolkitError(f"{path}: image is larger than {MAX_PIXELS:,} pixels") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ToolkitError(f"{path}: damaged image ({reason})") from None
+        raise ToolkitError(f"{where}: image is larger than {MAX_PIXELS:,} pixels") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise ToolkitError(f"{where}: damaged image ({first_line(e) or type(e).__name__})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+def pixels(img, channels: int) -> np.ndarray:
+    """A decoded image -> float64 pixels in [0, 255], (H, W) grey or (H, W, 3) RGB: the one conversion datasets and
+    predict share. 16-bit and float images are scaled (never clipped to 0/255), 1-bit and palette images expanded,
+    CMYK converted, and a drawing on a transparent canvas has its alpha as the ink (see to_grey)."""
+    if channels == 1:
+        return to_grey(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return np.repeat(to_grey(img)[..., None], 3, axis=2)
+    return np.asarray(img.convert("RGB"), dtype=np.float64)
+
+
+def uint8_image(a: np.ndarray):
+    """Float pixels in [0, 255] -> a PIL image of uint8 ("L" or "RGB"), rounded."""
+    from PIL import Image
+
+    return Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8))
+
+
+def load_image(path: str | Path, convert=None) -> np.ndarray:
+    """Decode an image file (through `opened`) into a float grey array in [0, 255] (or, with `convert`, what
+    `convert(PIL image)` makes of it)."""
+    with opened(path, path) as img:
+        return (convert or to_grey)(img)
 
 
 def to_grey(img) -> np.ndarray:
@@ -136,7 +181,7 @@ def resized(path: str | Path, shape: tuple[int, int, int]) -> np.ndarray:
     h, w, c = shape
 
     def convert(img):
-        img = img.convert("RGB" if c == 3 else "L").resize((w, h), Image.Resampling.BILINEAR)
+        img = uint8_image(pixels(img, c)).resize((w, h), Image.Resampling.BILINEAR)
         return np.asarray(img, dtype=np.float32).reshape(h, w, c) / 255.0
 
     return load_image(path, convert)

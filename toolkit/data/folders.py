@@ -7,7 +7,6 @@ order; images are grayscale when every file is, RGB otherwise; all of one size u
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +14,8 @@ import numpy as np
 
 from toolkit import fsio
 from toolkit.data.idx import MAX_SIDE, MIN_SIDE
-from toolkit.errors import ToolkitError, first_line
-from toolkit.preprocess import MAX_PIXELS
+from toolkit.errors import ToolkitError
+from toolkit.preprocess import opened, pixels, uint8_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 FOLDER_TEST_SHARE = 0.2  # of each class, for a folder dataset without test/
@@ -41,30 +40,19 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def _decode(path: Path, blob: bytes, rgb: bool, size: tuple[int, int] | None) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    """One image of the dataset as uint8 pixels, decoded as `predict` decodes a file (toolkit.preprocess)."""
+    from PIL import Image
 
-    try:
-        with Image.open(io.BytesIO(blob)) as img:
-            if img.width * img.height > MAX_PIXELS:
-                raise ToolkitError(f"{path}: image is {img.width}x{img.height}, larger than {MAX_PIXELS:,} pixels")
-            img = img.convert("RGB" if rgb else "L")
-            if size is not None and (img.height, img.width) != size:
-                img = img.resize((size[1], size[0]), Image.BILINEAR)
-            return np.asarray(img, dtype=np.uint8)
-    except UnidentifiedImageError:
-        raise ToolkitError(f"{path}: not an image file PIL can read (PNG, JPEG)") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ToolkitError(f"{path}: unreadable image ({first_line(e)})") from None
+    with opened(blob, path) as img:
+        img = uint8_image(pixels(img, 3 if rgb else 1))
+        if size is not None and (img.height, img.width) != size:
+            img = img.resize((size[1], size[0]), Image.BILINEAR)
+        return np.asarray(img, dtype=np.uint8)
 
 
 def _is_colour(path: Path, blob: bytes) -> bool:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(blob)) as img:
-            return img.mode not in ("1", "L", "LA", "I", "I;16", "F")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise ToolkitError(f"{path}: unreadable image ({first_line(e)})") from None
+    with opened(blob, path, decode=False) as img:
+        return img.mode not in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "La")
 
 
 def _read_split(
