@@ -202,3 +202,34 @@ def test_a_hostile_image_file_is_one_line_and_runs_nothing(kind, tmp_path, monke
         if kind == "empty":
             assert "empty" in message
     assert not ran  # no Ghostscript, no other program
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_a_model_whose_names_tensorflow_refuses_trains_and_converts_to_every_format(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from tests.test_own_model import bars_idx
+    from toolkit.backend import keras as _keras
+    from toolkit.cli import app
+
+    keras = _keras()
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((20, 20, 1), name="in put ü")
+    x = keras.layers.Conv2D(6, 3, activation="relu", name="conv ü x")(inputs)
+    x = keras.layers.MaxPooling2D(2, name="pool<>")(x)
+    x = keras.layers.Flatten(name="flat\n")(x)
+    outputs = keras.layers.Dense(4, activation="softmax", name="classes ✓")(x)
+    keras.Model(inputs, outputs, name="my model ü<>\n").save(tmp_path / "odd.keras")
+    data = ["--data-dir", str(bars_idx(tmp_path / "bars")), "--dataset", "idx", "--dir", str(tmp_path / "ws")]
+    runner = CliRunner()
+    trained = runner.invoke(app, ["train", "--model", str(tmp_path / "odd.keras"), "--epochs", "10", *data])
+    assert trained.exit_code == 0, trained.output
+    out = tmp_path / "export.json"
+    exported = runner.invoke(app, ["export", *data, "--json", str(out)])
+    assert exported.exit_code == 0, exported.output
+    results = json.loads(out.read_text())["results"]
+    assert {r["format"] for r in results} >= {"tflite", "onnx", "ort", "micro", "web"}
+    assert all(r["file"].startswith(("my_model_u", "web/models/my_model_u")) for r in results)

@@ -135,7 +135,9 @@ def _adopt(model: Any, workspace: Workspace) -> Path | None:
     fsio.ensure_dir(workspace.root)
     with fsio.atomic_path(workspace.model_path) as tmp:  # the temporary name keeps .keras, as Keras asks
         model.save(tmp)
-    workspace.adopt_model(model, workspace.model_path)
+    from toolkit.model import with_runnable_names
+
+    workspace.adopt_model(with_runnable_names(model), workspace.model_path)  # as every later load of the file
     return workspace.model_path
 
 

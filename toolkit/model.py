@@ -352,7 +352,7 @@ def load_keras_model(path: str | Path):
         raise ToolkitError(f"{path}: not a Keras .keras archive (not a zip file)")
     keras = _keras()
     try:
-        return keras.saving.load_model(path, safe_mode=True, compile=False)
+        model = keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as e:  # Keras raises many types for malformed archives
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         custom = re.search(r"Could not locate class '([^']+)'", str(e))
@@ -362,3 +362,45 @@ def load_keras_model(path: str | Path):
                 "takes models made of Keras' built-in layers"
             ) from None
         raise ToolkitError(f"{path}: cannot load as a Keras model ({msg[:200]})") from None
+    return with_runnable_names(model)
+
+
+# TensorFlow runs each layer in a name scope of its name, and refuses names outside this pattern: a model named
+# "my model" or with a layer "conv ü" cannot even be called on the TensorFlow backend, let alone converted
+SCOPE_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*$")
+
+
+def _scope_name(name: str, used: set[str]) -> str:
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()  # ü -> u, as file_stem
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", ascii_name)
+    safe = safe if re.match(r"[A-Za-z0-9.]", safe) else f"m{safe}"
+    unique, k = safe, 1
+    while unique in used:
+        unique, k = f"{safe}_{k}", k + 1
+    used.add(unique)
+    return unique
+
+
+def with_runnable_names(model):
+    """The model itself, or where a name of it (the model, a layer, an input) is one TensorFlow refuses as a name
+    scope, the same layers and weights rebuilt under names it takes (spaces, accents, `<>`, newlines become `_`).
+    The user's file keeps its names; every load makes the same renamed model, so files and checks agree."""
+    names = [model.name, *(layer.name for layer in model.layers), *(t.name for t in model.inputs)]
+    if all(SCOPE_NAME.match(n) for n in names):
+        return model
+    keras, used = _keras(), set()
+
+    def renamed(layer):
+        return layer.__class__.from_config({**layer.get_config(), "name": _scope_name(layer.name, used)})
+
+    inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=_scope_name(t.name, used)) for t in model.inputs]
+    name = _scope_name(model.name, used)
+    if isinstance(model, keras.Sequential):
+        clone = keras.Sequential([inputs[0], *(renamed(layer) for layer in model.layers)], name=name)
+    else:
+        graph = keras.models.clone_model(
+            model, input_tensors=inputs[0] if len(inputs) == 1 else inputs, clone_function=renamed
+        )
+        clone = keras.Model(graph.inputs, graph.outputs, name=name)
+    clone.set_weights(model.get_weights())
+    return clone
