@@ -181,3 +181,23 @@ def test_on_a_small_split_one_borderline_image_passes_and_a_real_loss_still_fail
     assert on_split(CRITERIA["float16"], 10_000, 9_900) == (CRITERIA["float16"], "")
     assert on_split(CRITERIA["int8"], 10_000, 9_900) == (CRITERIA["int8"], "")
     assert on_split(CRITERIA["float32"], 10_000, 9_900) == (CRITERIA["float32"], "")
+
+
+def test_a_reference_far_below_its_own_training_accuracy_is_suspect_too():
+    from toolkit.verify import Verification
+
+    labels = np.arange(400) % 4
+    half = np.where(np.arange(400) < 240, labels, (labels + 1) % 4)  # 60%: above chance, far below 99%
+    probabilities = np.eye(4, dtype=np.float32)[half]
+    ref = Reference(np.zeros((400, 2, 2, 1), np.float32), labels, probabilities, trained_accuracy=0.99)
+    assert "far below the 0.9900 it was trained to" in ref.at_chance
+    assert Reference(ref.images, labels, probabilities, trained_accuracy=0.65).at_chance is None
+    from types import SimpleNamespace
+
+    from toolkit.parity import compare
+
+    record = SimpleNamespace(file="m.tflite", format="tflite", variant="float32", runtime="litert", made_with={})
+    outcome = Verification([compare(record, probabilities, ref), compare(record, probabilities, ref)])
+    with pytest.raises(ToolkitError) as e:
+        outcome.raise_if_failed()
+    assert str(e.value).startswith("the Keras model scores 0.6000") and "no file certified (2 failed)" in str(e.value)

@@ -119,6 +119,7 @@ class Reference:
     native_runs: dict[str, np.ndarray] = field(default_factory=dict)
     contract: InputContract = UNIT  # how the images were made from pixels (and are made back into them)
     allow_chance: bool = False  # --allow-chance: certify parity even where the Keras model is at chance level
+    trained_accuracy: float | None = None  # metrics.json's test accuracy, where the toolkit trained the model here
 
     @property
     def accuracy(self) -> float:
@@ -136,13 +137,18 @@ class Reference:
         """Why parity with this reference proves nothing, or None: a Keras model at chance level on its own test
         split is broken for these inputs (most often an input contract that is not the one it was trained with),
         and every file that agrees with it is broken too."""
-        if self.accuracy > self.chance_level:
-            return None
-        return (
-            f"the Keras model itself is at chance level on these inputs (accuracy {self.accuracy:.4f}, chance "
-            f"{self.chance_level:.4f}) with inputs {self.contract.describe()}: give the model's own "
-            "--input-contract (or --allow-chance for a model that is not trained yet)"
-        )
+        fix = "give the model's own --input-contract (or --allow-chance for a model that is truly this weak)"
+        if self.accuracy <= self.chance_level:
+            return (
+                f"the Keras model itself is at chance level on these inputs (accuracy {self.accuracy:.4f}, chance "
+                f"{self.chance_level:.4f}) with inputs {self.contract.describe()}: {fix}"
+            )
+        if self.trained_accuracy is not None and self.accuracy < self.trained_accuracy - TRAINED_GAP:
+            return (
+                f"the Keras model scores {self.accuracy:.4f} on these inputs, far below the {self.trained_accuracy:.4f}"
+                f" it was trained to (metrics.json), with inputs {self.contract.describe()}: {fix}"
+            )
+        return None
 
     @cached_property
     def self_check_images(self) -> list[int]:
@@ -175,6 +181,9 @@ class Reference:
 
 
 SELF_CHECK_IMAGES = 10
+# how far below its own test accuracy at training (metrics.json) the reference may score before the inputs are
+# suspect: more than a part of the split can explain, far less than a wrong contract costs
+TRAINED_GAP = 0.10
 # how far a correct runtime on another machine may land from this file's own outputs here: float32 kernels differ
 # in summation order; reduced-precision ones by a quantization step or two
 SELF_CHECK_TOLERANCE = {"float32": 1e-4}

@@ -47,7 +47,20 @@ def reference(
     images = to_model_input(x, contract)
     keras_runner = (loader or Loader(workspace)).keras()
     probabilities = runtimes.predict(keras_runner, images, batch_size=1000)
-    return Reference(images, y, probabilities, contract=contract, allow_chance=allow_chance)
+    trained = trained_accuracy(workspace, dataset)
+    return Reference(images, y, probabilities, contract=contract, allow_chance=allow_chance, trained_accuracy=trained)
+
+
+def trained_accuracy(workspace: Workspace, dataset: Dataset) -> float | None:
+    """The test accuracy metrics.json records for the workspace's model, where the toolkit trained it here, on
+    this data, and the model is still the one it wrote; else None."""
+    metrics = workspace.metrics()
+    if not isinstance(metrics, dict) or metrics.get("data_sha256") != dataset.sha256:
+        return None
+    if not workspace.model_path.is_file() or metrics.get("model_sha256") != workspace.sha256(workspace.model_path):
+        return None
+    value = (metrics.get("accuracy") or {}).get("test") if isinstance(metrics.get("accuracy"), dict) else None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 @dataclass
@@ -228,6 +241,9 @@ class Verification:
 
     def raise_if_failed(self) -> None:
         failed = [r.file for r in self.results if not r.passed]
+        causes = {p for r in self.results for p in r.problems if p.startswith("the Keras model ")}
+        if failed and len(causes) == 1:  # the reference itself is wrong: one line that names why, not N files
+            raise ToolkitError(f"{causes.pop()}; no file certified ({len(failed)} failed)")
         if failed:
             raise ToolkitError(f"verification failed for {len(failed)} artifact(s): {', '.join(failed)}")
 
