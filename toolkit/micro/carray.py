@@ -14,7 +14,6 @@ the figures it records in `made_with` mean.
 from __future__ import annotations
 
 import platform
-import re
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -31,6 +30,7 @@ from toolkit.export.tflite import HOW, convert
 from toolkit.manifest import ArtifactRecord
 from toolkit.micro import runtime
 from toolkit.micro.boards import fits
+from toolkit.micro.ctext import c_float, c_floats, c_rows, c_shape, c_string, symbol_for
 from toolkit.micro.vela import vela_records
 from toolkit.model import NO_LAYER, layer_of, with_fixed_batch
 from toolkit.runtimes import quantize
@@ -40,27 +40,6 @@ VARIANTS = ("int8",)
 ALIGNMENT = 16
 
 FORBIDDEN_OPERATORS = ("SHAPE", "STRIDED_SLICE", "PACK")  # what a dynamic batch costs; never in a micro model
-
-
-def symbol_for(name: str) -> str:
-    """mnist_cnn.micro.tflite -> mnist_cnn_micro_tflite: a valid C identifier (ASCII; a leading digit gets m_)."""
-    symbol = re.sub(r"[^A-Za-z0-9_]", "_", name)
-    return f"m_{symbol}" if symbol[:1].isdigit() else symbol
-
-
-def c_string(text: str) -> str:
-    """`text` as a C string literal that any C or C++ compiler takes: its UTF-8 bytes, printable ASCII as itself,
-    quote and backslash escaped, `?` escaped (no trigraph such as ??/ can form), every other byte in octal."""
-    out = []
-    for byte in text.encode("utf-8"):
-        ch = chr(byte)
-        if ch in '"\\?':
-            out.append("\\" + ch)
-        elif 32 <= byte < 127:
-            out.append(ch)
-        else:
-            out.append(f"\\{byte:03o}")  # three digits: the next character can never extend the escape
-    return '"' + "".join(out) + '"'
 
 
 @dataclass
@@ -108,18 +87,6 @@ def c_source(data: bytes, m: Embedded, header_name: str) -> str:
     )
 
 
-def _c_float(x: float) -> str:
-    return f"{float(np.float32(x)):.9g}f"  # 9 significant digits give the float32 back exactly
-
-
-def _c_floats(values: tuple[float, ...]) -> str:
-    return "{" + ", ".join(_c_float(v) for v in values) + "}"
-
-
-def _c_shape(shape: list[int]) -> str:
-    return "{" + ", ".join(str(d) for d in shape) + "}"
-
-
 SELF_CHECK_COUNT = 4
 SELF_CHECK_TOLERANCE = 2  # int8 output steps: optimised kernels (CMSIS-NN) may round a step apart from the reference
 
@@ -142,16 +109,6 @@ def _self_check_images(runner, images: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return pool[chosen], probabilities[chosen]
 
 
-def _c_rows(values: np.ndarray) -> str:
-    """A 2-D int8 array as C initialiser rows."""
-    rows = []
-    for row in values:
-        items = [str(int(v)) for v in row]
-        lines = [", ".join(items[i : i + 24]) for i in range(0, len(items), 24)]
-        rows.append("  {" + ",\n   ".join(lines) + "}")
-    return "{\n" + ",\n".join(rows) + "\n}"
-
-
 def _self_check_block(m: Embedded, p: str) -> str:
     """The self-check arrays and how a firmware runs them at start-up."""
     return (
@@ -166,9 +123,9 @@ def _self_check_block(m: Embedded, p: str) -> str:
         " *   }\n"
         " * Unused arrays are static and cost no flash. */\n"
         f"static const int8_t {m.stem}_self_check_input[{p}_SELF_CHECK_COUNT][{p}_INPUT_ELEMENTS] = "
-        f"{_c_rows(m.self_check_inputs)};\n"
+        f"{c_rows(m.self_check_inputs)};\n"
         f"static const int8_t {m.stem}_self_check_output[{p}_SELF_CHECK_COUNT][{p}_OUTPUT_ELEMENTS] = "
-        f"{_c_rows(m.self_check_outputs)};\n\n"
+        f"{c_rows(m.self_check_outputs)};\n\n"
     )
 
 
@@ -177,17 +134,17 @@ def _defines(m: Embedded, p: str, margin: int) -> list[str]:
     defines = [
         ("MODEL_BYTES", m.length, "flash: the model array"),
         ("ALIGNMENT", ALIGNMENT, "bytes, of the model array"),
-        ("INPUT_PIXEL_MEAN", _c_floats(m.contract.mean), "per channel: x = (pixel - MEAN[c]) / STD[c]"),
-        ("INPUT_PIXEL_STD", _c_floats(m.contract.std), m.contract.describe().replace("*/", "* /")),
-        ("INPUT_SCALE", _c_float(m.input.scale), None),
+        ("INPUT_PIXEL_MEAN", c_floats(m.contract.mean), "per channel: x = (pixel - MEAN[c]) / STD[c]"),
+        ("INPUT_PIXEL_STD", c_floats(m.contract.std), m.contract.describe().replace("*/", "* /")),
+        ("INPUT_SCALE", c_float(m.input.scale), None),
         ("INPUT_ZERO_POINT", f"({m.input.zero_point})", None),
         ("INPUT_DIMS", len(m.input.shape), None),
-        ("INPUT_SHAPE", _c_shape(m.input.shape), "NHWC"),
+        ("INPUT_SHAPE", c_shape(m.input.shape), "NHWC"),
         ("INPUT_ELEMENTS", int(np.prod(m.input.shape)), f"{m.input.dtype} values"),
-        ("OUTPUT_SCALE", _c_float(m.output.scale), None),
+        ("OUTPUT_SCALE", c_float(m.output.scale), None),
         ("OUTPUT_ZERO_POINT", f"({m.output.zero_point})", None),
         ("OUTPUT_DIMS", len(m.output.shape), None),
-        ("OUTPUT_SHAPE", _c_shape(m.output.shape), None),
+        ("OUTPUT_SHAPE", c_shape(m.output.shape), None),
         ("OUTPUT_ELEMENTS", int(np.prod(m.output.shape)), f"{m.output.dtype} values"),
         ("NUM_LABELS", len(m.labels), None),
         ("LABELS", "{" + ", ".join(c_string(label) for label in m.labels) + "}", "output index -> label"),
