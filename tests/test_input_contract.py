@@ -165,10 +165,45 @@ def test_a_mobilenet_v2_trained_elsewhere_on_minus_one_to_one_deploys_with_the_t
     # later commands take the recorded contract: verify and quantize need no option, and pass
     _ok(runner.invoke(app, ["verify", "--dir", str(ws)]))
     _ok(runner.invoke(app, ["quantize", "--budget", "1", "--recipe", "int8-dynamic", "--dir", str(ws)]))
-    predicted = runner.invoke(
-        app, ["predict", str(_picture(tmp_path / "bird.png", 1)), "--dir", str(ws), "--json", "-"]
-    )
-    assert json.loads(_ok(predicted) and predicted.stdout)["predictions"][0]["label"] == "bird"
+    bird = str(_picture(tmp_path / "bird.png", 1))
+    predicted = runner.invoke(app, ["predict", bird, "--dir", str(ws), "--json", "-"])
+    native = json.loads(_ok(predicted) and predicted.stdout)["predictions"][0]["label"]
+    assert native == "bird"
+    # the page's live camera, fed that picture by Chromium's fake camera: its frames classified as natively
+    frame = np.kron(np.asarray(Image.open(bird)), np.ones((2, 2, 1), np.uint8))  # 64x64: even sides for 4:2:0
+    assert _camera_label(ws / "web", _y4m(tmp_path / "bird.y4m", frame)) == native
+
+
+def _y4m(path: Path, rgb: np.ndarray) -> Path:
+    """A one-frame YUV4MPEG2 (4:2:0, BT.601 studio range) video of an RGB image, as Chromium's fake camera reads."""
+    h, w, _ = rgb.shape
+    r, g, b = (rgb[..., i].astype(np.float64) / 255 for i in range(3))
+    y = 16 + 65.481 * r + 128.553 * g + 24.966 * b
+    u = 128 - 37.797 * r - 74.203 * g + 112.0 * b
+    v = 128 + 112.0 * r - 93.786 * g - 18.214 * b
+
+    def half(c):
+        return c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+
+    planes = [np.clip(np.round(p), 0, 255).astype(np.uint8).tobytes() for p in (y, half(u), half(v))]
+    path.write_bytes(f"YUV4MPEG2 W{w} H{h} F10:1 Ip A1:1 C420jpeg\n".encode() + b"FRAME\n" + b"".join(planes))
+    return path
+
+
+def _camera_label(site: Path, video: Path) -> str:
+    """The label the page shows after classifying a few frames of its live camera (a fake one playing `video`)."""
+    from toolkit.web import chromium, server
+
+    fake = ("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream")
+    with server.serving(site) as url, chromium.launch((*fake, f"--use-file-for-fake-video-capture={video}")) as b:
+        app = chromium.open_app(b, url, "litertjs-float32")
+        try:
+            app.page.evaluate("() => window.edgeToolkit.startCamera()")
+            app.page.wait_for_function("() => window.edgeToolkit.state.frames >= 3", timeout=60_000)
+            assert app.page.locator("#video").is_visible()
+            return app.page.locator("#digit").text_content()
+        finally:
+            app.close()
 
 
 def test_an_imagenet_normalised_model_at_another_size_needs_only_its_workspace_after_export(shapes, tmp_path):

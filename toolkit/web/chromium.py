@@ -68,8 +68,8 @@ def find_chromium() -> str:
 
 
 @contextlib.contextmanager
-def launch() -> Iterator[Any]:
-    """A headless Chromium (Playwright Browser), closed on exit."""
+def launch(extra_args: tuple[str, ...] = ()) -> Iterator[Any]:
+    """A headless Chromium (Playwright Browser), closed on exit; `extra_args` adds switches (a fake camera)."""
     try:
         from playwright.sync_api import Error as PlaywrightError
         from playwright.sync_api import sync_playwright
@@ -80,7 +80,7 @@ def launch() -> Iterator[Any]:
     executable = find_chromium()
     with sync_playwright() as p:
         try:
-            browser = p.chromium.launch(executable_path=executable, headless=True, args=LAUNCH_ARGS)
+            browser = p.chromium.launch(executable_path=executable, headless=True, args=[*LAUNCH_ARGS, *extra_args])
         except PlaywrightError as e:
             raise ToolkitError(f"{executable}: Chromium did not start ({str(e).splitlines()[0]})") from None
         try:
