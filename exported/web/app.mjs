@@ -30,7 +30,7 @@ const pad = $("pad");
 const padCtx = pad.getContext("2d", {willReadFrequently: true});
 const state = {
   models: null, entry: null, engine: null, firstResultMs: null, engineMs: null, last: null, error: null,
-  note: null, isolationProblem: null,
+  note: null, isolationProblem: null, camera: null, frames: 0,
 };
 
 function setStatus(text, isError = false) {
@@ -275,9 +275,45 @@ function setUpInput(mode) {
   $("picture").addEventListener("change", async () => {
     const file = $("picture").files[0];
     if (!file) return;
+    stopCamera();
     state.picture = await createImageBitmap(file);
     await classifyPad();
   });
+  if (navigator.mediaDevices && navigator.mediaDevices.getUserMedia) {
+    $("camera").hidden = false;
+    $("camera").addEventListener("click", () => (state.camera ? stopCamera() : startCamera().catch(fail)));
+  }
+}
+
+// Live camera (RGB models): each frame is resized and made into inputs by the contract, as a picture is, and
+// classified in turn; state.frames counts the classified frames.
+async function startCamera() {
+  const stream = await navigator.mediaDevices.getUserMedia({video: {facingMode: "environment"}, audio: false});
+  const video = $("video");
+  video.srcObject = stream;
+  video.hidden = false;
+  await video.play();
+  state.camera = stream;
+  state.picture = video;
+  $("camera").textContent = "Stop camera";
+  const next = async () => {
+    if (state.camera !== stream) return;
+    if (video.videoWidth) {
+      await classifyPad();
+      state.frames++;
+    }
+    if (video.requestVideoFrameCallback) video.requestVideoFrameCallback(next);
+    else setTimeout(next, 100);
+  };
+  next();
+}
+
+function stopCamera() {
+  if (!state.camera) return;
+  for (const track of state.camera.getTracks()) track.stop();
+  state.camera = null;
+  $("video").hidden = true;
+  $("camera").textContent = "Camera";
 }
 
 function fail(error) {
@@ -306,6 +342,8 @@ window.edgeToolkit = {
   // never settles while the page reloads into isolation: the next load has its own edgeToolkit
   ready: isolateWithServiceWorker().then((reloading) => (reloading ? new Promise(() => {}) : start())).catch(fail),
   classifyPad,
+  startCamera,
+  stopCamera,
   preprocessRGBA,
   // every test image, in batches of the model's size (LiteRT.js: 1) or `batch`; probabilities as a flat array
   async classify(url, count, batch = 250) {
