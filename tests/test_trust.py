@@ -8,6 +8,8 @@ import shutil
 import subprocess
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from rich.console import Console
 
 from toolkit.console import table, visible
@@ -174,7 +176,7 @@ def test_datasets_and_predict_decode_every_image_kind_alike(tmp_path):
 @pytest.mark.parametrize("kind", ["eps", "bomb", "empty", "random"])
 def test_a_hostile_image_file_is_one_line_and_runs_nothing(kind, tmp_path, monkeypatch):
     from toolkit import data
-    from toolkit.preprocess import load_image
+    from toolkit.preprocess import load_image, pixels
 
     ran = []
     monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: ran.append(a) or (_ for _ in ()).throw(OSError("no")))
@@ -233,3 +235,73 @@ def test_a_model_whose_names_tensorflow_refuses_trains_and_converts_to_every_for
     results = json.loads(out.read_text())["results"]
     assert {r["format"] for r in results} >= {"tflite", "onnx", "ort", "micro", "web"}
     assert all(r["file"].startswith(("my_model_u", "web/models/my_model_u")) for r in results)
+
+
+def _hostile_file(kind: str, seed: int) -> bytes:
+    """The bytes of one file under an image name: a real image of a mode datasets meet, or something hostile."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out = io.BytesIO()
+    if kind == "random":
+        return rng.integers(0, 256, int(rng.integers(0, 300)), dtype=np.uint8).tobytes()
+    if kind == "eps":
+        return b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n(x) show showpage\n"
+    if kind == "truncated":
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(out, "PNG")
+        return out.getvalue()[: int(rng.integers(8, 40))]
+    modes = {"grey": "L", "rgb": "RGB", "rgba": "RGBA", "bits": "1", "palette": "P", "deep": "I;16"}
+    img = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).convert(
+        "L" if modes[kind] in ("I;16", "1") else "RGB"
+    )
+    if modes[kind] == "I;16":
+        img = Image.fromarray(np.asarray(img).astype(np.uint16) * 257)
+    else:
+        img = img.convert(modes[kind])
+    img.save(out, "PNG")
+    return out.getvalue()
+
+
+KINDS = ["grey", "rgb", "rgba", "bits", "palette", "deep", "random", "eps", "truncated"]
+
+
+@given(st.lists(st.tuples(st.sampled_from(KINDS), st.integers(0, 10_000)), min_size=4, max_size=8))
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_mix_of_image_files_gives_one_line_or_a_dataset(tmp_path_factory, files):
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from toolkit import data
+    from toolkit.cli import app
+    from toolkit.preprocess import load_image, pixels
+
+    ran = []
+    real_popen = subprocess.Popen
+    subprocess.Popen = lambda *a, **k: ran.append(a) or real_popen(["false"])  # a decoder starting a program
+    root = tmp_path_factory.mktemp("hostile")
+    for i, (kind, seed) in enumerate(files):
+        folder = root / "train" / ("a" if i % 2 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i}.png").write_bytes(_hostile_file(kind, seed))
+    try:
+        result = CliRunner().invoke(app, ["data", "--data-dir", str(root)])
+    finally:
+        subprocess.Popen = real_popen
+    assert not ran and result.exit_code in (0, 1) and "Traceback" not in result.output, result.output
+    if result.exit_code == 1:
+        assert len(result.output.strip().splitlines()) == 1 and str(root) in result.output, result.output
+    else:  # every file decoded, each to the pixels predict decodes it to (16-bit scaled, never saturated)
+        assert all(k in ("grey", "rgb", "rgba", "bits", "palette", "deep") for k, _ in files)
+        ds = data.load(root)
+        rgb = ds.x_train.ndim == 4
+        decoded = {tuple(np.asarray(img).ravel()) for img in np.concatenate([ds.x_train, ds.x_test])}
+        for path in root.rglob("*.png"):
+            own = np.round(load_image(path, lambda img: pixels(img, 3 if rgb else 1))).astype(np.uint8)
+            assert tuple(own.ravel()) in decoded, path
+    for i in range(len(files)):  # predict decodes each file the same way: one line or a prediction
+        path = next(root.rglob(f"{i}.png"))
+        try:
+            load_image(path)
+        except ToolkitError as e:
+            assert "\n" not in str(e) and str(path) in str(e)
