@@ -176,7 +176,7 @@ def test_datasets_and_predict_decode_every_image_kind_alike(tmp_path):
 @pytest.mark.parametrize("kind", ["eps", "bomb", "empty", "random"])
 def test_a_hostile_image_file_is_one_line_and_runs_nothing(kind, tmp_path, monkeypatch):
     from toolkit import data
-    from toolkit.preprocess import load_image, pixels
+    from toolkit.preprocess import load_image
 
     ran = []
     monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: ran.append(a) or (_ for _ in ()).throw(OSError("no")))
