@@ -325,11 +325,8 @@ def renderables_of(record) -> list:
         parts.extend(Text(note, style="yellow") for note in record.notes)
     elif hasattr(record, "report") and hasattr(record, "merged"):  # bench.benchmark.BenchOutcome
         parts.append(benchmark_table(record.report))
-    elif hasattr(record, "rows") and hasattr(record, "budget_pp"):  # quantize.report.Outcome
-        from toolkit.quantize.report import table_rows
-
-        columns, rows, styles = table_rows(record)
-        parts.append(table(f"Quantization recipes within {record.budget_pp:g} pp", columns, rows, styles))
+    elif callable(getattr(record, "titled_rows", None)):  # a record that lays out its own table (quantize Outcome)
+        parts.append(table(*record.titled_rows()))
     return parts
 
 

@@ -102,6 +102,11 @@ class Outcome:
                 "allow more with --budget"
             )
 
+    def titled_rows(self) -> tuple[str, list[str], list[list[str]], list[str | None]]:
+        """The results table as the console lays it out: title, columns, rows, row styles."""
+        columns, rows, styles = table_rows(self)
+        return f"Quantization recipes within {self.budget_pp:g} pp", columns, rows, styles
+
     def _repr_html_(self) -> str:
         """Jupyter shows the record as the CLI's table."""
         from toolkit.console import html_of
