@@ -1,12 +1,17 @@
 """Trust: what a user's files and names can do to the toolkit and to the terminal. Labels are read by lines only,
-and the user's text reaches the terminal with its control characters escaped."""
+the user's text reaches the terminal with its control characters escaped, and no engine's log line (CUDA on a
+machine without a GPU) reads like a failure."""
 
 from __future__ import annotations
 
 import io
+import os
+import re
 import shutil
 import subprocess
+import sys
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -235,6 +240,11 @@ def test_a_model_whose_names_tensorflow_refuses_trains_and_converts_to_every_for
     results = json.loads(out.read_text())["results"]
     assert {r["format"] for r in results} >= {"tflite", "onnx", "ort", "micro", "web"}
     assert all(r["file"].startswith(("my_model_u", "web/models/my_model_u")) for r in results)
+    from toolkit.card import model_card
+
+    manifest = json.loads((tmp_path / "ws" / "manifest.json").read_text())
+    assert manifest["model"]["title"] == "my model ü<>\n"  # the user's own name, shown as written
+    assert model_card(tmp_path / "ws", None).splitlines()[0] == "# Model card: my model ü&lt;&gt;\\n"
 
 
 def _hostile_file(kind: str, seed: int) -> bytes:
@@ -305,3 +315,99 @@ def test_any_mix_of_image_files_gives_one_line_or_a_dataset(tmp_path_factory, fi
             load_image(path)
         except ToolkitError as e:
             assert "\n" not in str(e) and str(path) in str(e)
+
+
+def _one_line_or_success(result, root) -> bool:
+    """A command's result on hostile files: success (True), or one line naming the folder (False); never a
+    traceback."""
+    assert result.exit_code in (0, 1) and "Traceback" not in result.output, result.output
+    if result.exit_code == 1:
+        assert len(result.output.strip().splitlines()) == 1 and str(root) in result.output, result.output
+    return result.exit_code == 0
+
+
+MOSTLY_VALID = [k for k in KINDS[:6] for _ in range(4)] + KINDS[6:]  # about half the datasets decode whole
+
+
+@pytest.mark.slow
+@given(st.lists(st.tuples(st.sampled_from(MOSTLY_VALID), st.integers(0, 10_000)), min_size=6, max_size=10))
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_data_train_and_predict_on_any_mix_of_image_files_give_one_line_or_results(tmp_path_factory, files):
+    from typer.testing import CliRunner
+
+    from toolkit import data
+    from toolkit.backend import keras as _keras
+    from toolkit.cli import app
+
+    root, runner, ran = tmp_path_factory.mktemp("hostile"), CliRunner(), []
+    for i, (kind, seed) in enumerate(files):
+        folder = root / "train" / ("a" if i % 2 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i}.png").write_bytes(_hostile_file(kind, seed))
+    real_popen = subprocess.Popen
+
+    def guarded(*a, **k):  # a program given a user's file (a decoder's helper) is recorded and never runs
+        return real_popen(["false"]) if str(root) in str(a) and not ran.append(a) else real_popen(*a, **k)
+
+    subprocess.Popen = guarded
+    try:
+        if not _one_line_or_success(runner.invoke(app, ["data", "--data-dir", str(root)]), root):
+            return
+        keras, channels = _keras(), 3 if data.load(root).x_train.ndim == 4 else 1
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((8, 8, channels))
+        x = keras.layers.Flatten()(keras.layers.Conv2D(2, 3, activation="relu")(inputs))
+        keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x)).save(root / "tiny.keras")
+        ws = root / "ws"
+        trained = runner.invoke(
+            app,
+            ["train", "--model", str(root / "tiny.keras"), "--epochs", "1", "--data-dir", str(root), "--dir", str(ws)],
+        )
+        if not _one_line_or_success(trained, root):
+            return
+        for path in sorted(root.rglob("*.png")):  # each file alone: a prediction of one of the two classes
+            predicted = runner.invoke(app, ["predict", "--model", str(ws / "model.keras"), "--dir", str(ws), str(path)])
+            assert predicted.exit_code == 0 and path.name in predicted.output, predicted.output
+    finally:
+        subprocess.Popen = real_popen
+    assert not ran  # machine facts (uname -p) may run; nothing on the user's files
+
+
+# what TensorFlow, XLA and JAX print on a machine without a GPU; any of it reads like a failure to a user
+ENGINE_CHATTER = re.compile(r"\bcuda|cuInit|cudart|cuDNN|cuBLAS|TF-TRT|GPU will not be used|[EWI]0000 |absl::", re.I)
+
+
+@pytest.mark.slow
+def test_no_command_prints_a_cuda_or_engine_log_line(tmp_path):
+    from PIL import Image
+
+    from tests.test_own_model import bars_idx
+
+    keras = pytest.importorskip("keras")
+    inputs = keras.Input((20, 20, 1))
+    x = keras.layers.Flatten()(keras.layers.Conv2D(4, 3, activation="relu")(inputs))
+    keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(x), name="tiny").save(tmp_path / "tiny.keras")
+    Image.fromarray(np.eye(20, dtype=np.uint8) * 255).save(tmp_path / "one.png")
+    data = ["--data-dir", str(bars_idx(tmp_path / "bars")), "--dataset", "idx", "--dir", str(tmp_path / "ws")]
+    quiet = {k: v for k, v in os.environ.items() if not k.startswith(("TF_CPP", "GRPC_", "ABSL_", "KERAS_BACKEND"))}
+    commands = [
+        (["data", *data[:4]], "tensorflow"),
+        (["train", "--model", str(tmp_path / "tiny.keras"), "--epochs", "1", *data], "jax"),
+        (["train", "--model", str(tmp_path / "tiny.keras"), "--epochs", "10", *data], "tensorflow"),  # int8 passes
+        (["export", "--format", "tflite,onnx", "--allow-chance", *data], "tensorflow"),
+        (
+            ["predict", "--model", str(tmp_path / "ws" / "model.keras"), "--dir", data[-1], str(tmp_path / "one.png")],
+            "tensorflow",
+        ),
+    ]
+    for args, backend in commands:
+        run = subprocess.run(
+            [sys.executable, "-m", "toolkit", *args],
+            env={**quiet, "KERAS_BACKEND": backend},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert run.returncode == 0, (args, run.stdout[-2000:], run.stderr[-2000:])
+        chatter = [line for line in (run.stdout + run.stderr).splitlines() if ENGINE_CHATTER.search(line)]
+        assert not chatter, (args[0], backend, chatter)

@@ -273,10 +273,10 @@ def predict(
     images: list[str | os.PathLike] | str | os.PathLike,
     workspace: Where = DEFAULT_WORKSPACE,
     model: str | os.PathLike | None = None,
-    top: int = 3,
+    top: int | None = None,
 ):
     """Classify image files with `model` (any artifact) or the workspace's best verified one, preprocessed as the
-    workspace's manifest says."""
+    workspace's manifest says; `top` classes each (default 3, or every class of a model with fewer)."""
     from toolkit.predict import classify
 
     files = [images] if isinstance(images, str | os.PathLike) else list(images)

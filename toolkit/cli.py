@@ -386,7 +386,9 @@ def predict(
     model: Optional[Path] = typer.Option(
         None, "--model", help="Any artifact (.tflite, .onnx, .keras). Default: the best verified one in DIR."
     ),
-    top: int = typer.Option(3, "--top", min=1, max=10, help="How many classes to show."),
+    top: Optional[int] = typer.Option(
+        None, "--top", min=1, max=10, help="How many classes to show. Default: 3, or every class where fewer."
+    ),
     workspace: Path = DirOption,
     json_out: Optional[str] = JsonOption,
 ):
@@ -396,7 +398,9 @@ def predict(
     rows = [
         [r.file, r.label, f"{r.confidence:.3f}", "  ".join(f"{label}: {p:.3f}" for label, p in r.top)] for r in results
     ]
-    console.print(table(f"Predictions of {model_path}", ["image", "class", "confidence", f"top {top}"], rows))
+    console.print(
+        table(f"Predictions of {model_path}", ["image", "class", "confidence", f"top {len(results[0].top)}"], rows)
+    )
     write_json_output(json_out, {"model": str(model_path), "predictions": [r.to_dict() for r in results]})
 
 

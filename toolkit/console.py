@@ -14,6 +14,7 @@ from rich.text import Text
 from toolkit.artifacts import BROWSER, kind_of
 from toolkit.backend import keras as _keras
 from toolkit.contract import InputContract
+from toolkit.tables import visible
 
 
 def _console(stderr: bool = False) -> Console:
@@ -51,15 +52,6 @@ def progress_bar(transient: bool = False) -> Progress:
 
 
 _NUMBER = re.compile(r"^[+-]?[\d,]*\.?\d+(e[+-]?\d+)?%?$")
-# control characters and the bidirectional overrides: from a label or a folder name they would reach the terminal
-# as escape sequences (colours, cursor moves, a title change) or reorder what the user reads
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
-
-def visible(text: str) -> str:
-    """`text` with each control character written as its escape (\\x1b), so the user's text cannot drive the
-    terminal."""
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def table(title: str | None, columns: list[str], rows: list[list], styles: list[str | None] | None = None):

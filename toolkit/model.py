@@ -4,6 +4,7 @@ same network on a fixed batch, and the work per image in FLOPs counted from the 
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 import zipfile
@@ -73,6 +74,18 @@ def file_stem(name: str) -> str:
     ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
     stem = re.sub(r"[^a-z0-9]+", "_", ascii_name.lower()).strip("_")
     return stem or "model"
+
+
+def title_of(path: str | Path) -> str | None:
+    """The model's own name as its `.keras` file writes it (config.json), which may be one TensorFlow refuses and
+    every load renames (`with_runnable_names`): the name the manifest and card show the user. None where the file
+    does not say."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = json.loads(archive.read("config.json")).get("config", {}).get("name")
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, AttributeError):
+        return None
+    return name if isinstance(name, str) and name else None
 
 
 def _output_kind(model, where: str) -> str:
@@ -399,7 +412,7 @@ def with_runnable_names(model):
         clone = keras.Sequential([inputs[0], *(renamed(layer) for layer in model.layers)], name=name)
     else:
         graph = keras.models.clone_model(
-            model, input_tensors=inputs[0] if len(inputs) == 1 else inputs, clone_function=renamed
+            model, input_tensors=inputs if isinstance(model.input, list | tuple) else inputs[0], clone_function=renamed
         )
         clone = keras.Model(graph.inputs, graph.outputs, name=name)
     clone.set_weights(model.get_weights())

@@ -47,16 +47,22 @@ def best_artifact(workspace: str | Path | Workspace) -> Path:
     )
 
 
-def classify(images: list[str | Path], model: str | Path, top: int = 3) -> list[Prediction]:
+DEFAULT_TOP = 3
+
+
+def classify(images: list[str | Path], model: str | Path, top: int | None = None) -> list[Prediction]:
+    """The class of each image by `model`, with its `top` most likely classes (default 3, or every class of a model
+    with fewer)."""
     if not images:
         raise ToolkitError("no image files given")
-    if top < 1:
+    if top is not None and top < 1:
         raise ToolkitError(f"--top must be at least 1, got {top}")
     runner, _, header = open_file(model)  # a changed file that a manifest certified is refused before it runs
     classes = runner.output.shape[1]
     labels = header.get("labels") if isinstance(header.get("labels"), list) else None
     if labels is None or len(labels) != classes:
         labels = [str(i) for i in range(classes)]
+    top = min(DEFAULT_TOP, classes) if top is None else top
     if top > classes:
         raise ToolkitError(f"--top must be between 1 and {classes}, got {top}")
     shape = runtimes.image_shape(runner.input)

@@ -30,7 +30,16 @@ from toolkit.data import Dataset, to_model_input
 from toolkit.errors import Interrupted, ToolkitError
 from toolkit.machine import measure_peak_gflops, usable_cpus
 from toolkit.manifest import file_sha256
-from toolkit.model import LOGITS, build_model, check_fits, count_params, flops_per_image, interface_of, load_keras_model
+from toolkit.model import (
+    LOGITS,
+    build_model,
+    check_fits,
+    count_params,
+    flops_per_image,
+    interface_of,
+    load_keras_model,
+    title_of,
+)
 from toolkit.training.batches import fit_inputs, make_batches, training_data
 from toolkit.training.checkpoint import (
     STATE,
@@ -268,6 +277,8 @@ def finish(
     contract = training_contract(config, model)
     accuracy, loss, train_images = _evaluate(model, dataset, config, contract)
     model_path = ws.model(workspace)
+    if config.model_file is not None:  # the file keeps the user's own name; every load renames it alike
+        model.name = title_of(config.model_file) or model.name
     with fsio.atomic_path(model_path) as tmp:
         model.save(tmp)
     params = count_params(model)

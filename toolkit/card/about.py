@@ -8,6 +8,7 @@ from typing import Any
 
 from toolkit.card.header import Header
 from toolkit.errors import ToolkitError, first_line
+from toolkit.tables import markdown_text
 
 
 def intro_own(header: Header, metrics: dict[str, Any] | None) -> list[str]:
@@ -21,7 +22,7 @@ def intro_own(header: Header, metrics: dict[str, Any] | None) -> list[str]:
         else "data not recorded (no metrics.json: the model was trained elsewhere)"
     )
     return [
-        f"# Model card: {header.name or 'model'}",
+        f"# Model card: {markdown_text(header.title or header.name or 'model')}",
         "",
         f"An image classifier ({shape} input, {len(labels)} classes: {', '.join(labels[:20])}"
         f"{', ...' if len(labels) > 20 else ''}) exported for edge runtimes. Its model file is "

@@ -25,6 +25,7 @@ class Equalization:
 @dataclass(frozen=True)
 class Header:
     name: str | None  # None: not recorded (the reference model's manifests predate the field)
+    title: str | None  # the model's own name as the user wrote it (name is its file-name form)
     file: str
     sha256: str | None
     input_shape: list[int]
@@ -42,6 +43,7 @@ class Header:
         versions = m.get("versions")
         return cls(
             name=model.get("name"),
+            title=model.get("title") if isinstance(model.get("title"), str) else None,
             file=_text(model.get("file"), "model.keras"),
             sha256=model.get("sha256"),
             input_shape=shape if isinstance(shape, list) and all(isinstance(s, int) for s in shape) else [],

@@ -38,6 +38,7 @@ from toolkit.model import (
     file_stem,
     flops_per_image,
     interface_of,
+    title_of,
     with_probabilities,
 )
 from toolkit.runtimes import load as load_runner
@@ -310,6 +311,7 @@ def export_header(ctx: ExportContext, interface: Interface, changes: list, datas
     return {
         "model": {
             "name": ctx.name,
+            "title": title_of(ctx.model_path) or ctx.name,  # the model's own name, as the user wrote it
             "file": ctx.model_path.name,
             "sha256": ctx.sha256(ctx.model_path),
             "input_shape": list(interface.input_shape),
