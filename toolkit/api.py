@@ -95,6 +95,25 @@ def train(
     return train_lib.train(ws, _data(data, ws, progress), settings, resume=resume, callbacks=callbacks, say=say)
 
 
+def process_of_run():
+    """This process's place in a multi-process training run (rank 0 of 1 where none is set up), from the variables
+    of the configured backend; nothing is imported."""
+    from toolkit.backend import configure
+    from toolkit.cluster import cluster
+
+    return cluster(configure())
+
+
+def launch_processes(argv: list[str], processes: int) -> int:
+    """Run `toolkit argv...` as `processes` processes of one run on this machine, joined on loopback ports the OS
+    chooses; the run's exit status."""
+    from toolkit import children
+    from toolkit.backend import configure
+    from toolkit.training.processes import launch
+
+    return launch(children.module("toolkit", *argv), configure(), processes)
+
+
 @dataclass
 class ExportResult:
     """What `export` wrote, its verification (None with verify=False), and the formats that could not carry the

@@ -6,8 +6,9 @@ JAX otherwise (a GPU machine may have a JAX-CUDA stack and no TensorFlow); the u
 `TOOLKIT_CPU_DEVICES=N` splits the CPU into N simulated devices, so that multi-device (data-parallel) training runs
 and is tested on a machine without accelerators: JAX gets `--xla_force_host_platform_device_count=N` in XLA_FLAGS
 (read when JAX is first imported), TensorFlow N logical CPUs (set before its runtime starts). Both must happen
-before anything else imports the backend, hence here. So must a multi-host JAX run's
-`keras.distribution.initialize()`, called here where KERAS_DISTRIBUTION_NUM_PROCESSES is above 1.
+before anything else imports the backend, hence here. So must joining a run of several
+processes: JAX's `keras.distribution.initialize()` where KERAS_DISTRIBUTION_NUM_PROCESSES is above 1, TensorFlow's
+MultiWorkerMirroredStrategy where TF_CONFIG names several workers.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import importlib.util
 import os
 import re
 import sys
+
+from toolkit.cluster import Cluster, Watchdog, cluster, stalled, timeout
 
 CPU_DEVICES_VARIABLE = "TOOLKIT_CPU_DEVICES"
 MAX_CPU_DEVICES = 64
@@ -31,12 +34,6 @@ def simulated_cpu_devices() -> int | None:
 
         raise ToolkitError(f"{CPU_DEVICES_VARIABLE}={value[:20]!r}: must be a whole number from 1 to {MAX_CPU_DEVICES}")
     return int(value)
-
-
-def _processes() -> int:
-    """KERAS_DISTRIBUTION_NUM_PROCESSES: the hosts of a multi-host JAX run (Keras' own variable); 1 if unset."""
-    value = os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", "").strip()
-    return int(value) if value.isdigit() else 1
 
 
 def _simulate_for_jax(n: int) -> None:
@@ -100,10 +97,39 @@ def keras():
             import tensorflow as tf
 
             _simulate_for_tensorflow(tf, simulated)
-        if backend == "jax" and _processes() > 1:
-            import keras as _keras
-
-            _keras.distribution.initialize()  # reads KERAS_DISTRIBUTION_JOB_ADDRESSES and _PROCESS_ID too
+        _join(cluster(backend))
     import keras as _keras
 
     return _keras
+
+
+_MULTI_WORKER = []  # TensorFlow's MultiWorkerMirroredStrategy of this process, made once at start-up
+
+
+def _join(place: Cluster) -> None:
+    """Meet the other processes of a multi-process run before any computation: JAX through Keras' own
+    `keras.distribution.initialize` (gloo collectives on CPU devices), TensorFlow by making its
+    MultiWorkerMirroredStrategy, which must exist before the runtime starts. A peer that never comes ends this
+    process after the stated timeout, in one line."""
+    if place.processes == 1:
+        return
+    from toolkit.fsio import captured_output
+
+    seconds = timeout()  # Keras seeds every process alike as it joins, importing TensorFlow: its start-up chatter
+    with Watchdog(seconds, stalled(place, seconds, "not every process joined")), captured_output():
+        if place.backend == "jax":
+            import jax
+            import keras as _keras
+
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+            _keras.distribution.initialize()  # reads KERAS_DISTRIBUTION_JOB_ADDRESSES, _NUM_PROCESSES, _PROCESS_ID
+        else:
+            import tensorflow as tf
+
+            options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=seconds)
+            _MULTI_WORKER.append(tf.distribute.MultiWorkerMirroredStrategy(communication_options=options))
+
+
+def multi_worker_strategy():
+    """The MultiWorkerMirroredStrategy this TensorFlow worker made at start-up, or None."""
+    return _MULTI_WORKER[0] if _MULTI_WORKER else None

@@ -8,6 +8,7 @@ Errors a user can fix (`ToolkitError`) become one red line and exit code 1; bad 
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -104,6 +105,14 @@ def train(
         help="Data-parallel replicas (the global batch split over them). Default: every visible GPU, else 1 CPU "
         "device (TOOLKIT_CPU_DEVICES=N simulates N).",
     ),
+    processes: int = typer.Option(
+        1,
+        "--processes",
+        min=1,
+        max=64,
+        help="Train as N processes of one multi-host run on this machine (loopback, jax or tensorflow backend); "
+        "each gets TOOLKIT_CPU_DEVICES devices.",
+    ),
     model: Optional[Path] = typer.Option(
         None, "--model", help="Train this Keras model (.keras) from its initial weights instead of the reference CNN."
     ),
@@ -115,12 +124,19 @@ def train(
     json_out: Optional[str] = JsonOption,
 ):
     """Train the reference CNN, or --model, (on a GPU when one is visible); write DIR/model.keras and metrics.json."""
+    place = api.process_of_run()
+    if processes > 1 and place.processes == 1:  # this call starts the run's processes, each this same command
+        raise typer.Exit(api.launch_processes(sys.argv[1:], processes))
     ds = load_data(data_dir, dataset, image_size, workspace)
-    show_data_report(api.describe_data(ds), ds, brief=True)
+    if place.chief:
+        show_data_report(api.describe_data(ds), ds, brief=True)
     given = locals()
     config = {k: v for k, v in given.items() if k in TrainConfig.__dataclass_fields__}  # the options, by their names
-    callbacks = [keras_progress_callback()]
+    callbacks = [keras_progress_callback()] if place.chief else []  # progress from rank 0 only
     result = api.train(workspace, ds, model, resume=resume, callbacks=callbacks, progress=console.print, **config)
+    if not place.chief:
+        console.print(f"{place.describe()}: finished; rank 0 wrote {result.model_path}")
+        return
     show_training(result)
     m = result.metrics
     write_json_output(json_out, m)

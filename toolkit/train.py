@@ -11,6 +11,7 @@ evaluation that writes metrics.json. Its parts live in `toolkit.training`: the o
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import time
 from collections.abc import Callable
@@ -24,10 +25,12 @@ import numpy as np
 from toolkit import __version__, fsio
 from toolkit import workspace as ws
 from toolkit.backend import keras as _keras
+from toolkit.backend import multi_worker_strategy
+from toolkit.cluster import Cluster, Watchdog, cluster, stalled, timeout
 from toolkit.contract import UNIT, InputContract, decide
 from toolkit.contract import parse as parse_contract
 from toolkit.data import Dataset, to_model_input
-from toolkit.errors import Interrupted, ToolkitError
+from toolkit.errors import Interrupted, ToolkitError, first_line
 from toolkit.machine import measure_peak_gflops, usable_cpus
 from toolkit.manifest import file_sha256
 from toolkit.model import (
@@ -51,7 +54,15 @@ from toolkit.training.checkpoint import (
     resumed_state,
 )
 from toolkit.training.config import DEFAULT_EPOCHS, TrainConfig
-from toolkit.training.replicas import Replicas, device_names, distributed, placement, plan_replicas
+from toolkit.training.processes import FINISH_WAIT, agree, barrier, watchdog_callback
+from toolkit.training.replicas import (
+    Replicas,
+    device_names,
+    distributed,
+    multi_worker_fixes,
+    placement,
+    plan_replicas,
+)
 
 TRAIN_STEP_FACTOR = 3  # a training step costs about 3 forward passes: forward, and backward for inputs and weights
 
@@ -189,6 +200,9 @@ def train(
     config = state.config
 
     replicas, batches, valid, trained_images = _placed_data(dataset, state, training_contract(config), say)
+    place = cluster(replicas.backend)
+    agreed = {**asdict(config), "model_file": None, "data": dataset.sha256, "epoch": state.epoch}
+    agree(place, agreed, multi_worker_strategy())  # one seed, batch and plan on every process, or one line
     with distributed(replicas):  # the model's variables are made here, on the replicas
         model = load_checkpoint(ckpt_dir / "last.keras") if resume else architecture(config, dataset)
         work = work_per_epoch(trained_images, len(valid[0]), model)
@@ -196,24 +210,72 @@ def train(
         state.efficiency = {**work, "peak_float32_gflops": peak, "replicas": replicas.count}
         _set_schedule(model, config, len(batches), resume)
         started = time.perf_counter()
-        data, backend_callbacks = fit_inputs(batches, replicas, config.batch_size)
+        saving = checkpoint_callback(ckpt_dir, state, work, peak, writes=place.chief)  # rank 0 alone writes
+        _fit(model, (batches, valid), state, replicas, [saving, *(callbacks or [])], verbose, ckpt_dir, resume)
+        train_seconds = time.perf_counter() - started
+
+    if not place.chief:
+        return _wait_for_rank_0(workspace, place)
+    result = _finish_or_interrupt(workspace, dataset, state, replicas, train_seconds)
+    if place.processes > 1:
+        barrier(place, "toolkit-finished", multi_worker_strategy())  # the others return once the files are written
+    return result
+
+
+def _fit(
+    model,
+    data: tuple,
+    state: TrainState,
+    replicas: Replicas,
+    callbacks: list,
+    verbose: int,
+    ckpt_dir: Path,
+    resume: bool,
+) -> None:
+    """Keras' fit over this process's batches, watched where several processes train together."""
+    (batches, valid), config, place = data, state.config, cluster(replicas.backend)
+    fit = fit_inputs(batches, replicas, config.batch_size, valid)
+    if multi_worker_strategy() is not None:
+        multi_worker_fixes(model, batches[0])
+    with _watched(place, ckpt_dir) as watch:
         try:
             model.fit(
-                data,
                 shuffle=False,  # the batches shuffle themselves by (seed, epoch); Keras' own would use Python's
                 # global random state, which a resumed run does not share with an uninterrupted one
-                validation_data=valid if len(valid[0]) else None,
-                validation_batch_size=config.batch_size,
                 epochs=config.epochs,
                 initial_epoch=state.epoch,
-                callbacks=[*backend_callbacks, checkpoint_callback(ckpt_dir, state, work, peak), *(callbacks or [])],
+                **{**fit, "callbacks": [*fit["callbacks"], *watch, *callbacks]},
                 verbose=verbose,
             )
         except KeyboardInterrupt:
             raise interrupted(ckpt_dir, kept=resume or state.epoch > 0) from None
-        train_seconds = time.perf_counter() - started
+        except Exception as e:  # a collective that failed because a peer went away
+            if place.processes == 1:
+                raise
+            raise ToolkitError(f"{place.describe()}: training stopped ({first_line(e, 200)})") from None
 
-    return _finish_or_interrupt(workspace, dataset, state, replicas, train_seconds)
+
+@contextlib.contextmanager
+def _watched(place: Cluster, ckpt_dir: Path):
+    """In a run of several processes, a watchdog over the steps (its callback is yielded): a peer that died leaves
+    this process waiting in a collective; after the stated timeout it ends in one line."""
+    if place.processes == 1:
+        yield []
+        return
+    seconds = timeout()
+    with Watchdog(seconds, stalled(place, seconds, "no training step finished", ckpt_dir)) as dog:
+        yield [watchdog_callback(dog)]
+
+
+def _wait_for_rank_0(workspace: Path, place: Cluster) -> TrainResult:
+    """What a process other than rank 0 does after the epochs: wait until rank 0 has evaluated the model and
+    written model.keras and metrics.json (on rank 0's disk; on one machine, the same files)."""
+    seconds = FINISH_WAIT * timeout()
+    with Watchdog(seconds, stalled(place, seconds, "rank 0 wrote no model")):
+        barrier(place, "toolkit-finished", multi_worker_strategy())
+    metrics_path = ws.metrics(workspace)
+    metrics = fsio.read_json(metrics_path) if metrics_path.is_file() else {}
+    return TrainResult(model_path=ws.model(workspace), metrics_path=metrics_path, metrics=metrics)
 
 
 def _finish_the_checkpoint(workspace: Path, dataset: Dataset, state: TrainState) -> TrainResult:
@@ -247,7 +309,7 @@ def _placed_data(
     kept_valid = len(x_valid) - split["dropped_validation_images"]
     state.replicas = {**split, "devices": list(replicas.devices), "simulated": replicas.simulated}
 
-    batches = make_batches(x_train, y_train, config, state.epoch, replicas.count)
+    batches = make_batches(x_train, y_train, config, state.epoch, replicas.count, (replicas.rank, replicas.processes))
     trained_images = len(x_train) - split["dropped_train_images_per_epoch"]
     return replicas, batches, (x_valid[:kept_valid], y_valid[:kept_valid]), trained_images
 

@@ -8,6 +8,7 @@ the state is a dataclass whose fields are the keys of state.json, and what is re
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -69,12 +70,24 @@ class TrainState:
         fsio.write_json(ckpt_dir / STATE, asdict(self))
 
 
-def checkpoint_callback(ckpt_dir: Path, state: TrainState, work: dict[str, int], peak_gflops: float | None):
-    """The Keras callback that times each epoch and checkpoints it (`state` is updated in place)."""
+def checkpoint_callback(
+    ckpt_dir: Path, state: TrainState, work: dict[str, int], peak_gflops: float | None, writes: bool = True
+):
+    """The Keras callback that times each epoch and checkpoints it (`state` is updated in place). With `writes`
+    False (every process of a run but rank 0), the same saves go to a folder that is removed at once: saving a model
+    whose variables span several JAX processes is a collective step that every process must take, in step."""
 
     class Checkpoint(_keras().callbacks.Callback):
         """After each epoch: the last state (for --resume) and, when validation accuracy improved (or without
         validation, always), the best."""
+
+        def _save(self, name: str) -> None:
+            if writes:
+                with fsio.atomic_path(ckpt_dir / name) as tmp:
+                    self.model.save(tmp)
+                return
+            with tempfile.TemporaryDirectory() as scratch:
+                self.model.save(Path(scratch) / name)
 
         def on_epoch_begin(self, epoch, logs=None):
             self._t0 = time.perf_counter()
@@ -87,12 +100,11 @@ def checkpoint_callback(ckpt_dir: Path, state: TrainState, work: dict[str, int],
             if peak_gflops:
                 logs["fraction_of_peak"] = gflops / peak_gflops
             if state.record_epoch(epoch + 1, seconds, gflops, logs):
-                with fsio.atomic_path(ckpt_dir / "best.keras") as tmp:
-                    self.model.save(tmp)
-            with fsio.atomic_path(ckpt_dir / "last.keras") as tmp:
-                self.model.save(tmp)
+                self._save("best.keras")
+            self._save("last.keras")
             state.epoch = epoch + 1  # only now: an interrupt before this line kept no new epoch
-            state.save(ckpt_dir)
+            if writes:
+                state.save(ckpt_dir)
 
     return Checkpoint()
 

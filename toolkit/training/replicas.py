@@ -13,8 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from toolkit.backend import CPU_DEVICES_VARIABLE, simulated_cpu_devices
+from toolkit.backend import CPU_DEVICES_VARIABLE, multi_worker_strategy, simulated_cpu_devices
 from toolkit.backend import keras as _keras
+from toolkit.cluster import cluster
 from toolkit.errors import ToolkitError
 from toolkit.training.config import TrainConfig
 
@@ -29,6 +30,8 @@ class Replicas:
     devices: tuple[str, ...]  # the devices used
     visible: int  # how many of that kind the backend sees
     simulated: bool  # CPU devices split by TOOLKIT_CPU_DEVICES
+    processes: int = 1  # the processes (hosts) the devices belong to; each reads 1/processes of every batch
+    rank: int = 0  # this process's
 
     @property
     def count(self) -> int:
@@ -39,14 +42,15 @@ class Replicas:
         if self.count == 1:
             return "single device"
         if self.backend == "tensorflow":
-            return "tf.distribute.MirroredStrategy"
+            return "tf.distribute." + ("MultiWorkerMirroredStrategy" if self.processes > 1 else "MirroredStrategy")
         return "keras.distribution.DataParallel"
 
     def describe(self) -> str:
         what = "simulated CPU devices" if self.simulated else f"{self.kind.upper()}s"
         if self.count == 1:
             return f"1 device ({self.devices[0]}{', simulated' if self.simulated else ''}; {self.visible} visible)"
-        return f"{self.count} replicas, data parallel ({self.engine}) on {self.count} of {self.visible} {what}"
+        where = f" of {self.processes} processes" if self.processes > 1 else ""
+        return f"{self.count} replicas, data parallel ({self.engine}) on {self.count} of {self.visible} {what}{where}"
 
 
 def _visible(keras, backend: str) -> tuple[str, list[str]]:
@@ -69,9 +73,15 @@ def _visible(keras, backend: str) -> tuple[str, list[str]]:
 
 
 def plan_replicas(asked: int | None = None) -> Replicas:
-    """Every visible accelerator (or simulated CPU device) unless `asked` names how many; one line if it cannot."""
+    """Every visible accelerator (or simulated CPU device) unless `asked` names how many; one line if it cannot.
+    In a run of several processes, the devices of every process (JAX), or one device a worker (TensorFlow)."""
     keras = _keras()
     backend = keras.config.backend()
+    place = cluster(backend)
+    strategy = multi_worker_strategy()
+    if strategy is not None:  # TensorFlow's workers: one replica each, named as the strategy names them
+        names = [f"/job:worker/task:{i}/device:CPU:0" for i in range(strategy.num_replicas_in_sync)]
+        return Replicas(backend, "cpu", tuple(names), len(names), False, place.processes, place.rank)
     kind, names = _visible(keras, backend)
     n = len(names) if asked is None else asked
     if not 1 <= n <= len(names):
@@ -82,7 +92,9 @@ def plan_replicas(asked: int | None = None) -> Replicas:
     if n > 1 and backend not in ("jax", "tensorflow"):
         raise ToolkitError(f"--devices {n}: data-parallel training needs the jax or tensorflow backend, not {backend}")
     simulated = kind == "cpu" and simulated_cpu_devices() is not None
-    return Replicas(backend, kind, tuple(str(d) for d in names[:n]), len(names), simulated)
+    if place.processes > 1 and n != len(names):
+        raise ToolkitError(f"--devices {n}: a run of {place.processes} processes uses every device of each")
+    return Replicas(backend, kind, tuple(str(d) for d in names[:n]), len(names), simulated, place.processes, place.rank)
 
 
 @contextlib.contextmanager
@@ -92,12 +104,16 @@ def distributed(replicas: Replicas):
     keras = _keras()
     if replicas.count == 1:
         yield
-    elif replicas.backend == "jax":
-        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=list(replicas.devices)))
+    elif replicas.backend == "jax":  # each process feeds its own shard of every batch (make_batches)
+        parallel = keras.distribution.DataParallel(devices=list(replicas.devices), auto_shard_dataset=False)
+        keras.distribution.set_distribution(parallel)
         try:
             yield
         finally:
             keras.distribution.set_distribution(None)
+    elif multi_worker_strategy() is not None:
+        with multi_worker_strategy().scope():
+            yield
     else:
         import tensorflow as tf
 
@@ -143,6 +159,8 @@ def split_batches(config: TrainConfig, replicas: Replicas, train_images: int, va
         "replicas": n,
         "global_batch": config.batch_size,
         "per_replica_batch": config.batch_size // n,
+        "processes": replicas.processes,
+        "per_process_batch": config.batch_size // replicas.processes,
         "learning_rate_rule": "unchanged: the global batch is --batch-size whatever the replica count",
         "dropped_train_images_per_epoch": train_images % config.batch_size if n > 1 else 0,
         "dropped_validation_images": valid_images % n,
@@ -160,6 +178,13 @@ def placement(
         _keras().mixed_precision.set_global_policy("mixed_float16")
     split = split_batches(config, replicas, train_images, valid_images)
     held_out = "all training images (--all-data)" if config.all_data else "the train split"
+    if replicas.processes > 1:  # every process says this once; the lines below come from rank 0 only
+        say(
+            f"Process {replicas.rank} of {replicas.processes} joined ({cluster(replicas.backend).address}); it reads "
+            f"{split['per_process_batch']} images of each global batch of {config.batch_size}"
+        )
+    if replicas.rank:
+        return replicas, split
     say(f"Training on {replicas.describe()} with Keras backend {replicas.backend}, on {held_out}")
     if replicas.count > 1:
         say(
@@ -184,3 +209,30 @@ def one_step_at_a_time(replicas: Replicas) -> list:
                 float(logs["loss"])
 
     return [OneStepAtATime()]
+
+
+def multi_worker_fixes(model, sample: tuple) -> None:
+    """Make Keras' fit run under TensorFlow's MultiWorkerMirroredStrategy, which Keras 3 breaks in two places
+    (keras-team/keras#20585, open; measured with Keras 3.15 and TensorFlow 2.21): it builds the model from a first
+    batch averaged over the workers, with one `strategy.reduce` of the whole (x, y) structure, which the strategy
+    refuses; and it averages each step's scalar logs with `reduce(..., axis=0)`, which a scalar has not. Here the
+    model is built from the shape of `sample` (one process's batch; only shapes are read), and scalars are averaged
+    over the replicas as the strategy documents. No effect on the gradients: those are all-reduced by the strategy."""
+    from keras.src.backend.tensorflow import trainer
+
+    if not getattr(trainer.reduce_per_replica, "toolkit_fixed", False):
+        original = trainer.reduce_per_replica
+
+        def reduce_per_replica(values, strategy, reduction):
+            if reduction in ("auto", "mean") and trainer._collective_all_reduce_multi_worker(strategy):
+                return _keras().tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+            return original(values, strategy, reduction)
+
+        reduce_per_replica.toolkit_fixed = True
+        trainer.reduce_per_replica = reduce_per_replica
+
+    def build(iterator=None, data_batch=None):
+        with model.distribute_strategy.scope():
+            model._symbolic_build(data_batch=sample)
+
+    model._maybe_symbolic_build = build
