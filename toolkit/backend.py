@@ -18,7 +18,7 @@ import os
 import re
 import sys
 
-from toolkit.cluster import Cluster, Watchdog, cluster, stalled, timeout
+from toolkit.cluster import Cluster, Watchdog, cluster, leave_quickly_on_failure, stalled, timeout
 
 CPU_DEVICES_VARIABLE = "TOOLKIT_CPU_DEVICES"
 MAX_CPU_DEVICES = 64
@@ -128,6 +128,7 @@ def _join(place: Cluster) -> None:
 
             options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=seconds)
             _MULTI_WORKER.append(tf.distribute.MultiWorkerMirroredStrategy(communication_options=options))
+    leave_quickly_on_failure()
 
 
 def multi_worker_strategy():

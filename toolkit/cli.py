@@ -74,6 +74,14 @@ def data(
 # --------------------------------------------------------------------------------------------- train
 
 TRAIN_DEFAULTS = TrainConfig()  # one home for the defaults: the options show these
+ProcessesOption = typer.Option(
+    1,
+    "--processes",
+    min=1,
+    max=64,
+    help="Train as N processes of one multi-host run on this machine (loopback; jax or tensorflow backend), each "
+    "with TOOLKIT_CPU_DEVICES devices; TOOLKIT_PROCESS_TIMEOUT seconds (300) before a stalled one gives up.",
+)
 
 
 @command
@@ -105,14 +113,7 @@ def train(
         help="Data-parallel replicas (the global batch split over them). Default: every visible GPU, else 1 CPU "
         "device (TOOLKIT_CPU_DEVICES=N simulates N).",
     ),
-    processes: int = typer.Option(
-        1,
-        "--processes",
-        min=1,
-        max=64,
-        help="Train as N processes of one multi-host run on this machine (loopback, jax or tensorflow backend); "
-        "each gets TOOLKIT_CPU_DEVICES devices.",
-    ),
+    processes: int = ProcessesOption,
     model: Optional[Path] = typer.Option(
         None, "--model", help="Train this Keras model (.keras) from its initial weights instead of the reference CNN."
     ),

@@ -6,11 +6,11 @@ before any computation), and training needs them after.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -79,35 +79,48 @@ def timeout() -> float:
     return seconds
 
 
+# the watchdog's own process: it reads beats from its stdin; a pause longer than the timeout ends the watched
+# process (its pid is argv[1]) after one line on the shared stderr; end of input (the watch closed) ends it quietly
+_WATCH = """
+import os, select, signal, sys
+parent, seconds, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+while True:
+    ready, _, _ = select.select([0], [], [], seconds)
+    if not ready:
+        os.write(2, ("error: " + message + "\\n").encode())
+        os.kill(parent, signal.SIGKILL)
+        break
+    if not os.read(0, 4096):
+        break
+"""
+
+
 class Watchdog:
     """Ends this process with one line when no beat came for `seconds`: a peer that died or never joined leaves the
-    others blocked inside a collective, where no exception ever reaches Python. `os._exit`, because the engine's
-    own exit handlers would wait on the same dead peer."""
+    others blocked inside a collective, where no exception ever reaches Python and no Python thread runs (the wait
+    holds the interpreter), so the watch is a small process of its own, fed a byte per beat. It ends this process
+    with SIGKILL: the engine's own exit handlers would wait on the same dead peer."""
 
     def __init__(self, seconds: float, message: Callable[[], str]):
         self.seconds, self.message = seconds, message
-        self._last, self._stop = time.monotonic(), threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._stderr = os.dup(2)  # the terminal's, even while a block captures descriptor 2 (engine chatter)
+        self._watch: subprocess.Popen | None = None
 
     def __enter__(self) -> Watchdog:
-        self._thread.start()
+        from toolkit.children import python
+
+        command = python(_WATCH, str(os.getpid()), str(self.seconds), self.message())
+        self._watch = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        os.close(self._stderr)
+        self._watch.stdin.close()
+        self._watch.wait()
 
     def beat(self) -> None:
-        self._last = time.monotonic()
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.5):
-            if time.monotonic() - self._last > self.seconds:
-                sys.stderr.flush()
-                os.write(self._stderr, f"error: {self.message()}\n".encode())
-                os._exit(3)
+        try:
+            os.write(self._watch.stdin.fileno(), b".")
+        except OSError:  # the watch ended: this process is being stopped
+            pass
 
 
 def stalled(place: Cluster, seconds: float, what: str, ckpt_dir=None) -> Callable[[], str]:
@@ -122,3 +135,18 @@ def stalled(place: Cluster, seconds: float, what: str, ckpt_dir=None) -> Callabl
         f"{place.describe()}: {what} within {seconds:g} s ({TIMEOUT_VARIABLE}): another process of the run died or "
         f"never joined{kept}"
     )
+
+
+_FAILED: list[str] = []
+
+
+def leave_quickly_on_failure() -> None:
+    """Once this process has joined a run: should it fail (`failed`), it exits as soon as its one line is out.
+    JAX's own exit handler (registered as the process joined, so run after this one) waits at a shutdown barrier
+    for every peer, and a dead peer makes it abort after its 100 s heartbeat timeout, with a C++ stack trace."""
+    atexit.register(lambda: _FAILED and (sys.stdout.flush(), sys.stderr.flush(), os._exit(1)))
+
+
+def failed(reason: str) -> None:
+    """Mark this process's run as failed (see `leave_quickly_on_failure`)."""
+    _FAILED.append(reason)

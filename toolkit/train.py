@@ -26,7 +26,7 @@ from toolkit import __version__, fsio
 from toolkit import workspace as ws
 from toolkit.backend import keras as _keras
 from toolkit.backend import multi_worker_strategy
-from toolkit.cluster import Cluster, Watchdog, cluster, stalled, timeout
+from toolkit.cluster import Cluster, Watchdog, cluster, failed, stalled, timeout
 from toolkit.contract import UNIT, InputContract, decide
 from toolkit.contract import parse as parse_contract
 from toolkit.data import Dataset, to_model_input
@@ -248,11 +248,16 @@ def _fit(
                 verbose=verbose,
             )
         except KeyboardInterrupt:
+            failed("interrupted")
             raise interrupted(ckpt_dir, kept=resume or state.epoch > 0) from None
         except Exception as e:  # a collective that failed because a peer went away
             if place.processes == 1:
                 raise
-            raise ToolkitError(f"{place.describe()}: training stopped ({first_line(e, 200)})") from None
+            failed(first_line(e, 200))
+            raise ToolkitError(
+                f"{place.describe()}: training stopped, another process of the run failed or went away "
+                f"({first_line(e, 200)}); the last finished epoch, if any, is kept in {ckpt_dir}"
+            ) from None
 
 
 @contextlib.contextmanager

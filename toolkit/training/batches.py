@@ -19,17 +19,16 @@ from toolkit.training.replicas import Replicas, one_step_at_a_time
 
 
 def random_shift(
-    images: np.ndarray, rng: np.random.Generator, max_shift: int = 2, part: slice | None = None
+    images: np.ndarray, rng: np.random.Generator, max_shift: int = 2, part: tuple[int, int] | None = None
 ) -> np.ndarray:
     """Shift each image by up to `max_shift` pixels in x and y, filling with black (images: N, 28, 28[, 1]). With
-    `part`, `images` are that part of a batch whose shifts `rng` draws whole: a process's shard is shifted as the
-    same images are in one process's run."""
+    `part` = (first, batch), `images` are positions first.. of a batch of `batch` whose shifts `rng` draws whole: a
+    process's shard is shifted as the same images are in one process's run."""
     n, h, w = images.shape[:3]
     padded = np.pad(images, ((0, 0), (max_shift, max_shift), (max_shift, max_shift)) + ((0, 0),) * (images.ndim - 3))
-    drawn = n if part is None else part.stop
-    part = part or slice(0, n)
-    dy = rng.integers(-max_shift, max_shift + 1, size=drawn)[part]
-    dx = rng.integers(-max_shift, max_shift + 1, size=drawn)[part]
+    first, drawn = part or (0, n)
+    dy = rng.integers(-max_shift, max_shift + 1, size=drawn)[first : first + n]
+    dx = rng.integers(-max_shift, max_shift + 1, size=drawn)[first : first + n]
     rows = (np.arange(h)[None, :] + max_shift - dy[:, None])[:, :, None]
     cols = (np.arange(w)[None, :] + max_shift - dx[:, None])[:, None, :]
     return padded[np.arange(n)[:, None, None], rows, cols]
@@ -79,8 +78,8 @@ def make_batches(
 
         def __getitem__(self, i):
             idx = self.perm[i * batch_size : (i + 1) * batch_size]
-            part = share if processes > 1 else None
-            idx = idx[part] if part else idx
+            part = (share.start, len(idx)) if processes > 1 else None
+            idx = idx[share] if part else idx
             xb = x[idx]
             if augment:
                 xb = random_shift(xb, np.random.default_rng([seed, self.epoch, i]), part=part)

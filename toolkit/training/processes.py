@@ -21,7 +21,7 @@ import threading
 import time
 import zlib
 
-from toolkit.cluster import Cluster, Watchdog, timeout
+from toolkit.cluster import Cluster, Watchdog, failed, timeout
 from toolkit.errors import ToolkitError
 
 FINISH_WAIT = 10  # the other processes wait this many timeouts for rank 0's final evaluation and writes
@@ -100,6 +100,7 @@ def agree(place: Cluster, what: dict[str, object], strategy=None) -> None:
     prints = [row[0] for row in gather(place, [mine], strategy)]
     others = [rank for rank, p in enumerate(prints) if p != prints[0]]
     if others:
+        failed("options differ")
         raise ToolkitError(
             f"{place.describe()}: process(es) {others} were started with other options or data than rank 0 "
             f"(seed, batch size, epochs, data); start every process with the same command"
