@@ -11,7 +11,7 @@ ifneq ($(SHARED_MNIST),)
 export TOOLKIT_DATA_DIR ?= $(abspath $(SHARED_MNIST))
 endif
 
-.PHONY: setup chromium demo release train export verify benchmark report web serve screenshot lint test test-fast clean
+.PHONY: setup chromium qemu arm64 demo release train export verify benchmark report web serve screenshot lint test test-fast clean
 
 $(BIN)/toolkit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,19 @@ chromium:
 	else SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo -n ); export DEBIAN_FRONTEND=noninteractive; \
 	  $$SUDO apt-get install -y -qq chromium >/dev/null || { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }; \
 	  command -v chromium; fi
+
+# Debian's QEMU user-mode emulator and debootstrap, for the ARM64 checks (`toolkit verify --arch arm64`). Root or sudo.
+qemu:
+	@if command -v qemu-aarch64-static >/dev/null && command -v debootstrap >/dev/null && command -v update-binfmts >/dev/null; \
+	then echo "qemu: $$(command -v qemu-aarch64-static)"; \
+	else SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo -n ); export DEBIAN_FRONTEND=noninteractive; \
+	  pkgs="qemu-user-static debootstrap binfmt-support"; \
+	  $$SUDO apt-get install -y -qq $$pkgs >/dev/null || { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$pkgs >/dev/null; }; \
+	  command -v qemu-aarch64-static; fi
+
+# The ARM64 userland in the cache (about 10 minutes the first time, reused after): `toolkit arm64 setup`
+arm64: setup qemu
+	$(BIN)/toolkit arm64 setup
 
 # The main job on a fresh machine, in runs/demo so that the committed release in exported/ stays as it is.
 DEMO_DIR ?= runs/demo
@@ -94,7 +107,7 @@ lint: setup
 
 # CI: lint, then the fast unit tier, then the end-to-end tier (training, every format, Chromium, the npm registry)
 FAST := not slow and not network and not browser
-test: setup chromium lint
+test: setup chromium qemu lint
 	$(BIN)/python -m pytest -m "$(FAST)" --durations=15
 	$(BIN)/python -m pytest -m "not ($(FAST))" --durations=15
 
