@@ -14,7 +14,6 @@ file, about ten times slower under emulation, on a stated, seeded, class-balance
 from __future__ import annotations
 
 import shutil
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -54,9 +53,7 @@ def describe(userland: ul.Userland, cpu: str, folder: Path | None = None, chroot
 def run_inside(userland: ul.Userland, chroot: list[str], cpu: str, folder: Path, request: dict, name: str) -> dict:
     """Run one request in the userland under QEMU's `-cpu`; what the inside wrote about the run."""
     fsio.write_json(folder / f"{name}.json", request)
-    python = [ul.QEMU, "-cpu", cpu, f"{ul.VENV}/bin/python", "-m", "toolkit.arm64.inside", f"{ul.INSIDE}/{name}.json"]
-    options = dict(capture_output=True, text=True, timeout=RUN_TIMEOUT, stdin=subprocess.DEVNULL)
-    proc = subprocess.run([*chroot, *python], **options)
+    proc = ul.run_python(chroot, cpu, ["-m", "toolkit.arm64.inside", f"{ul.INSIDE}/{name}.json"], RUN_TIMEOUT)
     if proc.returncode != 0:
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         raise ToolkitError(f"ARM64 run ({name}) failed (exit {proc.returncode}): {lines[-1] if lines else ''}")
@@ -237,7 +234,8 @@ def check(
             result.runtime = artifacts.NATIVE_BY_SUFFIX[Path(record.file).suffix.lower()]  # what ran it there
             outcome.results.append(result)
             entries[record.file] = {**result.to_dict(), "emulation": scorer.emulation(len(ref.labels), split)}
-            entries[record.file].pop("self_check", None)  # what an app checks is the x86 certificate's
+            for name in ("self_check", "seconds"):  # an app checks the x86 certificate's; emulated time is no figure
+                entries[record.file].pop(name)
     manifest.put_architecture(workspace, ARCH, entries, split)
     outcome.notes.append(f"ran on {scorer.where}; emulated, so no time is a phone's")
     return outcome

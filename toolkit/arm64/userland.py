@@ -127,10 +127,10 @@ def run(command: list[str], what: str, log: Path, timeout: float = 3600, env: di
     return proc.stdout.decode(errors="replace")
 
 
-def mirror() -> str:
+def mirror(etc: Path = Path("/etc/apt")) -> str:
     """apt's own Debian mirror for bookworm (sources.list and deb822 .sources files), else deb.debian.org."""
     found: list[str] = []
-    for path in sorted(Path("/etc/apt").glob("sources.list*")) + sorted(Path("/etc/apt/sources.list.d").glob("*")):
+    for path in sorted(etc.glob("sources.list*")) + sorted((etc / "sources.list.d").glob("*")):
         if not path.is_file() or not path.name.endswith((".list", ".sources", "sources.list")):
             continue
         text = path.read_text(errors="replace")
@@ -264,6 +264,13 @@ def run_folder(userland: Userland) -> Iterator[Path]:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_python(chroot: list[str], cpu: str, args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """The userland's Python (its virtual environment) with `args`, run by QEMU as `cpu`: the one way anything runs
+    inside, so that it is never the host's own Python."""
+    command = [*chroot, QEMU, "-cpu", cpu, f"{VENV}/bin/python", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 def qemu_version(userland: Userland) -> str:

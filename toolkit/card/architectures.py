@@ -64,7 +64,7 @@ def arm64(records: list[ArtifactRecord]) -> list[str]:
         "",
         *[f"Ran on: {where}" for where in runs],
         "",
-        *([f"Images: int8 files on the whole test split; the others on {spot}.", ""] if spot else []),
+        *([f"A row marked spot check ran on {spot}; the others on the whole test split.", ""] if spot else []),
         *markdown_table(columns, [row(r, v) for r, v in found]),
         *(["", "Problems:", "", *failed] if failed else []),
     ]
