@@ -363,6 +363,17 @@ def put_architecture(
     return update(workspace, change)
 
 
+def architecture_results(records: list[ArtifactRecord], arch: str) -> list[tuple[ArtifactRecord, dict[str, Any]]]:
+    """Each record's result on `arch` (`verify --arch`): its verification there, else its spot check there."""
+    found = []
+    for r in records:
+        held = (r.architectures or {}).get(arch) or {}
+        result = held.get("verification") or held.get("spot_check")
+        if isinstance(result, dict) and result.get("images"):
+            found.append((r, result))
+    return found
+
+
 def select(workspace: str | Path | Workspace, files: list[str] | None, kinds: tuple[str, ...]) -> list[ArtifactRecord]:
     """The manifest's artifacts whose runtime is of one of `kinds` (toolkit.artifacts: native, browser, micro), or
     those of them named in `files` (by manifest path, file name, or a path to the file)."""

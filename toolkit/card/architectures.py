@@ -7,19 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from toolkit.manifest import ArtifactRecord
+from toolkit.manifest import ArtifactRecord, architecture_results
 from toolkit.tables import markdown_table
-
-
-def results_of(records: list[ArtifactRecord], arch: str) -> list[tuple[ArtifactRecord, dict[str, Any]]]:
-    """Each record's result on `arch`: its verification there, else its spot check there."""
-    found = []
-    for r in records:
-        held = (r.architectures or {}).get(arch) or {}
-        result = held.get("verification") or held.get("spot_check")
-        if isinstance(result, dict) and result.get("images"):
-            found.append((r, result))
-    return found
 
 
 def row(record: ArtifactRecord, v: dict[str, Any]) -> list[str]:
@@ -44,7 +33,7 @@ def row(record: ArtifactRecord, v: dict[str, Any]) -> list[str]:
 
 def arm64(records: list[ArtifactRecord]) -> list[str]:
     """The ARM64 results, where `toolkit verify --arch arm64` recorded some."""
-    found = results_of(records, "arm64")
+    found = architecture_results(records, "arm64")
     if not found:
         return []
     columns = ["file", "runtime", "images", "accuracy", "Δ vs Keras", "agreement with Keras", "max abs Δp"]
