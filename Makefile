@@ -63,11 +63,12 @@ demo: setup
 	$(BIN)/toolkit benchmark --dir $(DEMO_DIR)
 
 # Rebuild the committed reference release in exported/ (21 min on the AMD EPYC machine's 2 cores, 7.5 of them training).
-release: setup chromium
+release: setup chromium arm64
 	$(BIN)/toolkit train --dir exported
 	$(BIN)/toolkit export --format all --dir exported
 	$(BIN)/toolkit verify --dir exported
 	$(BIN)/toolkit verify --browser --dir exported
+	$(BIN)/toolkit verify --arch arm64 --jobs 2 --dir exported
 	$(BIN)/toolkit quantize --dir exported
 	$(BIN)/toolkit quantize --explain --dir exported
 	$(BIN)/toolkit benchmark --publish --dir exported
