@@ -221,7 +221,7 @@ def check(
     verify.check_same_data(workspace, dataset)
     split = len(dataset.y_test)
     say(f"Keras reference on {split:,} test images")
-    outcome, entries = verify.Verification([]), {}
+    outcome, entries = verify.Verification([], arch=ARCH), {}
     with Loader(workspace, 1, say) as loader:
         full = verify.reference(workspace, dataset, None, loader, allow_chance)
         plans = [(r, part_of(full, balanced(full.labels, images_for(r, limit, split)))) for r in records]
