@@ -4,7 +4,6 @@ emulation (`toolkit.arm64`). Typer only, as `toolkit.cli`, whose `verify` comman
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -30,14 +29,10 @@ CpuOption = typer.Option(
 
 
 @functools.partial(command, group=arm64_app)
-def setup(
-    folder: Optional[Path] = typer.Option(
-        None, "--folder", help="Where the userland is kept. Default: $TOOLKIT_CACHE_DIR/arm64 or ~/.cache/..."
-    ),
-    json_out: Optional[str] = JsonOption,
-):
-    """Make (or reuse) the Debian bookworm arm64 userland with QEMU and the aarch64 wheels; needs root or sudo."""
-    result = api.arm64_setup(folder, progress=lambda msg: console.print(msg, style="dim"))
+def setup(json_out: Optional[str] = JsonOption):
+    """Make (or reuse) the Debian bookworm arm64 userland with QEMU and the aarch64 wheels, in the cache
+    ($TOOLKIT_CACHE_DIR/arm64, else ~/.cache/edge-toolkit/arm64, where `verify --arch` finds it); root or sudo."""
+    result = api.arm64_setup(progress=lambda msg: console.print(msg, style="dim"))
     inside = result.inside
     rows = [
         ["folder", result.folder],

@@ -153,8 +153,18 @@ def enable_binfmt(log: Path) -> None:
         run([*as_root(), "update-binfmts", "--enable", "qemu-aarch64"], "enabling QEMU's aarch64 binfmt entry", log)
 
 
+def unmount_stale(userland: Userland) -> None:
+    """Undo the mounts under the root that a killed run left behind, deepest first: set-ups and runs hold the
+    userland's lock, so a mount found there by the holder is stale."""
+    root = str(userland.root.resolve())
+    points = [line.split()[1].replace("\\040", " ") for line in Path("/proc/mounts").read_text().splitlines()]
+    for point in sorted((p for p in points if p.startswith(root + "/")), key=len, reverse=True):
+        subprocess.run([*as_root(), "umount", "-l", point], capture_output=True)
+
+
 def remove_root(userland: Userland, log: Path) -> None:
-    """Delete a root file system that a step left unfinished (never crossing into a mount)."""
+    """Delete a root file system that a step left unfinished (its mounts undone first, never crossing into one)."""
+    unmount_stale(userland)
     if userland.root.exists():
         run([*as_root(), "rm", "-rf", "--one-file-system", str(userland.root)], "removing an unfinished root", log)
 
@@ -230,6 +240,7 @@ def mounted(userland: Userland, folder: Path, cpu: str | None = None) -> Iterato
     environment.append("PYTHONDONTWRITEBYTECODE=1")
     chroot = [*as_root(), "env", "-i", *environment, "chroot", str(root)]
     done: list[Path] = []
+    unmount_stale(userland)
     try:
         for target, how in zip(targets, commands):
             run([*as_root(), "mkdir", "-p", str(target)], f"making {target}", log)
