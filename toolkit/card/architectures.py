@@ -53,7 +53,11 @@ def arm64(records: list[ArtifactRecord]) -> list[str]:
         "",
         *[f"Ran on: {where}" for where in runs],
         "",
-        *([f"A row marked spot check ran on {spot}; the others on the whole test split.", ""] if spot else []),
+        *(
+            [f"Rows marked spot check: {spot.removeprefix('a spot check: ')}; the others: the whole split.", ""]
+            if spot
+            else []
+        ),
         *markdown_table(columns, [row(r, v) for r, v in found]),
         *(["", "Problems:", "", *failed] if failed else []),
     ]
