@@ -62,7 +62,8 @@ demo: setup
 	$(BIN)/toolkit verify --dir $(DEMO_DIR)
 	$(BIN)/toolkit benchmark --dir $(DEMO_DIR)
 
-# Rebuild the committed reference release in exported/ (21 min on the AMD EPYC machine's 2 cores, 7.5 of them training).
+# Rebuild the committed reference release in exported/ (21 min on the AMD EPYC machine's 2 cores, 7.5 of them training;
+# the ARM64 check adds 13 min, and the userland's first set-up 5 min).
 release: setup chromium arm64
 	$(BIN)/toolkit train --dir exported
 	$(BIN)/toolkit export --format all --dir exported

@@ -162,7 +162,7 @@ def test_a_run_that_fell_back_to_the_hosts_python_is_refused(on_the_host, mnist)
 def test_each_file_must_have_run_on_aarch64(on_the_host, mnist, monkeypatch):
     about = {"machine": "aarch64", "features": ["asimddp"], "key_features": ["asimddp"], "qemu": "none"}
     about |= {"versions": {"python": "3.11.2", "onnxruntime": "x", "ai-edge-litert": "1.4.0", "numpy": "x"}}
-    monkeypatch.setattr(scorer, "describe", lambda *a: {**about, "cpu": "neoverse-n1", "cpu_description": "test"})
+    monkeypatch.setattr(ul, "describe", lambda *a: {**about, "cpu": "neoverse-n1", "cpu_description": "test"})
     outcome = scorer.check(on_the_host, mnist, files=["mnist_cnn.int8.tflite"], limit=50)
     result = next(r for r in outcome.results if r.file == "mnist_cnn.int8.tflite")
     assert not result.passed and "not an ARM64 result" in result.problems[0]
@@ -199,8 +199,8 @@ def test_setup_is_idempotent_and_runs_aarch64(userland):
     assert "asimddp" in inside["features"] and "i8mm" not in inside["features"]
     assert inside["versions"]["onnxruntime"] == "1.32.0" and inside["versions"]["ai-edge-litert"] == "1.4.0"
     folder = ul.Userland(ul.default_folder())
-    assert "asimddp" not in scorer.describe(folder, "cortex-a53")["features"]
-    assert "i8mm" in scorer.describe(folder, "max")["features"]
+    assert "asimddp" not in ul.describe(folder, "cortex-a53")["features"]
+    assert "i8mm" in ul.describe(folder, "max")["features"]
     assert not [line for line in Path("/proc/mounts").read_text().splitlines() if str(folder.root) in line]
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import artifacts, fsio, manifest, runtimes, verify, versions
+from toolkit import artifacts, manifest, runtimes, verify, versions
 from toolkit.arm64 import cpus, inside
 from toolkit.arm64 import userland as ul
 from toolkit.data import Dataset
@@ -34,30 +34,7 @@ ARCH = "arm64"
 FLOAT_IMAGES = 2000  # a float file's spot check by default: about 2.5 minutes per file emulated
 SEED = 0
 BATCH = 256  # images per call of a file that takes a batch (a fixed-batch web model runs image by image)
-RUN_TIMEOUT = 3 * 3600.0
 X86 = "x86_64"
-
-
-def describe(userland: ul.Userland, cpu: str, folder: Path | None = None, chroot: list[str] | None = None) -> dict:
-    """What the userland runs on `cpu`: machine, features, versions (both runtimes imported), QEMU's version.
-    Refused in one line where the machine is not aarch64: the emulator did not run it."""
-    if folder is None or chroot is None:
-        with ul.locked(userland), ul.run_folder(userland) as new, ul.mounted(userland, new, cpu) as command:
-            return describe(userland, cpu, new, command)
-    about = run_inside(userland, chroot, cpu, folder, {"about": "about.json"}, "describe")
-    if about.get("machine") != "aarch64":
-        raise ToolkitError(f"the ARM64 userland ran on {about.get('machine')!r}, not aarch64: it was not emulated")
-    return {**about, "cpu": cpu, "qemu": ul.qemu_version(userland), "cpu_description": cpus.CPUS[cpu][0]}
-
-
-def run_inside(userland: ul.Userland, chroot: list[str], cpu: str, folder: Path, request: dict, name: str) -> dict:
-    """Run one request in the userland under QEMU's `-cpu`; what the inside wrote about the run."""
-    fsio.write_json(folder / f"{name}.json", request)
-    proc = ul.run_python(chroot, cpu, ["-m", "toolkit.arm64.inside", f"{ul.INSIDE}/{name}.json"], RUN_TIMEOUT)
-    if proc.returncode != 0:
-        lines = [line for line in proc.stderr.splitlines() if line.strip()]
-        raise ToolkitError(f"ARM64 run ({name}) failed (exit {proc.returncode}): {lines[-1] if lines else ''}")
-    return fsio.read_json(folder / request["about"])
 
 
 def balanced(labels: np.ndarray, count: int, seed: int = SEED) -> np.ndarray:
@@ -109,7 +86,7 @@ class Arm64Scorer:
 
     def __init__(self, loader: Loader, userland: ul.Userland, cpu: str, folder: Path, chroot: list[str]):
         self.loader, self.userland, self.cpu, self.folder, self.chroot = loader, userland, cpu, folder, chroot
-        self.about = describe(userland, cpu, folder, chroot)
+        self.about = ul.describe(userland, cpu, folder, chroot)
         key = ", ".join(self.about["key_features"]) or "no dot product, fp16 or i8mm"
         inner = self.about["versions"]
         self.where = (
@@ -142,7 +119,7 @@ class Arm64Scorer:
         request = {"file": f"{name}{path.suffix}", "runtime": runtime, "images": f"images-{len(ref.labels)}.npy"}
         request.update(batch=BATCH, out=f"{name}.npy", about=f"{name}.about.json")
         try:
-            about = run_inside(self.userland, self.chroot, self.cpu, self.folder, request, name)
+            about = ul.run_inside(self.chroot, self.cpu, self.folder, request, name)
         except ToolkitError as e:
             return str(e)
         if about.get("machine") != "aarch64":  # never an x86 result passed off as an ARM64 one

@@ -40,6 +40,7 @@ AARCH64_TAGS = ("manylinux_2_17", "manylinux2014", "manylinux_2_28", "manylinux_
 QEMU = "/usr/bin/qemu-aarch64-static"
 VENV = "/opt/venv"
 INSIDE = "/mnt/toolkit"  # where the host folder of a run (the toolkit's source, the request) appears inside
+RUN_TIMEOUT = 3 * 3600.0  # one file on the whole split, emulated, with room to spare
 INSTALL = "apt-get install qemu-user-static debootstrap binfmt-support"
 PREREQUISITES = (("debootstrap", "debootstrap"), ("qemu-aarch64-static", "qemu-user-static"))
 PREREQUISITES += (("update-binfmts", "binfmt-support"), ("chroot", "coreutils"), ("mount", "mount"))
@@ -291,11 +292,31 @@ def qemu_version(userland: Userland) -> str:
     return found.group(1) if found else "unknown"
 
 
+def describe(userland: Userland, cpu: str, folder: Path | None = None, chroot: list[str] | None = None) -> dict:
+    """What the userland runs on `cpu`: machine, features, versions (both runtimes imported), QEMU's version.
+    Refused in one line where the machine is not aarch64: the emulator did not run it."""
+    if folder is None or chroot is None:
+        with locked(userland), run_folder(userland) as new, mounted(userland, new, cpu) as command:
+            return describe(userland, cpu, new, command)
+    about = run_inside(chroot, cpu, folder, {"about": "about.json"}, "describe")
+    if about.get("machine") != "aarch64":
+        raise ToolkitError(f"the ARM64 userland ran on {about.get('machine')!r}, not aarch64: it was not emulated")
+    return {**about, "cpu": cpu, "qemu": qemu_version(userland), "cpu_description": cpus.CPUS[cpu][0]}
+
+
+def run_inside(chroot: list[str], cpu: str, folder: Path, request: dict, name: str) -> dict:
+    """Run one request in the userland under QEMU's `-cpu`; what the inside wrote about the run."""
+    fsio.write_json(folder / f"{name}.json", request)
+    proc = run_python(chroot, cpu, ["-m", "toolkit.arm64.inside", f"{INSIDE}/{name}.json"], RUN_TIMEOUT)
+    if proc.returncode != 0:
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        raise ToolkitError(f"ARM64 run ({name}) failed (exit {proc.returncode}): {lines[-1] if lines else ''}")
+    return fsio.read_json(folder / request["about"])
+
+
 def setup(folder: str | Path | None = None, progress: Progress | None = None) -> SetupResult:
     """Make the userland in `folder` (default: the cache), or reuse what earlier runs made; then check it by
     running the toolkit inside on the default CPU."""
-    from toolkit.arm64 import scorer  # what a run needs, to prove the userland runs it
-
     say = progress or (lambda msg: None)
     userland = Userland(Path(folder) if folder else default_folder())
     check_privileges()
@@ -306,5 +327,5 @@ def setup(folder: str | Path | None = None, progress: Progress | None = None) ->
         result.steps_run += bootstrap(userland, source, log, say)
         result.steps_run += install_venv(userland, log, say)
     result.steps_reused = [s for s in ("first-stage", "second-stage", "venv") if s not in result.steps_run]
-    result.inside = scorer.describe(userland, cpus.DEFAULT_CPU)
+    result.inside = describe(userland, cpus.DEFAULT_CPU)  # what a run needs, proved to run
     return result
