@@ -6,8 +6,8 @@ probabilities: they are scored against the Keras model with the ordinary pass cr
 criteria, against the same file on x86 (the desktop runtime here). The result is a separate entry per file in
 the manifest (`architectures.arm64`); it never replaces the x86 certificate.
 
-Images are chosen honestly: an int8 file runs on the whole test split (about 100 images/s emulated); a float
-file, about ten times slower under emulation, on a stated, seeded, class-balanced subset (a spot check);
+Images are chosen honestly: an int8 file runs on the whole test split; a float file, several times slower under
+emulation, on a stated, seeded, class-balanced subset (a spot check);
 `--limit` takes that subset for every file. Emulated time is never a phone's time, so no latency is recorded.
 """
 
@@ -31,7 +31,7 @@ from toolkit.parity import Reference, compare
 from toolkit.workspace import Workspace
 
 ARCH = "arm64"
-FLOAT_IMAGES = 2000  # a float file's spot check by default: about 2.5 minutes per file emulated
+FLOAT_IMAGES = 2000  # a float file's spot check by default
 SEED = 0
 BATCH = 256  # images per call of a file that takes a batch (a fixed-batch web model runs image by image)
 X86 = "x86_64"

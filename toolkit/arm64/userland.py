@@ -307,7 +307,10 @@ def describe(userland: Userland, cpu: str, folder: Path | None = None, chroot: l
 def run_inside(chroot: list[str], cpu: str, folder: Path, request: dict, name: str) -> dict:
     """Run one request in the userland under QEMU's `-cpu`; what the inside wrote about the run."""
     fsio.write_json(folder / f"{name}.json", request)
-    proc = run_python(chroot, cpu, ["-m", "toolkit.arm64.inside", f"{INSIDE}/{name}.json"], RUN_TIMEOUT)
+    try:
+        proc = run_python(chroot, cpu, ["-m", "toolkit.arm64.inside", f"{INSIDE}/{name}.json"], RUN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise ToolkitError(f"ARM64 run ({name}) did not finish within {RUN_TIMEOUT:.0f} s") from None
     if proc.returncode != 0:
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         raise ToolkitError(f"ARM64 run ({name}) failed (exit {proc.returncode}): {lines[-1] if lines else ''}")
