@@ -119,3 +119,24 @@ def test_the_reference_benchmark_timed_the_committed_files():
     timed = [r for r in rows if r["status"] == "ok"]
     assert timed and {r["artifact"] for r in timed} <= set(committed)
     assert all(r["sha256"] == committed[r["artifact"]] for r in timed)
+
+
+def test_the_phone_files_are_verified_on_arm64():
+    """Every phone file ran on ARM64 kernels (emulated, aarch64 with the dot product): the int8 files on the whole
+    split, the float ones on at least 2,000 images, each agreeing with Keras and with x86, beside the x86 result."""
+    arts = manifest.read(RELEASE)["artifacts"]
+    phone = {n: a for n, a in arts.items() if a["format"] in ("tflite", "onnx", "ort", "micro", "web")}
+    phone = {n: a for n, a in phone.items() if n.endswith((".tflite", ".onnx", ".ort"))}
+    assert len(phone) == 15
+    for name, a in phone.items():
+        v = a["architectures"]["arm64"]["verification"]
+        assert v["passed"] and v["cross_check"]["against"] == "x86_64" and v["cross_check"]["passed"], name
+        assert v["images"] == 10_000 and v["full_split"] if a["variant"] == "int8" else v["images"] >= 2000, name
+        e = v["emulation"]
+        assert e["machine"] == "aarch64" and "asimddp" in e["features"] and e["cpu"] == "neoverse-n1", name
+        assert e["versions_inside"]["ai-edge-litert"] == "1.4.0" and "seconds" not in v, name
+        assert a["verification"]["images"] == 10_000 and "arm64" not in a["verification"]["where"], name
+    card = (RELEASE / "MODEL_CARD.md").read_text()
+    assert "## On ARM64 kernels (emulated)" in card and "| `mnist_cnn.int8.ort` | onnxruntime | 10,000 |" in card
+    summary = (REPO / "benchmarks/results/amd-epyc-2cpu/SUMMARY.md").read_text()
+    assert "## ARM64 kernels under emulation: verified, not timed" in summary

@@ -157,10 +157,10 @@ LAYERS = [
     {"export", "micro", "web"},
     {"loader", "parity"},
     {"verify"},
-    {"bench", "quantize"},
+    {"bench", "quantize", "arm64"},
     {"predict", "report", "card"},
     {"api"},
-    {"console", "commandline", "cli", "__main__"},
+    {"console", "commandline", "cli_arm64", "cli", "__main__"},
 ]
 
 

@@ -213,17 +213,36 @@ def verify(
     threads: int = 1,
     progress: Progress = None,
     allow_chance: bool = False,
+    arch: str | None = None,
+    cpu: str | None = None,
+    jobs: int = 1,
 ):
     """Check every artifact (or `files`) against the Keras model on the test split, in its own runtime (with
     `browser`, the web models in headless Chromium); the results are written into the manifest. A Keras model at
-    chance level fails every file, unless `allow_chance`."""
+    chance level fails every file, unless `allow_chance`. With `arch="arm64"`, the phone files on ARM64 kernels
+    under emulation on `cpu`, `jobs` at once, against Keras and x86, recorded beside the x86 results."""
     from toolkit import verify as verify_lib
     from toolkit.artifacts import BROWSER
 
     ws = Workspace.of(workspace)
+    if arch is not None:
+        from toolkit.arm64 import cpus, scorer
+
+        if arch != scorer.ARCH:
+            raise ToolkitError(f"--arch {arch}: the one other architecture is {scorer.ARCH}")
+        dataset = _data(data, ws, progress)
+        return scorer.check(ws, dataset, cpu or cpus.DEFAULT_CPU, files, limit, jobs, progress, allow_chance)
     kinds = (BROWSER,) if browser else verify_lib.NATIVE_KINDS
     dataset = _data(data, ws, progress)
     return verify_lib.check(ws, dataset, files, limit, kinds, threads, progress=progress, allow_chance=allow_chance)
+
+
+def arm64_setup(folder: str | os.PathLike | None = None, progress: Progress = None):
+    """Make the ARM64 userland (Debian bookworm arm64, QEMU, the aarch64 wheels) in `folder` (default: the
+    cache), or reuse it; what runs inside, as checked."""
+    from toolkit.arm64 import userland
+
+    return userland.setup(folder, progress)
 
 
 def quantize(

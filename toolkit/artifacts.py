@@ -71,6 +71,10 @@ TFLITE_FORMAT, ONNX_FORMAT, MICRO_FORMAT, WEB_FORMAT, RECIPES_FORMAT = "tflite",
 ORT_FORMAT = "ort"  # ONNX Runtime Mobile
 VELA_FORMAT = "vela"  # written by the micro export (one per Ethos-U configuration), never asked for by name
 KERAS_FORMAT = "keras"  # the Keras model itself, as a benchmark row
+# what a phone or an edge board runs, and so what `verify --arch arm64` runs on ARM64 kernels: the files of these
+# formats with these suffixes, in the native runtime of their suffix (the web's files too; not the C array)
+PHONE_FORMATS = (TFLITE_FORMAT, ONNX_FORMAT, ORT_FORMAT, MICRO_FORMAT, WEB_FORMAT)
+PHONE_SUFFIXES = (".tflite", ".onnx", ".ort")
 
 
 @dataclass(frozen=True)

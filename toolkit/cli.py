@@ -17,6 +17,7 @@ import typer
 
 from toolkit import api
 from toolkit.artifacts import formats_help
+from toolkit.cli_arm64 import ArchOption, CpuOption
 from toolkit.commandline import (
     AllowChanceOption,
     DataDirOption,
@@ -203,6 +204,9 @@ def verify(
         False, "--browser", help="Verify the web artifacts inside the web app in headless Chromium instead."
     ),
     threads: int = typer.Option(1, "--threads", min=1, help="With --browser: WebAssembly threads of the web runtimes."),
+    arch: Optional[str] = ArchOption,
+    cpu: Optional[str] = CpuOption,
+    jobs: int = typer.Option(1, "--jobs", min=1, max=64, help="With --arch: files run at once (processes)."),
     allow_chance: bool = AllowChanceOption,
     data_dir: Optional[Path] = DataDirOption,
     dataset: Optional[str] = DatasetOption,
@@ -211,10 +215,13 @@ def verify(
     json_out: Optional[str] = JsonOption,
 ):
     """Check every artifact against the Keras model on the test split, in its own runtime; exit 1 on failure."""
+    if arch is None and (cpu is not None or jobs != 1):
+        raise typer.BadParameter("--cpu and --jobs go with --arch arm64", param_hint="--cpu/--jobs")
     ds = load_data(data_dir, dataset, image_size, workspace)
     files = [str(m) for m in model] if model else None
     say = lambda msg: console.print(msg, style="dim")  # noqa: E731
-    outcome = api.verify(workspace, ds, files, limit, browser, threads, progress=say, allow_chance=allow_chance)
+    options = dict(progress=say, allow_chance=allow_chance, arch=arch, cpu=cpu, jobs=jobs)
+    outcome = api.verify(workspace, ds, files, limit, browser, threads, **options)
     show_verification(outcome)
     write_json_output(json_out, outcome.to_dict())
     outcome.raise_if_failed()

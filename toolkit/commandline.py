@@ -85,8 +85,9 @@ def _stdout_open() -> bool:
     return True
 
 
-def command(fn):
-    """Register `fn` as a command that turns ToolkitError and Ctrl-C/SIGTERM into clean exits."""
+def command(fn, group: typer.Typer | None = None):
+    """Register `fn` as a command (of `group`, a group of commands such as `toolkit arm64`; default the app itself)
+    that turns ToolkitError and Ctrl-C/SIGTERM into clean exits."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -114,7 +115,7 @@ def command(fn):
         finally:
             console.file = None  # back to the current stdout: the next command in this process prints where it should
 
-    return app.command()(wrapper)
+    return (group or app).command()(wrapper)
 
 
 def load_data(data_dir: Optional[Path], dataset: Optional[str], image_size: Optional[str], workspace=None):

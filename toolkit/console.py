@@ -92,13 +92,14 @@ def _runtime_where(r) -> str:
     return r.runtime
 
 
-def parity_table(results, title: str):
-    """Verification results (toolkit.verify.ParityRecord), a row each, with their problems below the table."""
+def parity_table(results, title: str, short: bool = True):
+    """Verification results (toolkit.verify.ParityRecord), a row each, with their problems below the table; web
+    files by their name alone where `short`."""
     rows, styles = [], []
     for r in results:
         rows.append(
             [
-                _short(r.file),
+                _short(r.file) if short else r.file,
                 _runtime_where(r),
                 f"{r.images:,}",
                 "-" if r.accuracy is None else f"{r.accuracy:.4f}",
@@ -361,8 +362,10 @@ def show_training(result) -> None:
 
 def show_verification(outcome) -> None:
     """A verification: the native and the browser results in a table each, then what was not checked."""
+    if outcome.arch is not None:  # every file in the native runtime of its suffix, web files too: full names
+        console.print(parity_table(outcome.results, f"Verification on {outcome.arch} against Keras and x86", False))
     browser = [r for r in outcome.results if kind_of(r.runtime) == BROWSER]
-    native = [r for r in outcome.results if r not in browser]
+    native = [r for r in outcome.results if r not in browser and outcome.arch is None]
     for results, title in (
         (native, "Verification against the Keras model"),
         (browser, "Verification in the browser against the Keras model"),

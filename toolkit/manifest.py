@@ -46,6 +46,9 @@ class ArtifactRecord:
     made_with: dict[str, Any] = field(default_factory=dict)
     verification: dict[str, Any] | None = None
     spot_check: dict[str, Any] | None = None  # a later check on part of the test split (verify --limit)
+    # checks on other instruction sets, by architecture (verify --arch arm64: {"verification", "spot_check"}), kept
+    # beside the certificate above, never over it
+    architectures: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,6 +92,7 @@ def _check_record(record: ArtifactRecord) -> None:
         raise TypeError("'made_with' or 'verification' is not an object")
     for name in ("verification", "spot_check"):
         _check_fields(name, getattr(record, name) or {}, VERIFICATION_FIELDS)
+    _check_architectures(record.architectures)
     _check_fields("made_with", record.made_with, MADE_WITH_FIELDS)
     estimates = record.made_with.get("estimates")
     if estimates is not None and not isinstance(estimates, dict):
@@ -119,6 +123,20 @@ ESTIMATE_FIELDS = {
     name: (_NUMBER, 0, 1e15)
     for name in ("inference_ms", "inferences_per_second", "clock_mhz", "cycles", "macs", "sram_bytes", "flash_bytes")
 }
+
+
+def _check_architectures(found: Any) -> None:
+    """`architectures`: an object of architectures, each an object of verification results."""
+    if found is None:
+        return
+    if not isinstance(found, dict) or not all(isinstance(v, dict) for v in found.values()):
+        raise TypeError("'architectures' is not an object of objects")
+    for arch, held in found.items():
+        for name in ("verification", "spot_check"):
+            result = held.get(name)
+            if not isinstance(result, dict | None):
+                raise TypeError(f"'architectures.{arch}.{name}' is not an object")
+            _check_fields(f"architectures.{arch}.{name}", result or {}, VERIFICATION_FIELDS)
 
 
 def _whole(value: Any, low: float, high: float) -> bool:
@@ -308,19 +326,52 @@ def put_verification(
             m["self_check"] = self_check
         for file, result in results.items():
             entry = m["artifacts"].get(file)
-            if not isinstance(entry, dict):
-                continue
-            earlier = entry.get("verification")
-            earlier_images = earlier.get("images") if isinstance(earlier, dict) else None
-            more_before = isinstance(earlier_images, int) and earlier_images > result["images"]
-            file_gone = any(p.startswith((NOT_CERTIFIED, "file missing")) for p in result.get("problems", []))
-            if full_split or file_gone or not more_before:
-                entry["verification"] = {**result, "full_split": full_split}
-                entry.pop("spot_check", None)
-            else:
-                entry["spot_check"] = {**result, "full_split": False}
+            if isinstance(entry, dict):
+                place(entry, result, full_split)
 
     return update(workspace, change)
+
+
+def place(holder: dict[str, Any], result: dict[str, Any], full_split: bool) -> None:
+    """Put one result into `holder` (an artifact entry, or one architecture's results): as its `verification`, or
+    as a `spot_check` beside it where the earlier verification was on more images and the file has not changed."""
+    earlier = holder.get("verification")
+    earlier_images = earlier.get("images") if isinstance(earlier, dict) else None
+    more_before = isinstance(earlier_images, int) and earlier_images > result["images"]
+    file_gone = any(p.startswith((NOT_CERTIFIED, "file missing")) for p in result.get("problems", []))
+    if full_split or file_gone or not more_before:
+        holder["verification"] = {**result, "full_split": full_split}
+        holder.pop("spot_check", None)
+    else:
+        holder["spot_check"] = {**result, "full_split": False}
+
+
+def put_architecture(
+    workspace: str | Path | Workspace, arch: str, results: dict[str, dict[str, Any]], split: int
+) -> dict[str, Any]:
+    """Record verification results on another architecture (`verify --arch`) under each artifact's
+    `architectures[arch]`, by the same rule as `put_verification` (a result on all `split` test images is a
+    verification; one on fewer never replaces one on more); the artifact's own certificate is not touched."""
+
+    def change(m: dict[str, Any]) -> None:
+        for file, result in results.items():
+            entry = m["artifacts"].get(file)
+            if isinstance(entry, dict):
+                held = entry.setdefault("architectures", {}).setdefault(arch, {})
+                place(held, result, result["images"] == split)
+
+    return update(workspace, change)
+
+
+def architecture_results(records: list[ArtifactRecord], arch: str) -> list[tuple[ArtifactRecord, dict[str, Any]]]:
+    """Each record's result on `arch` (`verify --arch`): its verification there, else its spot check there."""
+    found = []
+    for r in records:
+        held = (r.architectures or {}).get(arch) or {}
+        result = held.get("verification") or held.get("spot_check")
+        if isinstance(result, dict) and result.get("images"):
+            found.append((r, result))
+    return found
 
 
 def select(workspace: str | Path | Workspace, files: list[str] | None, kinds: tuple[str, ...]) -> list[ArtifactRecord]:

@@ -231,13 +231,15 @@ class Verification:
 
     results: list[ParityRecord]
     notes: list[str] = field(default_factory=list)
+    arch: str | None = None  # the other architecture the results come from (verify --arch), else this machine
 
     @property
     def passed(self) -> bool:
         return all(r.passed for r in self.results)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "results": [r.to_dict() for r in self.results], "notes": self.notes}
+        results = [r.to_dict() for r in self.results]
+        return {"passed": self.passed, "arch": self.arch, "results": results, "notes": self.notes}
 
     def raise_if_failed(self) -> None:
         failed = [r.file for r in self.results if not r.passed]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from toolkit import fsio
+from toolkit import fsio, manifest
 from toolkit import workspace as ws
 from toolkit.bench.browser import MIN_ITERATIONS, BrowserBackend
 from toolkit.bench.driver import (
@@ -134,6 +134,31 @@ def benchmark(
         workspace, dataset, sizes, seconds_per_measurement=plan["seconds_per_measurement"], machine=machine, **options
     )
     merged = merge(result.to_dict(), folder / "results.json")
+    merged["arm64"] = arm64_rows(workspace)
     files = write_benchmark_outputs(merged, folder)
     failed = [r for r in result.results if r.status == "failed"]
     return BenchOutcome(result, merged, files, failed)
+
+
+def arm64_rows(workspace: str | Path) -> list[dict[str, Any]]:
+    """The phone files' results on ARM64 under emulation (`toolkit verify --arch arm64`, from the manifest), for
+    SUMMARY.md beside the timed rows: whether each agreed with Keras and with x86, never a time (QEMU's time is
+    not a phone's)."""
+    rows = []
+    for record, v in manifest.architecture_results(manifest.records(workspace), "arm64"):
+        x86, emulation = v.get("cross_check") or {}, v.get("emulation") or {}
+        rows.append(
+            {
+                "artifact": record.file,
+                "runtime": v.get("runtime"),
+                "cpu": emulation.get("cpu"),
+                "key_features": emulation.get("key_features", []),
+                "images": v.get("images"),
+                "full_split": bool(v.get("full_split")),
+                "agreement": v.get("agreement"),
+                "agreement_x86": x86.get("agreement"),
+                "max_abs_diff_x86": x86.get("max_abs_diff"),
+                "passed": bool(v.get("passed")),
+            }
+        )
+    return rows

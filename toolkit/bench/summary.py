@@ -123,7 +123,7 @@ def benchmark_markdown(report: dict[str, Any]) -> str:
     lines += _browser_lines(report) + _harness_lines(report.get("harness_check"))
     lines += _latency_lines(ok) + _throughput_lines(ok)
     lines += comparison_lines(report)
-    lines += device_lines(report["results"])
+    lines += device_lines(report["results"]) + arm64_lines(report.get("arm64") or [])
     lines += _not_measured_lines(report["results"])
     return "\n".join(lines) + "\n"
 
@@ -194,6 +194,32 @@ def device_lines(rows: list[dict[str, Any]]) -> list[str]:
                 f"| {e['cycles']:,} | {e['inference_ms']:.3f} | {e['inferences_per_second']:,.0f} "
                 f"| {e['macs']:,} | {r['method']} |"
             )
+    return lines
+
+
+def arm64_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The phone files verified on ARM64 kernels under emulation (from the manifest): agreement, never a time."""
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## ARM64 kernels under emulation: verified, not timed",
+        "",
+        "`toolkit verify --arch arm64` ran these files on ARM64 kernels in QEMU's user-mode emulation (manifest.json "
+        "has the details). Emulated time is not a phone's time, so none is reported here or above.",
+        "",
+        "| artifact | runtime | emulated CPU | images | agreement with Keras | agreement with x86 | max abs Δp vs x86 "
+        "| verified |",
+        "|---|---|---|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        cpu = f"{r['cpu']} ({', '.join(r['key_features']) or 'baseline NEON'})"
+        images = f"{r['images']:,}" + ("" if r["full_split"] else " (spot check)")
+        lines.append(
+            f"| {r['artifact']} | {r['runtime']} | {cpu} | {images} | {_or_dash(r['agreement'], '.2%')} "
+            f"| {_or_dash(r['agreement_x86'], '.2%')} | {_or_dash(r['max_abs_diff_x86'], '.1e')} "
+            f"| {'pass' if r['passed'] else 'FAIL'} |"
+        )
     return lines
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from toolkit import fsio, manifest
 from toolkit import workspace as ws
 from toolkit.card.about import intro_own, intro_reference, training_of
+from toolkit.card.architectures import arm64
 from toolkit.card.benchmark import RELEASE, benchmark_files, latency, latest_benchmark
 from toolkit.card.files import accuracy, inputs_outputs, made_with, phone
 from toolkit.card.findings import failures, quantization
@@ -34,6 +35,7 @@ def model_card(workspace: Path | Workspace, bench: dict[str, Any] | None) -> str
         intro_reference() if header.is_reference else intro_own(header, metrics),
         training_of(metrics, workspace.metrics_path) if metrics else [],
         accuracy(records),
+        arm64(records),
         latency(bench) if bench else [],
         phone(records, bench),
         made_with(records),

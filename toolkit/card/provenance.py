@@ -13,6 +13,7 @@ from toolkit.training.config import command_line
 RELEASE_COMMANDS = """toolkit export --format all
 toolkit verify
 toolkit verify --browser
+toolkit verify --arch arm64 --jobs 2
 toolkit quantize
 toolkit quantize --explain
 toolkit benchmark --publish
