@@ -26,6 +26,7 @@ from toolkit.commandline import (
     ImageSizeOption,
     InputContractOption,
     JsonOption,
+    ProcessesOption,
     VerifyLimitOption,
     app,
     command,
@@ -75,14 +76,6 @@ def data(
 # --------------------------------------------------------------------------------------------- train
 
 TRAIN_DEFAULTS = TrainConfig()  # one home for the defaults: the options show these
-ProcessesOption = typer.Option(
-    1,
-    "--processes",
-    min=1,
-    max=64,
-    help="Train as N processes of one multi-host run on this machine (loopback; jax or tensorflow backend), each "
-    "with TOOLKIT_CPU_DEVICES devices; TOOLKIT_PROCESS_TIMEOUT seconds (300) before a stalled one gives up.",
-)
 
 
 @command

@@ -159,3 +159,13 @@ def escape_unencodable_output() -> None:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(AttributeError, OSError, ValueError):
             stream.reconfigure(errors="backslashreplace")
+
+
+ProcessesOption = typer.Option(
+    1,
+    "--processes",
+    min=1,
+    max=64,
+    help="Train as N processes of one multi-host run on this machine (loopback; jax or tensorflow backend), each "
+    "with TOOLKIT_CPU_DEVICES devices; TOOLKIT_PROCESS_TIMEOUT seconds (300) before a stalled one gives up.",
+)
