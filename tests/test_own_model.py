@@ -412,7 +412,7 @@ def test_an_rgb_model_on_an_image_folder_goes_through_every_command(tmp_path):
             assert app.page.locator("#digit").text_content() == "egg"
         finally:
             app.close()
-    assert "# Model card: shapes_net" in card and "5 classes: apple, bird, cloud, dog, egg" in card
+    assert "# Model card: Shapes-Net" in card and "5 classes: apple, bird, cloud, dog, egg" in card
 
 
 @pytest.mark.slow
